@@ -1,0 +1,101 @@
+// The state one loaded model shares between its supervisor, its model actor,
+// the facade's fast path and every handle. Internal to modelreg.
+//
+// Lifetime: created by the supervisor when a load succeeds; kept alive by the
+// supervisor while the model is loaded and by every handle and request
+// ticket. Thread-safety: the counters are atomics; everything else is set
+// before the block is shared and never changes.
+//
+// Handle counting and eviction race each other without a lock (a Dekker
+// pair): an acquirer increments `handles` and then checks `closed`; the
+// supervisor sets `closed` and then checks `handles` and `in_flight`. With
+// sequentially consistent atomics at least one of them sees the other, so a
+// model is never evicted under a handle that was just handed out.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <caf/actor_control_block.hpp>
+
+#include "modelreg/actors/model_actor.hpp"
+#include "modelreg/metrics/histogram.hpp"
+
+namespace modelreg::detail {
+
+/// Monotonic nanoseconds (steady clock).
+inline int64_t steady_now_ns() noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+           std::chrono::steady_clock::now().time_since_epoch())
+    .count();
+}
+
+/// Counters a model actor updates per request.
+struct model_stats {
+  std::atomic<uint64_t> requests{0};
+  std::atomic<uint64_t> errors{0};
+  latency_histogram latency;
+};
+
+struct entry_block {
+  entry_block(std::string key, uint64_t generation, model_actor actor,
+              caf::weak_actor_ptr supervisor, std::string description, uint64_t memory_bytes,
+              std::shared_ptr<model_stats> stats, int64_t load_time_us);
+
+  const std::string key;
+  const uint64_t generation;
+  const model_actor actor;
+  const caf::weak_actor_ptr supervisor;
+  const std::string description;
+  const uint64_t memory_bytes;
+  const std::shared_ptr<model_stats> stats;
+  const int64_t load_time_us;
+
+  std::atomic<int64_t> handles{0};
+  std::atomic<int64_t> in_flight{0};
+  std::atomic<int64_t> last_used_ns{steady_now_ns()};
+  std::atomic<bool> closed{false};
+  /// Set for good once the model left the registry (evicted, unloaded,
+  /// crashed, shut down); handles report themselves invalid.
+  std::atomic<bool> retired{false};
+
+  /// Takes one more handle unless the block is closed.
+  bool try_acquire() noexcept;
+
+  /// Gives one handle back; tells the supervisor when the last one goes.
+  void release_one() noexcept;
+
+  /// Closes the block if nothing holds or uses it; false (block left open)
+  /// otherwise. Only the supervisor calls this.
+  bool try_close() noexcept;
+
+  /// Closes the block for good (evicted, crashed or shut down).
+  void retire() noexcept {
+    closed.store(true);
+    retired.store(true);
+  }
+
+  void touch() noexcept { last_used_ns.store(steady_now_ns(), std::memory_order_relaxed); }
+};
+
+using entry_ptr = std::shared_ptr<entry_block>;
+
+/// Counts one request in flight for as long as it lives (see request_ticket).
+class in_flight_guard {
+public:
+  explicit in_flight_guard(entry_ptr block) noexcept;
+  ~in_flight_guard();
+  in_flight_guard(const in_flight_guard&) = delete;
+  in_flight_guard& operator=(const in_flight_guard&) = delete;
+
+private:
+  entry_ptr block_;
+};
+
+/// A ticket for one request against `block`.
+request_ticket make_ticket(const entry_ptr& block);
+
+} // namespace modelreg::detail

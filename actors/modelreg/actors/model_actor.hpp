@@ -1,0 +1,52 @@
+// The model actor: one per loaded model, owning the model object.
+//
+// It answers `infer` with the model's outputs or an error; an exception thrown
+// by the model answers that caller with `infer_failed` and the actor keeps
+// serving. Requests are served one at a time unless the model is
+// thread-safe, in which case the actor spreads them over lanes that share the
+// model. A model that declares itself blocking runs on its own thread(s).
+// The model is destroyed when the actor (and its lanes) terminate.
+#pragma once
+
+#include <memory>
+
+#include <caf/allowed_unsafe_message_type.hpp>
+#include <caf/typed_actor.hpp>
+
+#include "modelreg/backend/model.hpp"
+#include "modelreg/messages/atoms.hpp"
+#include "modelreg/tensor/tensor.hpp"
+
+namespace modelreg {
+
+namespace detail {
+class in_flight_guard;
+struct model_stats;
+} // namespace detail
+
+/// Counts a request as in flight (blocking eviction) for as long as the
+/// message carrying it lives.
+using request_ticket = std::shared_ptr<detail::in_flight_guard>;
+
+using model_actor = caf::typed_actor<
+  caf::replies_to<infer_atom, tensor_map>::with<tensor_map>,
+  caf::replies_to<infer_atom, tensor_map, request_ticket>::with<tensor_map>>;
+
+/// How to run one model.
+struct model_actor_options {
+  /// Lanes for a thread-safe model (ignored otherwise); at least 1.
+  size_t lanes = 1;
+};
+
+/// Spawns the model actor for `m` from `parent`'s system. Stats go to
+/// `stats`. Blocking models get detached actors.
+model_actor spawn_model_actor(caf::actor_system& sys, model_ptr m,
+                              std::shared_ptr<detail::model_stats> stats,
+                              model_actor_options options);
+
+} // namespace modelreg
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(modelreg::tensor_map)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(modelreg::request_ticket)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(modelreg::model_ptr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(modelreg::loader_fn)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs every Debian package that modelreg's build, tests, benchmarks and
+# demo need. Idempotent: packages already present are skipped, and apt-get is
+# not touched at all when nothing is missing.
+set -euo pipefail
+
+packages=(
+  build-essential cmake make pkg-config ccache
+  libcaf-dev libssl-dev
+  libspdlog-dev libfmt-dev
+  libgtest-dev googletest
+  nlohmann-json3-dev
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+sudo_cmd=()
+if [[ $(id -u) -ne 0 ]]; then sudo_cmd=(sudo); fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"

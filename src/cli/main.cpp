@@ -1,0 +1,2 @@
+// modelreg: the command-line tool.
+int main() { return 0; }

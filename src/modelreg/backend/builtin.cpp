@@ -1,0 +1,126 @@
+#include "modelreg/backend/builtin.hpp"
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "modelreg/backend/backend_registry.hpp"
+#include "modelreg/messages/error.hpp"
+
+namespace modelreg {
+
+namespace {
+
+/// Resident bytes standing in for weights: allocated and touched, so they are
+/// really in memory and memory_bytes is what the process pays.
+class reserved_memory {
+public:
+  explicit reserved_memory(uint64_t bytes) : bytes_(bytes) {
+    if (!bytes_.empty())
+      std::memset(bytes_.data(), 1, bytes_.size());
+  }
+  uint64_t size() const noexcept { return bytes_.size(); }
+
+private:
+  std::vector<std::byte> bytes_;
+};
+
+/// What both built-ins read from their spec before building.
+struct common_params {
+  uint64_t reserve_bytes = 0;
+};
+
+caf::expected<common_params> prepare(const model_spec& spec) {
+  auto reserve = param_u64(spec, "reserve_bytes", 0);
+  if (!reserve)
+    return reserve.error();
+  auto delay = param_u64(spec, "load_delay_ms", 0);
+  if (!delay)
+    return delay.error();
+  auto fail = param_bool(spec, "fail_load", false);
+  if (!fail)
+    return fail.error();
+  if (*delay > 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds{*delay});
+  if (*fail)
+    return make_error(errc::load_failed, spec.backend + ": fail_load=true");
+  return common_params{*reserve};
+}
+
+class identity_model final : public model {
+public:
+  identity_model(uint64_t reserve, bool thread_safe)
+    : memory_(reserve), thread_safe_(thread_safe) {}
+
+  caf::expected<tensor_map> infer(const tensor_map& inputs, tensor_allocator&) override {
+    return inputs;
+  }
+  uint64_t memory_bytes() const override { return sizeof(*this) + memory_.size(); }
+  model_capabilities capabilities() const override { return {thread_safe_, false, true}; }
+  std::string describe() const override { return "identity"; }
+
+private:
+  reserved_memory memory_;
+  bool thread_safe_;
+};
+
+class gain_model final : public model {
+public:
+  gain_model(float gain, uint64_t reserve) : gain_(gain), memory_(reserve) {}
+
+  caf::expected<tensor_map> infer(const tensor_map& inputs, tensor_allocator& out) override {
+    auto i = inputs.find("audio");
+    if (i == inputs.end())
+      return make_error(errc::invalid_argument, "gain: missing input tensor 'audio'");
+    auto in = i->second.values<float>();
+    if (!in)
+      return make_error(errc::invalid_argument, "gain: input 'audio': " + describe_error(in));
+    auto result = out.allocate(dtype::f32, i->second.shape());
+    if (!result)
+      return result.error();
+    auto dst = result->mutable_values<float>();
+    if (!dst)
+      return dst.error();
+    const auto& src = *in;
+    for (size_t n = 0; n < src.size(); ++n)
+      (*dst)[n] = src[n] * gain_;
+    return tensor_map{{"audio", std::move(*result)}};
+  }
+  uint64_t memory_bytes() const override { return sizeof(*this) + memory_.size(); }
+  model_capabilities capabilities() const override { return {true, false, true}; }
+  std::string describe() const override { return "gain(x" + std::to_string(gain_) + ")"; }
+
+private:
+  static std::string describe_error(const caf::expected<std::span<const float>>& x) {
+    return modelreg::describe(x.error());
+  }
+
+  float gain_;
+  reserved_memory memory_;
+};
+
+} // namespace
+
+void add_builtin_backends(backend_registry& registry) {
+  registry.add("identity", [](const model_spec& spec) -> caf::expected<model_ptr> {
+    auto thread_safe = param_bool(spec, "thread_safe", false);
+    if (!thread_safe)
+      return thread_safe.error();
+    auto common = prepare(spec);
+    if (!common)
+      return common.error();
+    return std::make_shared<identity_model>(common->reserve_bytes, *thread_safe);
+  });
+  registry.add("gain", [](const model_spec& spec) -> caf::expected<model_ptr> {
+    auto gain = param_double(spec, "gain", 1.0);
+    if (!gain)
+      return gain.error();
+    auto common = prepare(spec);
+    if (!common)
+      return common.error();
+    return std::make_shared<gain_model>(static_cast<float>(*gain), common->reserve_bytes);
+  });
+}
+
+} // namespace modelreg

@@ -1,0 +1,20 @@
+// Built-in backends that do real work, for tests, demos and benchmarks.
+//
+//   identity  outputs = inputs, sharing their storage (no copy)
+//   gain      output "audio" = input "audio" (f32) * gain
+//
+// Parameters common to both:
+//   reserve_bytes  allocate and touch this many bytes (a stand-in for
+//                  weights; counted in memory_bytes)            default 0
+//   load_delay_ms  sleep this long while loading (a slow load)  default 0
+//   fail_load      "true": loading fails with load_failed       default false
+// identity also takes thread_safe (default false); gain is thread-safe.
+#pragma once
+
+namespace modelreg {
+
+class backend_registry;
+
+void add_builtin_backends(backend_registry& registry);
+
+} // namespace modelreg

@@ -1,0 +1,57 @@
+// The model interface every backend implements, and the loader type callers
+// pass to the registry.
+//
+// A model is owned by exactly one model actor. Unless `capabilities()` says
+// `thread_safe`, the registry calls `infer` from one thread at a time; a model
+// that is thread-safe is called concurrently from several lanes. `infer` may
+// return an error or throw: either way that one caller gets an error and the
+// model keeps serving.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <caf/expected.hpp>
+
+#include "modelreg/tensor/tensor.hpp"
+
+namespace modelreg {
+
+/// What a model promises about itself.
+struct model_capabilities {
+  /// `infer` may run concurrently on several threads.
+  bool thread_safe = false;
+  /// `infer` blocks or computes for long (milliseconds): the model actor gets
+  /// its own thread so it never stalls the shared scheduler.
+  bool blocking = false;
+  /// `infer` accepts a batch along dimension 0 (dynamic batching).
+  bool batchable = false;
+};
+
+class model {
+public:
+  virtual ~model() = default;
+
+  /// Runs the model. Outputs are allocated through `out`, so a remote caller's
+  /// results can be written straight into memory it maps.
+  virtual caf::expected<tensor_map> infer(const tensor_map& inputs, tensor_allocator& out) = 0;
+
+  /// Bytes this model holds (weights, buffers, decoder state): measured by
+  /// the backend, used for the registry's byte budget.
+  virtual uint64_t memory_bytes() const = 0;
+
+  virtual model_capabilities capabilities() const { return {}; }
+
+  /// One line for status output, e.g. "gain(x0.5)".
+  virtual std::string describe() const = 0;
+};
+
+using model_ptr = std::shared_ptr<model>;
+
+/// Builds a model. Runs on a loader thread, never on the supervisor; may block
+/// for as long as loading takes, may return an error, may throw.
+using loader_fn = std::function<caf::expected<model_ptr>()>;
+
+} // namespace modelreg

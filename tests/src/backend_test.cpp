@@ -1,0 +1,66 @@
+#include <gtest/gtest.h>
+
+#include "modelreg/backend/backend_registry.hpp"
+#include "modelreg/messages/error.hpp"
+
+namespace modelreg {
+namespace {
+
+caf::expected<model_ptr> build(const model_spec& spec) {
+  auto sut = backend_registry::with_builtins();
+  auto loader = sut->loader_for(spec);
+  if (!loader)
+    return loader.error();
+  return (*loader)();
+}
+
+TEST(backend_registry, KnowsTheBuiltins) {
+  auto sut = backend_registry::with_builtins();
+  EXPECT_EQ(sut->names(), (std::vector<std::string>{"gain", "identity"}));
+}
+
+TEST(backend_registry, UnknownBackendIsNamedInTheError) {
+  auto m = build({"nope", {}});
+  ASSERT_FALSE(m);
+  EXPECT_EQ(describe(m.error()), "backend_not_found: no backend named 'nope'");
+}
+
+TEST(builtin, IdentitySharesInputStorage) {
+  auto m = build({"identity", {}});
+  ASSERT_TRUE(m);
+  auto x = tensor::from_values<float>({1.f, 2.f});
+  auto out = (*m)->infer({{"x", *x}}, heap_allocator());
+  ASSERT_TRUE(out);
+  EXPECT_EQ(out->at("x").data(), x->data());
+}
+
+TEST(builtin, ReserveBytesIsCountedInMemory) {
+  auto m = build({"gain", {{"reserve_bytes", "1048576"}}});
+  ASSERT_TRUE(m);
+  EXPECT_GE((*m)->memory_bytes(), 1048576u);
+  EXPECT_LT((*m)->memory_bytes(), 1048576u + 4096u);
+}
+
+TEST(builtin, BadParametersAndFailLoadGiveClearErrors) {
+  auto bad = build({"gain", {{"reserve_bytes", "-3"}}});
+  ASSERT_FALSE(bad);
+  EXPECT_TRUE(is(bad.error(), errc::invalid_argument));
+  auto fail = build({"identity", {{"fail_load", "true"}}});
+  ASSERT_FALSE(fail);
+  EXPECT_TRUE(is(fail.error(), errc::load_failed));
+}
+
+TEST(builtin, GainScalesEverySample) {
+  auto m = build({"gain", {{"gain", "-0.5"}}});
+  ASSERT_TRUE(m);
+  auto x = tensor::from_values<float>({2.f, 4.f, -8.f, 0.f}, {2, 2});
+  auto out = (*m)->infer({{"audio", *x}}, heap_allocator());
+  ASSERT_TRUE(out);
+  const auto& y = out->at("audio");
+  EXPECT_EQ(y.shape(), (std::vector<int64_t>{2, 2}));
+  auto v = y.values<float>();
+  EXPECT_EQ(std::vector<float>(v->begin(), v->end()), (std::vector<float>{-1.f, -2.f, 4.f, -0.f}));
+}
+
+} // namespace
+} // namespace modelreg
