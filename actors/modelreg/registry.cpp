@@ -49,18 +49,24 @@ caf::expected<T> registry::call(Ts&&... xs) {
   return result;
 }
 
-caf::expected<model_handle> registry::get(const std::string& key) {
+std::optional<model_handle> registry::fast_hit(const std::string& key) {
   if (auto block = shared_->find(key); block && block->try_acquire()) {
     shared_->fast_hits.fetch_add(1, std::memory_order_relaxed);
     return model_handle{std::make_shared<detail::lease>(std::move(block))};
   }
+  return std::nullopt;
+}
+
+caf::expected<model_handle> registry::get(const std::string& key) {
+  if (auto hit = fast_hit(key))
+    return std::move(*hit);
   return make_error(errc::model_not_found, "no model loaded under '" + key + "'");
 }
 
 std::future<caf::expected<model_handle>>
 registry::request_handle(const std::string& key, loader_fn loader, const model_spec* spec) {
-  if (auto hit = get(key))
-    return ready_future(std::move(hit));
+  if (auto hit = fast_hit(key))
+    return ready_future(std::move(*hit));
   auto promise = std::make_shared<std::promise<caf::expected<model_handle>>>();
   auto future = promise->get_future();
   auto timeout = cfg_.load_timeout + reply_margin;
@@ -89,11 +95,15 @@ std::future<caf::expected<model_handle>> registry::get_or_load_async(const std::
 }
 
 caf::expected<model_handle> registry::get_or_load(const std::string& key, loader_fn loader) {
+  if (auto hit = fast_hit(key))
+    return std::move(*hit);
   return request_handle(key, std::move(loader), nullptr).get();
 }
 
 caf::expected<model_handle> registry::get_or_load(const std::string& key,
                                                   const model_spec& spec) {
+  if (auto hit = fast_hit(key))
+    return std::move(*hit);
   return request_handle(key, {}, &spec).get();
 }
 

@@ -19,6 +19,7 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,7 @@
 #include <caf/expected.hpp>
 
 #include "modelreg/actors/registry_actor.hpp"
+#include "modelreg/messages/error.hpp"
 
 namespace modelreg {
 
@@ -74,6 +76,9 @@ public:
   caf::actor_system& system() const noexcept { return sys_; }
 
 private:
+  /// A lease from the published map, without touching the supervisor.
+  std::optional<model_handle> fast_hit(const std::string& key);
+
   template <class T, class... Ts>
   caf::expected<T> call(Ts&&... xs);
   std::future<caf::expected<model_handle>> request_handle(const std::string& key, loader_fn loader,

@@ -153,8 +153,9 @@ TEST_F(registry_test, LoadsBeyondMaxConcurrentLoadsWaitTheirTurn) {
     };
   };
   auto a = reg.get_or_load_async("a", loader(first_gate));
+  ASSERT_TRUE(eventually([&] { return running.load() == 1; }));
   auto b = reg.get_or_load_async("b", loader(nullptr));
-  EXPECT_TRUE(eventually([&] { return running.load() == 1; }));
+  EXPECT_TRUE(eventually([&] { return snapshot().totals.loads_in_progress == 2; }));
   EXPECT_EQ(b.wait_for(50ms), std::future_status::timeout) << "b must wait for a's slot";
   first_gate->open();
   EXPECT_TRUE(a.get());

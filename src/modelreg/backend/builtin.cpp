@@ -5,6 +5,8 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "modelreg/backend/backend_registry.hpp"
 #include "modelreg/messages/error.hpp"
 
@@ -89,7 +91,7 @@ public:
   }
   uint64_t memory_bytes() const override { return sizeof(*this) + memory_.size(); }
   model_capabilities capabilities() const override { return {true, false, true}; }
-  std::string describe() const override { return "gain(x" + std::to_string(gain_) + ")"; }
+  std::string describe() const override { return fmt::format("gain(x{})", gain_); }
 
 private:
   static std::string describe_error(const caf::expected<std::span<const float>>& x) {
