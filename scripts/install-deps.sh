@@ -10,6 +10,8 @@ packages=(
   libspdlog-dev libfmt-dev
   libgtest-dev googletest
   nlohmann-json3-dev
+  capnproto libcapnp-dev
+  libuv1-dev
 )
 
 missing=()

@@ -15,6 +15,7 @@
 
 #ifdef MODELREG_WITH_BENCH
 #include "bench/registry_bench.hpp"
+#include "bench/transport_peer.hpp"
 #endif
 
 namespace {
@@ -119,6 +120,18 @@ int main(int argc, char** argv) {
       std::cout << "modelreg " << version << "\n";
       return 0;
     }
+#ifdef MODELREG_WITH_BENCH
+    // Hidden: the other process of transport tests and benchmarks.
+    if (command == "__echo-server" && !args.empty()) {
+      bool inline_only = has_flag(args, "--inline");
+      uint64_t quota = 0;
+      if (args.size() >= 3 && args[1] == "--quota-bytes")
+        quota = std::stoull(args[2]);
+      return modelreg::bench::run_echo_server(args[0], !inline_only, quota);
+    }
+    if (command == "__hold" && args.size() == 3)
+      return modelreg::bench::run_holding_client(args[0], std::stoul(args[1]), std::stoul(args[2]));
+#endif
     if (command == "bench") {
       if (args.empty())
         return usage_error("bench needs a subject, e.g. 'bench registry'");

@@ -1,0 +1,200 @@
+// The shared-memory transport: one endpoint per process, one libuv loop
+// thread, any number of connections (see docs/transport.md).
+//
+// A connection is a Unix SOCK_SEQPACKET socket (rendezvous, liveness, fd
+// passing) plus, when both sides can map shared memory, a descriptor ring per
+// direction with an eventfd doorbell. Frames (Cap'n Proto) are built in the
+// sender's pool and referenced from the ring; tensors inside them are
+// referenced, never copied. Without shared memory the same frames travel over
+// the socket with tensor bytes inline.
+//
+// Threads: frame and error handlers run on the loop thread and must not
+// block; `send`, `close` and everything on `endpoint` may be called from any
+// thread. Lifetime: `stop()` (or the destructor) closes every connection and
+// joins the loop thread; peers see EOF and reclaim what this process held.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <caf/expected.hpp>
+
+#include "modelreg/shm/pool.hpp"
+#include "modelreg/tensor/tensor.hpp"
+#include "modelreg/transport/frame.hpp"
+#include "modelreg/transport/ring.hpp"
+#include "modelreg/transport/socket.hpp"
+
+namespace modelreg::transport {
+
+struct endpoint_options {
+  /// Descriptors in each outbound ring.
+  uint32_t ring_slots = 1024;
+  /// Peers allowed to connect (SO_PEERCRED); empty: this process's uid.
+  std::vector<uid_t> allowed_uids;
+  /// What each peer may hold of this process's memory at once.
+  shm::quota peer_quota;
+  /// Offer shared memory; false: tensors always travel inline.
+  bool shared_memory = true;
+  /// How long a receiver spins on an empty ring before it sleeps.
+  std::chrono::microseconds spin{50};
+  /// How long `connect` waits for the server's hello.
+  std::chrono::milliseconds handshake_timeout{2000};
+};
+
+class endpoint;
+class connection;
+using connection_ptr = std::shared_ptr<connection>;
+using frame_ptr = std::shared_ptr<const inbound_frame>;
+
+/// A frame arrived (on the loop thread).
+using frame_handler = std::function<void(const connection_ptr&, frame_ptr)>;
+/// A connection failed: `malformed_frame` (then closed) or
+/// `peer_disconnected` (closed); on the loop thread.
+using error_handler = std::function<void(const connection_ptr&, const caf::error&)>;
+
+class connection : public std::enable_shared_from_this<connection> {
+public:
+  ~connection();
+
+  uint64_t id() const noexcept { return id_; }
+  const peer_credentials& peer() const noexcept { return peer_; }
+  bool shared_memory() const noexcept { return shared_memory_; }
+  bool is_open() const noexcept { return open_.load(); }
+
+  /// A frame to fill and `send`.
+  outgoing_frame new_frame();
+
+  /// Sends `frame`, lending every chunk it references to the peer. Fails
+  /// with `quota_exceeded` (nothing sent, the connection stays usable),
+  /// `peer_disconnected`, or `overloaded` if the ring stays full.
+  caf::error send(outgoing_frame& frame);
+
+  /// Closes the connection (from any thread).
+  void close();
+
+  /// Test hook: publishes a raw descriptor (forged or garbage) as is.
+  caf::error send_raw_descriptor(const descriptor& d);
+  /// Test hook: sends raw bytes on the socket.
+  caf::error send_raw_datagram(const void* data, size_t size);
+
+private:
+  friend class endpoint;
+  struct state;
+
+  connection(std::shared_ptr<endpoint> owner, uint64_t id, unique_fd sock, peer_credentials peer);
+
+  caf::error announce_segment(uint32_t id);
+  void give_back(const std::vector<shm::chunk_id>& loans);
+  caf::error push(const descriptor& d);
+
+  std::shared_ptr<endpoint> owner_;
+  uint64_t id_;
+  unique_fd sock_;
+  peer_credentials peer_;
+  bool shared_memory_ = false;
+  std::atomic<bool> open_{true};
+
+  // Shared-memory state (valid if shared_memory_).
+  shm::segment my_control_;
+  std::shared_ptr<const shm::segment> peer_control_;
+  unique_fd my_doorbell_;
+  unique_fd peer_doorbell_;
+  ring_writer writer_;
+  ring_reader reader_;
+
+  std::mutex send_mutex_;           // guards writer_, announced_, socket sends
+  std::set<uint32_t> announced_;
+
+  // Loop-thread state.
+  std::map<uint32_t, std::shared_ptr<const shm::segment>> remote_segments_;
+  std::vector<std::byte> inline_buffer_;
+  uint64_t inline_expected_ = 0;
+  std::unique_ptr<state> loop_state_;
+};
+
+/// Endpoint-wide counters.
+struct endpoint_stats {
+  uint64_t connections = 0;
+  uint64_t zero_copy_tensors = 0;
+  uint64_t copied_bytes = 0;
+  uint64_t rejected_frames = 0;
+  shm::pool_stats pool;
+};
+
+class endpoint : public std::enable_shared_from_this<endpoint> {
+public:
+  /// Starts the loop thread.
+  static std::shared_ptr<endpoint> start(endpoint_options opts = {});
+  ~endpoint();
+
+  /// Closes every connection and listener, joins the loop thread.
+  void stop();
+
+  /// Listens on a Unix socket at `path` (its directory is made 0700).
+  caf::error listen(const std::string& path, frame_handler on_frame, error_handler on_error = {});
+
+  /// Connects to a listening endpoint at `path` (blocking handshake).
+  caf::expected<connection_ptr> connect(const std::string& path, frame_handler on_frame,
+                                        error_handler on_error = {});
+
+  /// A tensor in this process's shared memory: sent by reference, no copy.
+  caf::expected<tensor> allocate_tensor(dtype type, std::vector<int64_t> shape);
+
+  /// An allocator handing out shared-memory tensors.
+  tensor_allocator& allocator();
+
+  const std::shared_ptr<shm::pool>& pool() const noexcept { return pool_; }
+  copy_counters& counters() noexcept { return counters_; }
+  const endpoint_options& options() const noexcept { return options_; }
+  endpoint_stats stats() const;
+  size_t connection_count() const;
+
+private:
+  friend class connection;
+  struct loop;
+  struct handlers {
+    frame_handler on_frame;
+    error_handler on_error;
+  };
+
+  explicit endpoint(endpoint_options opts);
+
+  void post(std::function<void()> task);
+  void adopt(const connection_ptr& conn, std::shared_ptr<handlers> h);
+  void on_readable(const connection_ptr& conn, const std::shared_ptr<handlers>& h);
+  void start_doorbell(const connection_ptr& conn, const std::shared_ptr<handlers>& h);
+  void on_doorbell(const connection_ptr& conn, const std::shared_ptr<handlers>& h);
+  bool process_socket(const connection_ptr& conn, const std::shared_ptr<handlers>& h);
+  bool drain_ring(const connection_ptr& conn, const std::shared_ptr<handlers>& h);
+  void deliver(const connection_ptr& conn, const std::shared_ptr<handlers>& h,
+               std::vector<capnp::word> bytes);
+  void fail(const connection_ptr& conn, const std::shared_ptr<handlers>& h, const caf::error& err);
+  void drop(const connection_ptr& conn);
+  void accept_pending(int listener, const std::shared_ptr<handlers>& h);
+  caf::error server_handshake(const connection_ptr& conn, datagram& hello);
+  caf::error setup_shared_memory(connection& conn, uint32_t peer_slots,
+                                 std::vector<unique_fd>& fds);
+  bool peer_allowed(uid_t uid) const;
+  uint64_t next_connection_id();
+
+  endpoint_options options_;
+  std::shared_ptr<shm::pool> pool_;
+  copy_counters counters_;
+  std::atomic<uint64_t> rejected_{0};
+  std::atomic<uint64_t> next_id_{1};
+  std::unique_ptr<loop> loop_;
+  mutable std::mutex connections_mutex_;
+  std::map<uint64_t, connection_ptr> connections_;
+  std::unique_ptr<tensor_allocator> allocator_;
+};
+
+} // namespace modelreg::transport

@@ -1,0 +1,113 @@
+#include "modelreg/transport/rpc.hpp"
+
+#include "modelreg/messages/error.hpp"
+
+namespace modelreg::transport {
+
+caf::expected<std::shared_ptr<rpc_client>>
+rpc_client::connect(const std::shared_ptr<endpoint>& ep, const std::string& path,
+                    frame_handler on_other) {
+  auto client = std::make_shared<rpc_client>();
+  client->on_other_ = std::move(on_other);
+  std::weak_ptr<rpc_client> weak = client;
+  auto conn = ep->connect(
+    path,
+    [weak](const connection_ptr& c, frame_ptr f) {
+      if (auto self = weak.lock())
+        self->on_frame(std::move(f));
+      else
+        (void) c;
+    },
+    [weak](const connection_ptr&, const caf::error& err) {
+      if (auto self = weak.lock())
+        self->on_error(err);
+    });
+  if (!conn)
+    return conn.error();
+  client->conn_ = std::move(*conn);
+  return client;
+}
+
+void rpc_client::on_frame(frame_ptr f) {
+  auto root = f->root();
+  if (!root.isResponse()) {
+    if (on_other_)
+      on_other_(conn_, std::move(f));
+    return;
+  }
+  auto id = root.getResponse().getId();
+  std::shared_ptr<pending> p;
+  {
+    std::lock_guard guard{mutex_};
+    auto i = pending_.find(id);
+    if (i == pending_.end())
+      return; // timed out already: drop it (its loans go back)
+    p = i->second;
+    pending_.erase(i);
+    p->frame = std::move(f);
+    p->done = true;
+  }
+  p->cv.notify_all();
+}
+
+void rpc_client::on_error(const caf::error& err) {
+  std::map<uint64_t, std::shared_ptr<pending>> failed;
+  {
+    std::lock_guard guard{mutex_};
+    dead_ = is(err, errc::peer_disconnected)
+              ? err
+              : make_error(errc::peer_disconnected, "connection failed: " + describe(err));
+    failed.swap(pending_);
+    for (auto& [id, p] : failed) {
+      p->error = dead_;
+      p->done = true;
+    }
+  }
+  for (auto& [id, p] : failed)
+    p->cv.notify_all();
+}
+
+caf::expected<frame_ptr>
+rpc_client::call(const std::function<caf::error(outgoing_frame&, wire::Request::Builder)>& fill,
+                 std::chrono::milliseconds timeout) {
+  auto frame = conn_->new_frame();
+  auto request = frame.root().initRequest();
+  auto p = std::make_shared<pending>();
+  uint64_t id;
+  {
+    std::lock_guard guard{mutex_};
+    if (dead_)
+      return dead_;
+    id = next_id_++;
+    pending_[id] = p;
+  }
+  request.setId(id);
+  auto forget = [&] {
+    std::lock_guard guard{mutex_};
+    pending_.erase(id);
+  };
+  if (auto err = fill(frame, request)) {
+    forget();
+    return err;
+  }
+  if (auto err = conn_->send(frame)) {
+    forget();
+    return err;
+  }
+  std::unique_lock guard{mutex_};
+  if (!p->cv.wait_for(guard, timeout, [&] { return p->done; })) {
+    pending_.erase(id);
+    return make_error(errc::unavailable, "no response within " +
+                                           std::to_string(timeout.count()) + " ms");
+  }
+  if (p->error)
+    return p->error;
+  return p->frame;
+}
+
+void rpc_client::close() {
+  if (conn_)
+    conn_->close();
+}
+
+} // namespace modelreg::transport

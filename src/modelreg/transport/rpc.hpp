@@ -1,0 +1,59 @@
+// Request/response over a transport connection: numbers requests, matches
+// responses to them, and wakes the waiting caller. The building block for
+// remote registries.
+//
+// Thread-safety: `call` may be used from many threads at once. When the
+// connection dies, every waiting and later call fails with
+// `peer_disconnected` at once.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+
+#include "modelreg/transport/endpoint.hpp"
+
+namespace modelreg::transport {
+
+class rpc_client : public std::enable_shared_from_this<rpc_client> {
+public:
+  /// Connects `ep` to `path`. Frames that are not responses go to
+  /// `on_other` (on the loop thread), if given.
+  static caf::expected<std::shared_ptr<rpc_client>>
+  connect(const std::shared_ptr<endpoint>& ep, const std::string& path,
+          frame_handler on_other = {});
+
+  /// Fills a request (its id is set for you), sends it and waits for the
+  /// response frame. Errors: the send's (quota_exceeded, ...),
+  /// peer_disconnected, or unavailable after `timeout`.
+  caf::expected<frame_ptr> call(const std::function<caf::error(outgoing_frame&,
+                                                               wire::Request::Builder)>& fill,
+                                std::chrono::milliseconds timeout = std::chrono::seconds{30});
+
+  const connection_ptr& connection() const noexcept { return conn_; }
+
+  void close();
+
+private:
+  struct pending {
+    std::condition_variable cv;
+    frame_ptr frame;
+    caf::error error;
+    bool done = false;
+  };
+
+  void on_frame(frame_ptr f);
+  void on_error(const caf::error& err);
+
+  connection_ptr conn_;
+  frame_handler on_other_;
+  std::mutex mutex_;
+  std::map<uint64_t, std::shared_ptr<pending>> pending_;
+  uint64_t next_id_ = 1;
+  caf::error dead_;
+};
+
+} // namespace modelreg::transport

@@ -1,0 +1,197 @@
+#include "modelreg/transport/socket.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "modelreg/messages/error.hpp"
+
+namespace modelreg::transport {
+
+namespace {
+
+constexpr size_t max_fds_per_datagram = 8;
+
+caf::error os_error(errc code, const std::string& what) {
+  return make_error(code, what + ": " + std::strerror(errno));
+}
+
+caf::expected<sockaddr_un> address_of(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path))
+    return make_error(errc::invalid_argument, "socket path too long: " + path);
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  return addr;
+}
+
+} // namespace
+
+unique_fd::~unique_fd() {
+  if (fd_ >= 0)
+    ::close(fd_);
+}
+
+unique_fd& unique_fd::operator=(unique_fd&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0)
+      ::close(fd_);
+    fd_ = other.release();
+  }
+  return *this;
+}
+
+caf::expected<unique_fd> listen_seqpacket(const std::string& path) {
+  auto addr = address_of(path);
+  if (!addr)
+    return addr.error();
+  namespace fs = std::filesystem;
+  auto dir = fs::path{path}.parent_path();
+  std::error_code ec;
+  if (!dir.empty()) {
+    fs::create_directories(dir, ec);
+    if (ec)
+      return make_error(errc::unavailable, "cannot create " + dir.string() + ": " + ec.message());
+    if (::chmod(dir.c_str(), 0700) != 0)
+      return os_error(errc::unavailable, "chmod 0700 " + dir.string());
+  }
+  fs::remove(path, ec);
+  unique_fd fd{::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)};
+  if (!fd)
+    return os_error(errc::unavailable, "socket");
+  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)) != 0)
+    return os_error(errc::unavailable, "bind " + path);
+  if (::listen(fd.get(), 128) != 0)
+    return os_error(errc::unavailable, "listen " + path);
+  return fd;
+}
+
+caf::expected<unique_fd> connect_seqpacket(const std::string& path) {
+  auto addr = address_of(path);
+  if (!addr)
+    return addr.error();
+  unique_fd fd{::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0)};
+  if (!fd)
+    return os_error(errc::unavailable, "socket");
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)) != 0)
+    return os_error(errc::unavailable, "connect " + path);
+  return fd;
+}
+
+caf::expected<unique_fd> accept_seqpacket(int listener) {
+  int fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  if (fd < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+      return unique_fd{};
+    return os_error(errc::unavailable, "accept");
+  }
+  return unique_fd{fd};
+}
+
+caf::expected<peer_credentials> peer_of(int fd) {
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+    return os_error(errc::unavailable, "SO_PEERCRED");
+  return peer_credentials{cred.pid, cred.uid, cred.gid};
+}
+
+caf::error send_datagram(int fd, const void* data, size_t size, const std::vector<int>& fds) {
+  if (fds.size() > max_fds_per_datagram)
+    return make_error(errc::invalid_argument, "too many fds in one datagram");
+  iovec iov{const_cast<void*>(data), size};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds_per_datagram)] = {};
+  if (!fds.empty()) {
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    auto* cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
+  }
+  for (;;) {
+    auto n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (n >= 0)
+      return {};
+    if (errno == EINTR)
+      continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      pollfd p{fd, POLLOUT, 0};
+      ::poll(&p, 1, 1000);
+      continue;
+    }
+    if (errno == EPIPE || errno == ECONNRESET)
+      return os_error(errc::peer_disconnected, "send");
+    return os_error(errc::unavailable, "send");
+  }
+}
+
+caf::expected<datagram> receive_datagram(int fd, size_t max_size) {
+  datagram result;
+  result.bytes.resize(max_size);
+  iovec iov{result.bytes.data(), max_size};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds_per_datagram)];
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n;
+  do {
+    n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      result.would_block = true;
+      result.bytes.clear();
+      return result;
+    }
+    if (errno == ECONNRESET) {
+      result.eof = true;
+      result.bytes.clear();
+      return result;
+    }
+    return os_error(errc::unavailable, "recvmsg");
+  }
+  for (auto* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+    if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS) {
+      auto count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; ++i) {
+        int received;
+        std::memcpy(&received, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
+        result.fds.emplace_back(received);
+      }
+    }
+  }
+  if (n == 0 && result.fds.empty()) {
+    result.eof = true;
+    result.bytes.clear();
+    return result;
+  }
+  if ((msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0)
+    return make_error(errc::malformed_frame, "datagram or its fds were truncated");
+  result.bytes.resize(static_cast<size_t>(n));
+  return result;
+}
+
+bool wait_readable(int fd, int timeout_ms) {
+  pollfd p{fd, POLLIN, 0};
+  int n;
+  do {
+    n = ::poll(&p, 1, timeout_ms);
+  } while (n < 0 && errno == EINTR);
+  return n > 0;
+}
+
+} // namespace modelreg::transport
