@@ -30,6 +30,7 @@ test: build
 
 bench: build
 	@$(BUILD_DIR)/bin/modelreg bench registry
+	@$(BUILD_DIR)/bin/modelreg bench transport
 
 clean:
 	rm -rf $(BUILD_DIR)

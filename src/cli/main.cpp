@@ -9,12 +9,15 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
 #include "modelreg/log.hpp"
 
 #ifdef MODELREG_WITH_BENCH
 #include "bench/registry_bench.hpp"
+#include "bench/transport_bench.hpp"
 #include "bench/transport_peer.hpp"
 #endif
 
@@ -30,6 +33,10 @@ commands:
   bench registry [--json] [--quick]
                  measure the in-process registry: facade hits, actor round
                  trips, inference throughput, single-flight loading
+  bench transport [--json] [--quick] [--no-caf]
+                 round trips of 4 KiB..256 MiB tensors to another process:
+                 shared memory, inline fallback, CAF over TCP, and the
+                 eventfd ping-pong floor
   version        print the version
   help           print this text
 
@@ -53,6 +60,39 @@ bool has_flag(std::vector<std::string>& args, const std::string& flag) {
 }
 
 #ifdef MODELREG_WITH_BENCH
+std::string self_path() {
+  char buf[4096];
+  auto n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : "modelreg";
+}
+
+int bench_transport(std::vector<std::string> args) {
+  modelreg::bench::transport_bench_options opts;
+  opts.self_path = self_path();
+  bool json = has_flag(args, "--json");
+  if (has_flag(args, "--quick")) {
+    opts.iterations = 50;
+    opts.sizes = {4096, 1 << 20};
+  }
+  if (has_flag(args, "--no-caf"))
+    opts.with_caf = false;
+  if (!args.empty())
+    return usage_error("unknown option for bench transport: " + args.front());
+  auto result = modelreg::bench::run_transport_bench(opts);
+  if (json) {
+    std::cout << result << std::endl;
+    return 0;
+  }
+  auto j = nlohmann::json::parse(result);
+  std::printf("%-8s %12s %12s %12s\n", "transport", "bytes", "rtt p50 us", "rtt p99 us");
+  for (const auto& r : j["results"])
+    std::printf("%-8s %12zu %12.1f %12.1f\n", r["transport"].get<std::string>().c_str(),
+                r["bytes"].get<size_t>(), r["rtt_us_p50"].get<double>(),
+                r["rtt_us_p99"].get<double>());
+  std::printf("shm receiver: %s\n", j["shm_receive_mode"].get<std::string>().c_str());
+  return 0;
+}
+
 int bench_registry(std::vector<std::string> args) {
   modelreg::bench::registry_bench_options opts;
   bool json = has_flag(args, "--json");
@@ -129,6 +169,8 @@ int main(int argc, char** argv) {
         quota = std::stoull(args[2]);
       return modelreg::bench::run_echo_server(args[0], !inline_only, quota);
     }
+    if (command == "__caf-echo-server")
+      return modelreg::bench::run_caf_echo_server();
     if (command == "__hold" && args.size() == 3)
       return modelreg::bench::run_holding_client(args[0], std::stoul(args[1]), std::stoul(args[2]));
 #endif
@@ -140,6 +182,8 @@ int main(int argc, char** argv) {
 #ifdef MODELREG_WITH_BENCH
       if (subject == "registry")
         return bench_registry(std::move(args));
+      if (subject == "transport")
+        return bench_transport(std::move(args));
 #endif
       return usage_error("unknown benchmark: " + subject);
     }

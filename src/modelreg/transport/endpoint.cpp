@@ -713,8 +713,10 @@ void endpoint::on_doorbell(const connection_ptr& conn, const std::shared_ptr<han
       return;
     // Spin briefly: a busy peer's next frame usually arrives within it.
     auto until = std::chrono::steady_clock::now() + options_.spin;
-    while (!conn->reader_.ready() && std::chrono::steady_clock::now() < until) {
-    }
+    // Yield while spinning: on two cores the thread that will produce the
+    // next frame may need this one.
+    while (!conn->reader_.ready() && std::chrono::steady_clock::now() < until)
+      std::this_thread::yield();
     if (conn->reader_.ready())
       continue;
     if (conn->reader_.arm())

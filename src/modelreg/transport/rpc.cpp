@@ -1,5 +1,7 @@
 #include "modelreg/transport/rpc.hpp"
 
+#include <thread>
+
 #include "modelreg/messages/error.hpp"
 
 namespace modelreg::transport {
@@ -94,8 +96,13 @@ rpc_client::call(const std::function<caf::error(outgoing_frame&, wire::Request::
     forget();
     return err;
   }
+  // Spin briefly first: a reply often arrives within microseconds, sooner
+  // than a sleeping thread could be woken.
+  auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds{50};
+  while (!p->done.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < spin_until)
+    std::this_thread::yield();
   std::unique_lock guard{mutex_};
-  if (!p->cv.wait_for(guard, timeout, [&] { return p->done; })) {
+  if (!p->cv.wait_for(guard, timeout, [&] { return p->done.load(); })) {
     pending_.erase(id);
     return make_error(errc::unavailable, "no response within " +
                                            std::to_string(timeout.count()) + " ms");

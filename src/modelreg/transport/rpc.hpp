@@ -8,6 +8,7 @@
 #pragma once
 
 #include <chrono>
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <map>
@@ -42,7 +43,7 @@ private:
     std::condition_variable cv;
     frame_ptr frame;
     caf::error error;
-    bool done = false;
+    std::atomic<bool> done{false};
   };
 
   void on_frame(frame_ptr f);

@@ -18,6 +18,13 @@ namespace modelreg::transport {
 namespace {
 
 constexpr size_t max_fds_per_datagram = 8;
+constexpr int socket_buffer_bytes = 4 << 20;
+
+/// Larger buffers let inline frames stream without a wake-up per datagram.
+void widen_buffers(int fd) {
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &socket_buffer_bytes, sizeof(socket_buffer_bytes));
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &socket_buffer_bytes, sizeof(socket_buffer_bytes));
+}
 
 caf::error os_error(errc code, const std::string& what) {
   return make_error(code, what + ": " + std::strerror(errno));
@@ -80,6 +87,7 @@ caf::expected<unique_fd> connect_seqpacket(const std::string& path) {
   unique_fd fd{::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0)};
   if (!fd)
     return os_error(errc::unavailable, "socket");
+  widen_buffers(fd.get());
   if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)) != 0)
     return os_error(errc::unavailable, "connect " + path);
   return fd;
@@ -92,6 +100,7 @@ caf::expected<unique_fd> accept_seqpacket(int listener) {
       return unique_fd{};
     return os_error(errc::unavailable, "accept");
   }
+  widen_buffers(fd);
   return unique_fd{fd};
 }
 
