@@ -7,11 +7,13 @@
 # Each target does its own set-up; running them again skips what is done.
 
 BUILD_DIR ?= build
+SANITIZE_DIR ?= build-sanitize
+FUZZ_SECONDS ?= 60
 BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= 2
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build demo test bench clean
+.PHONY: all deps build demo test test-sanitize bench clean
 
 all: build
 
@@ -27,10 +29,22 @@ demo: build
 
 test: build
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
+	@$(MAKE) --no-print-directory test-sanitize
+
+# A second build with clang, AddressSanitizer and UndefinedBehaviorSanitizer:
+# the multi-process transport tests and a bounded libFuzzer run of the frame
+# decoder.
+test-sanitize: deps
+	@cmake -S . -B $(SANITIZE_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
+	  -DMODELREG_SANITIZE=ON -DMODELREG_FUZZ=ON -DMODELREG_FUZZ_SECONDS=$(FUZZ_SECONDS) \
+	  -DMODELREG_BUILD_EXAMPLES=OFF > /dev/null
+	@cmake --build $(SANITIZE_DIR) -j $(JOBS) --target modelreg_tests modelreg_cli frame_fuzz
+	@cd $(SANITIZE_DIR) && ctest --output-on-failure -R "transport_test|hostile_input_test|gateway_test|fuzz\\."
 
 bench: build
 	@$(BUILD_DIR)/bin/modelreg bench registry
 	@$(BUILD_DIR)/bin/modelreg bench transport
 
 clean:
-	rm -rf $(BUILD_DIR)
+	rm -rf $(BUILD_DIR) $(SANITIZE_DIR)

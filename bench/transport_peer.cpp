@@ -25,28 +25,12 @@ uint64_t checksum(const std::byte* data, size_t n) {
   return h;
 }
 
-namespace {
-
-void send_error(const connection_ptr& conn, uint64_t id, const caf::error& err) {
-  auto reply = conn->new_frame();
-  auto resp = reply.root().initResponse();
-  resp.setId(id);
-  auto e = resp.initError();
-  errc code = errc::unavailable;
-  to_errc(err, code);
-  e.setCode(static_cast<uint8_t>(code));
-  e.setMessage(describe(err));
-  conn->send(reply);
-}
-
-} // namespace
-
 void answer_echo(endpoint& ep, const connection_ptr& conn, const frame_ptr& frame) {
   auto request = frame->root().getRequest();
   auto id = request.getId();
   auto inputs = frame->tensors(request.getEcho());
   if (!inputs)
-    return send_error(conn, id, inputs.error());
+    return respond_error(conn, id, inputs.error());
   bool verify = inputs->count("__verify") > 0;
   tensor_map outputs;
   std::vector<uint64_t> sums;
@@ -61,7 +45,7 @@ void answer_echo(endpoint& ep, const connection_ptr& conn, const frame_ptr& fram
     auto out = conn->shared_memory() ? ep.allocate_tensor(t.type(), t.shape())
                                      : tensor::allocate(t.type(), t.shape());
     if (!out)
-      return send_error(conn, id, out.error());
+      return respond_error(conn, id, out.error());
     outputs.emplace(name, std::move(*out));
   }
   if (verify) {
@@ -79,15 +63,7 @@ void answer_echo(endpoint& ep, const connection_ptr& conn, const frame_ptr& fram
     put("__in_mapping", dtype::u8, &mapped, 1);
     put("__copied", dtype::u64, &copied, 1);
   }
-  auto reply = conn->new_frame();
-  auto resp = reply.root().initResponse();
-  resp.setId(id);
-  if (auto err = reply.put_tensors(resp.initOutputs(static_cast<uint32_t>(outputs.size())), outputs))
-    return send_error(conn, id, err);
-  if (auto err = conn->send(reply)) {
-    // e.g. quota_exceeded: answer with the error instead; the connection lives on.
-    send_error(conn, id, err);
-  }
+  respond_outputs(conn, id, outputs);
 }
 
 int run_echo_server(const std::string& path, bool shared_memory, uint64_t quota_bytes) {
@@ -102,7 +78,7 @@ int run_echo_server(const std::string& path, bool shared_memory, uint64_t quota_
     if (root.isRequest() && root.getRequest().isEcho())
       answer_echo(*raw, conn, frame);
     else if (root.isRequest())
-      send_error(conn, root.getRequest().getId(),
+      respond_error(conn, root.getRequest().getId(),
                  make_error(errc::unsupported, "this peer only answers echo"));
   });
   if (err) {

@@ -12,6 +12,8 @@ packages=(
   nlohmann-json3-dev
   capnproto libcapnp-dev
   libuv1-dev
+  libdlpack-dev
+  clang libclang-rt-14-dev
 )
 
 missing=()

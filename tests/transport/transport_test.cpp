@@ -9,9 +9,12 @@
 
 #include <gtest/gtest.h>
 
+#include <dlpack/dlpack.h>
+
 #include "bench/transport_peer.hpp"
 #include "child_process.hpp"
 #include "modelreg/messages/error.hpp"
+#include "modelreg/tensor/dlpack.hpp"
 #include "modelreg/transport/rpc.hpp"
 #include "test_support.hpp"
 
@@ -177,6 +180,30 @@ TEST_F(transport_test, KilledPeerIsReclaimedAtOnceAndLeavesNoFdsAndNothingInDevS
     return s;
   }();
   EXPECT_EQ(dev_shm_entries(), shm_before) << "something appeared under /dev/shm";
+}
+
+TEST_F(transport_test, ADlpackExportOfAReceivedTensorHoldsItsLoanUntilTheDeleterRuns) {
+  auto server = endpoint::start();
+  auto* raw = server.get();
+  ASSERT_FALSE(server->listen(
+    path, [raw](const connection_ptr& c, frame_ptr f) { bench::answer_echo(*raw, c, f); }));
+  auto ep = endpoint::start();
+  auto client = rpc_client::connect(ep, path);
+  ASSERT_TRUE(client);
+  auto t = ep->allocate_tensor(dtype::f32, {1024});
+  auto reply = (*client)->call([&](outgoing_frame& f, wire::Request::Builder req) {
+    return f.put_tensors(req.initEcho(1), {{"x", *t}});
+  });
+  ASSERT_TRUE(reply);
+  auto* dl = to_dlpack(outputs_of(*reply).at("x"));
+  EXPECT_TRUE((*reply)->in_readonly_mapping(outputs_of(*reply).at("x")));
+  reply = caf::error{}; // the frame is gone; the DLPack export still holds the loan
+  std::this_thread::sleep_for(50ms);
+  EXPECT_GE(server->stats().pool.loans_outstanding, 1u);
+  dl->deleter(dl);
+  EXPECT_TRUE(eventually([&] { return server->stats().pool.loans_outstanding == 0; }));
+  ep->stop();
+  server->stop();
 }
 
 TEST_F(transport_test, QuotaExceededIsATypedErrorAndTheConnectionStaysUsable) {

@@ -81,14 +81,14 @@ caf::expected<hello_info> parse_hello(const datagram& d) {
   auto payload = d.bytes.size() - sizeof(socket_header);
   if (payload % sizeof(capnp::word) != 0 || payload == 0)
     return make_error(errc::malformed_frame, "hello of a bad size");
-  std::vector<capnp::word> words(payload / sizeof(capnp::word));
-  std::memcpy(words.data(), d.bytes.data() + sizeof(socket_header), payload);
+  auto words = kj::heapArray<capnp::word>(payload / sizeof(capnp::word));
+  std::memcpy(words.begin(), d.bytes.data() + sizeof(socket_header), payload);
   hello_info info;
   caf::error err;
   auto decode = checked([&] {
     capnp::ReaderOptions opts;
     opts.traversalLimitInWords = 1024;
-    capnp::FlatArrayMessageReader reader{kj::arrayPtr(words.data(), words.size()), opts};
+    capnp::FlatArrayMessageReader reader{kj::arrayPtr(words.begin(), words.size()), opts};
     auto root = reader.getRoot<wire::Frame>();
     if (!root.isHello()) {
       err = make_error(errc::malformed_frame, "first frame is not a hello");
@@ -209,7 +209,7 @@ caf::error connection::send(outgoing_frame& frame) {
     auto total = flat.size() * sizeof(capnp::word);
     if (total > max_inline_frame_bytes)
       return make_error(errc::invalid_argument, "frame too large to send inline");
-    const auto* bytes = reinterpret_cast<const std::byte*>(flat.data());
+    const auto* bytes = reinterpret_cast<const std::byte*>(flat.begin());
     constexpr size_t piece = max_datagram - sizeof(socket_header);
     for (uint64_t off = 0; off < total; off += piece) {
       auto n = std::min<uint64_t>(piece, total - off);
@@ -605,8 +605,8 @@ bool endpoint::process_socket(const connection_ptr& conn, const std::shared_ptr<
         conn->inline_buffer_.insert(conn->inline_buffer_.end(),
                                     d->bytes.begin() + sizeof(socket_header), d->bytes.end());
         if (conn->inline_buffer_.size() == total) {
-          std::vector<capnp::word> words(total / sizeof(capnp::word));
-          std::memcpy(words.data(), conn->inline_buffer_.data(), total);
+          auto words = kj::heapArray<capnp::word>(total / sizeof(capnp::word));
+          std::memcpy(words.begin(), conn->inline_buffer_.data(), total);
           conn->inline_buffer_.clear();
           conn->inline_buffer_.shrink_to_fit();
           deliver(conn, h, std::move(words));
@@ -622,7 +622,7 @@ bool endpoint::process_socket(const connection_ptr& conn, const std::shared_ptr<
 }
 
 void endpoint::deliver(const connection_ptr& conn, const std::shared_ptr<handlers>& h,
-                       std::vector<capnp::word> bytes) {
+                       kj::Array<capnp::word> bytes) {
   std::weak_ptr<connection> weak = conn;
   auto lookup = [&conn](uint32_t id) -> std::shared_ptr<const shm::segment> {
     auto i = conn->remote_segments_.find(id);
@@ -665,8 +665,8 @@ bool endpoint::drain_ring(const connection_ptr& conn, const std::shared_ptr<hand
         }
         // Copy the control message out before parsing it: the sender cannot
         // change what we check. Then its chunk goes back at once.
-        std::vector<capnp::word> words(d.length / sizeof(capnp::word));
-        std::memcpy(words.data(), i->second->data() + d.offset, d.length);
+        auto words = kj::heapArray<capnp::word>(d.length / sizeof(capnp::word));
+        std::memcpy(words.begin(), i->second->data() + d.offset, d.length);
         conn->give_back({{d.segment, d.offset, d.generation}});
         deliver(conn, h, std::move(words));
         break;
@@ -757,10 +757,14 @@ void endpoint::drop(const connection_ptr& conn) {
       conn->loop_state_->keep_alive.reset(); // may destroy conn
     }
   };
+  // The poll's callback closure may be running right now (we may have been
+  // called from it): free it only in the close callback, after it returned.
   auto close_poll = [&finish](uv_poll_t& p) {
     auto* old = static_cast<std::function<void()>*>(p.data);
-    delete old;
-    p.data = new std::function<void()>{finish};
+    p.data = new std::function<void()>{[finish, old] {
+      delete old;
+      finish();
+    }};
     uv_poll_stop(&p);
     close_then(reinterpret_cast<uv_handle_t*>(&p));
   };

@@ -176,7 +176,7 @@ private:
   bool process_socket(const connection_ptr& conn, const std::shared_ptr<handlers>& h);
   bool drain_ring(const connection_ptr& conn, const std::shared_ptr<handlers>& h);
   void deliver(const connection_ptr& conn, const std::shared_ptr<handlers>& h,
-               std::vector<capnp::word> bytes);
+               kj::Array<capnp::word> bytes);
   void fail(const connection_ptr& conn, const std::shared_ptr<handlers>& h, const caf::error& err);
   void drop(const connection_ptr& conn);
   void accept_pending(int listener, const std::shared_ptr<handlers>& h);

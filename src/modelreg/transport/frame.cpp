@@ -166,15 +166,15 @@ caf::expected<std::pair<shm::chunk_ptr, uint64_t>> outgoing_frame::finish_in_pla
   return std::make_pair(*c, static_cast<uint64_t>(bytes.size()));
 }
 
-std::vector<capnp::word> outgoing_frame::finish_flat() {
+kj::Array<capnp::word> outgoing_frame::finish_flat() {
   auto flat = capnp::messageToFlatArray(builder_->getSegmentsForOutput());
-  return std::vector<capnp::word>(flat.begin(), flat.end());
+  return flat;
 }
 
 // -- inbound ------------------------------------------------------------------
 
 caf::expected<std::shared_ptr<inbound_frame>>
-inbound_frame::decode(std::vector<capnp::word> bytes, const segment_lookup& segments,
+inbound_frame::decode(kj::Array<capnp::word> bytes, const segment_lookup& segments,
                       loan_return on_release, copy_counters& counters) {
   std::shared_ptr<inbound_frame> frame{new inbound_frame};
   frame->bytes_ = std::move(bytes);
@@ -182,7 +182,7 @@ inbound_frame::decode(std::vector<capnp::word> bytes, const segment_lookup& segm
   caf::error err;
   auto decode_err = checked([&] {
     frame->reader_ = std::make_unique<capnp::FlatArrayMessageReader>(
-      kj::arrayPtr(frame->bytes_.data(), frame->bytes_.size()), reader_limits());
+      kj::arrayPtr(frame->bytes_.begin(), frame->bytes_.size()), reader_limits());
     auto root = frame->reader_->getRoot<wire::Frame>();
     auto check_list = [&](capnp::List<wire::NamedTensor>::Reader list) {
       for (auto t : list) {

@@ -17,6 +17,7 @@
 // is immutable and may be shared across threads and actors.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -64,7 +65,7 @@ public:
   caf::expected<std::pair<shm::chunk_ptr, uint64_t>> finish_in_place();
 
   /// Finishes the message as one flat byte array (inline mode).
-  std::vector<capnp::word> finish_flat();
+  kj::Array<capnp::word> finish_flat();
 
   /// Chunks this frame references (each becomes one loan).
   const std::vector<shm::chunk_ptr>& referenced() const noexcept { return referenced_; }
@@ -89,7 +90,7 @@ public:
   /// Decodes `bytes` (already copied into private memory; the frame takes
   /// them). `malformed_frame` for anything that does not decode or check.
   static caf::expected<std::shared_ptr<inbound_frame>>
-  decode(std::vector<capnp::word> bytes, const segment_lookup& segments, loan_return on_release,
+  decode(kj::Array<capnp::word> bytes, const segment_lookup& segments, loan_return on_release,
          copy_counters& counters);
 
   ~inbound_frame();
@@ -106,7 +107,7 @@ private:
   inbound_frame() = default;
   caf::error check_tensor(wire::NamedTensor::Reader t, const segment_lookup& segments);
 
-  std::vector<capnp::word> bytes_;
+  kj::Array<capnp::word> bytes_;
   std::unique_ptr<capnp::FlatArrayMessageReader> reader_;
   std::map<uint32_t, std::shared_ptr<const shm::segment>> pinned_;
   std::vector<shm::chunk_id> loans_;

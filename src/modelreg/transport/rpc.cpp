@@ -6,6 +6,28 @@
 
 namespace modelreg::transport {
 
+void respond_error(const connection_ptr& conn, uint64_t id, const caf::error& err) {
+  auto frame = conn->new_frame();
+  auto resp = frame.root().initResponse();
+  resp.setId(id);
+  auto e = resp.initError();
+  errc code = errc::unavailable; // CAF's own errors (timeouts, dead actors)
+  to_errc(err, code);
+  e.setCode(static_cast<uint8_t>(code));
+  e.setMessage(describe(err));
+  conn->send(frame);
+}
+
+void respond_outputs(const connection_ptr& conn, uint64_t id, const tensor_map& outputs) {
+  auto frame = conn->new_frame();
+  auto resp = frame.root().initResponse();
+  resp.setId(id);
+  if (auto err = frame.put_tensors(resp.initOutputs(static_cast<uint32_t>(outputs.size())), outputs))
+    return respond_error(conn, id, err);
+  if (auto err = conn->send(frame))
+    respond_error(conn, id, err); // e.g. quota_exceeded: the connection stays usable
+}
+
 caf::expected<std::shared_ptr<rpc_client>>
 rpc_client::connect(const std::shared_ptr<endpoint>& ep, const std::string& path,
                     frame_handler on_other) {

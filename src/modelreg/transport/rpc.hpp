@@ -19,6 +19,14 @@
 
 namespace modelreg::transport {
 
+/// Answers request `id` on `conn` with `err` (its modelreg code and text).
+void respond_error(const connection_ptr& conn, uint64_t id, const caf::error& err);
+
+/// Answers request `id` with `outputs` (by reference when they live in this
+/// endpoint's shared memory, else copied there once); if they cannot be sent
+/// (a quota), answers with that error instead.
+void respond_outputs(const connection_ptr& conn, uint64_t id, const tensor_map& outputs);
+
 class rpc_client : public std::enable_shared_from_this<rpc_client> {
 public:
   /// Connects `ep` to `path`. Frames that are not responses go to

@@ -1,0 +1,142 @@
+// The registry served over the shared-memory transport: frames become
+// ordinary typed requests to the registry, tensors are read in place, and
+// remote leases belong to their connection.
+#include <filesystem>
+
+#include "actors/registry_fixture.hpp"
+#include "modelreg/actors/shm_gateway.hpp"
+#include "modelreg/transport/rpc.hpp"
+
+namespace modelreg::test {
+namespace {
+
+using namespace std::chrono_literals;
+using namespace modelreg::transport;
+
+class gateway_test : public registry_test {
+protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/modelreg-gw-XXXXXX";
+    dir = ::mkdtemp(tmpl);
+    path = dir + "/run/registry.sock";
+    start();
+    server_ep = endpoint::start();
+    auto gw = spawn_shm_gateway(sys, sut->actor(), server_ep, path);
+    ASSERT_TRUE(gw) << describe(gw.error());
+    gateway = *gw;
+    client_ep = endpoint::start();
+    auto c = rpc_client::connect(client_ep, path);
+    ASSERT_TRUE(c) << describe(c.error());
+    client = *c;
+  }
+
+  void TearDown() override {
+    client.reset();
+    client_ep->stop();
+    server_ep->stop();
+    caf::anon_send(gateway, shutdown_atom::value);
+    registry_test::TearDown();
+    std::filesystem::remove_all(dir);
+  }
+
+  caf::expected<frame_ptr> get_or_load(const std::string& key, const model_spec& spec) {
+    return client->call([&](outgoing_frame&, wire::Request::Builder req) -> caf::error {
+      auto g = req.initGetOrLoad();
+      g.setKey(key);
+      auto s = g.initSpec();
+      s.setBackend(spec.backend);
+      auto params = s.initParams(static_cast<uint32_t>(spec.params.size()));
+      uint32_t i = 0;
+      for (const auto& [k, v] : spec.params) {
+        params[i].setKey(k);
+        params[i].setValue(v);
+        ++i;
+      }
+      return {};
+    });
+  }
+
+  caf::expected<frame_ptr> infer(const std::string& key, const tensor_map& inputs) {
+    return client->call([&](outgoing_frame& f, wire::Request::Builder req) {
+      auto r = req.initInfer();
+      r.setKey(key);
+      return f.put_tensors(r.initInputs(static_cast<uint32_t>(inputs.size())), inputs);
+    });
+  }
+
+  uint64_t handles_of(const std::string& key) {
+    for (const auto& m : snapshot().models)
+      if (m.key == key)
+        return m.handles;
+    return 0;
+  }
+
+  std::string dir;
+  std::string path;
+  std::shared_ptr<endpoint> server_ep;
+  std::shared_ptr<endpoint> client_ep;
+  std::shared_ptr<rpc_client> client;
+  gateway_actor gateway;
+};
+
+TEST_F(gateway_test, RemoteCallerLoadsBySpecAndInfersOnSharedMemoryTensors) {
+  auto loaded = get_or_load("gain", {"gain", {{"gain", "2"}}});
+  ASSERT_TRUE(loaded) << describe(loaded.error());
+  auto resp = (*loaded)->root().getResponse();
+  ASSERT_TRUE(resp.isHandle()) << (resp.isError() ? resp.getError().getMessage().cStr() : "");
+  EXPECT_EQ(std::string{resp.getHandle().getKey().cStr()}, "gain");
+  EXPECT_EQ(handles_of("gain"), 1u);
+  auto audio = client_ep->allocate_tensor(dtype::f32, {4});
+  ASSERT_TRUE(audio);
+  auto v = *audio->mutable_values<float>();
+  for (size_t i = 0; i < 4; ++i)
+    v[i] = static_cast<float>(i) - 1.5f;
+  auto out = infer("gain", {{"audio", *audio}});
+  ASSERT_TRUE(out) << describe(out.error());
+  auto r = (*out)->root().getResponse();
+  ASSERT_TRUE(r.isOutputs()) << (r.isError() ? r.getError().getMessage().cStr() : "");
+  auto tensors = (*out)->tensors(r.getOutputs());
+  ASSERT_TRUE(tensors);
+  auto y = tensors->at("audio").values<float>();
+  ASSERT_TRUE(y);
+  EXPECT_EQ(std::vector<float>(y->begin(), y->end()), (std::vector<float>{-3.f, -1.f, 1.f, 3.f}));
+  EXPECT_TRUE((*out)->in_readonly_mapping(tensors->at("audio")));
+  EXPECT_EQ(client_ep->counters().copied_bytes.load(), 0u) << "inputs must go by reference";
+  EXPECT_EQ(snapshot().totals.loads, 1u);
+}
+
+TEST_F(gateway_test, ErrorsCrossTheHopAsTypedCodes) {
+  auto x = client_ep->allocate_tensor(dtype::f32, {1});
+  auto out = infer("nothing-loaded", {{"audio", *x}});
+  ASSERT_TRUE(out);
+  auto r = (*out)->root().getResponse();
+  ASSERT_TRUE(r.isError());
+  EXPECT_EQ(r.getError().getCode(), static_cast<uint8_t>(errc::model_not_found));
+  auto bad = get_or_load("x", {"no-such-backend", {}});
+  ASSERT_TRUE(bad);
+  ASSERT_TRUE((*bad)->root().getResponse().isError());
+  EXPECT_EQ((*bad)->root().getResponse().getError().getCode(),
+            static_cast<uint8_t>(errc::backend_not_found));
+}
+
+TEST_F(gateway_test, RemoteLeasesAreReleasedOnRequestAndWhenTheConnectionCloses) {
+  auto a = get_or_load("m", {"identity", {}});
+  auto b = get_or_load("m", {"identity", {}});
+  ASSERT_TRUE(a);
+  ASSERT_TRUE(b);
+  EXPECT_EQ(handles_of("m"), 2u);
+  auto lease = (*a)->root().getResponse().getHandle().getLease();
+  auto released = client->call([&](outgoing_frame&, wire::Request::Builder req) -> caf::error {
+    req.setRelease(lease);
+    return {};
+  });
+  ASSERT_TRUE(released);
+  EXPECT_TRUE((*released)->root().getResponse().isOk());
+  EXPECT_TRUE(eventually([&] { return handles_of("m") == 1; }));
+  client->close();
+  EXPECT_TRUE(eventually([&] { return handles_of("m") == 0; }))
+    << "a closed connection must release its leases";
+}
+
+} // namespace
+} // namespace modelreg::test
