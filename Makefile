@@ -32,15 +32,15 @@ test: build
 	@$(MAKE) --no-print-directory test-sanitize
 
 # A second build with clang, AddressSanitizer and UndefinedBehaviorSanitizer:
-# the multi-process transport tests and a bounded libFuzzer run of the frame
-# decoder.
+# every test again (the multi-process ones included) and a bounded libFuzzer
+# run of the frame decoder.
 test-sanitize: deps
 	@cmake -S . -B $(SANITIZE_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
 	  -DMODELREG_SANITIZE=ON -DMODELREG_FUZZ=ON -DMODELREG_FUZZ_SECONDS=$(FUZZ_SECONDS) \
 	  -DMODELREG_BUILD_EXAMPLES=OFF > /dev/null
 	@cmake --build $(SANITIZE_DIR) -j $(JOBS) --target modelreg_tests modelreg_cli frame_fuzz
-	@cd $(SANITIZE_DIR) && ctest --output-on-failure -R "transport_test|hostile_input_test|gateway_test|fuzz\\."
+	@cd $(SANITIZE_DIR) && ctest --output-on-failure -j $(JOBS) -E "^cli\\."
 
 bench: build
 	@$(BUILD_DIR)/bin/modelreg bench registry

@@ -31,6 +31,10 @@
 #include "modelreg/messages/system_config.hpp"
 #include "modelreg/transport/rpc.hpp"
 
+#ifdef MODELREG_WITH_GRPC
+#include "bench/grpc_bench.hpp"
+#endif
+
 extern char** environ;
 
 namespace modelreg::bench {
@@ -175,7 +179,7 @@ std::vector<nlohmann::json> run_modelreg(const transport_bench_options& opts, bo
   for (auto bytes : opts.sizes) {
     if (!shared_memory && bytes > opts.inline_max_bytes)
       continue;
-    auto t = shared_memory ? ep->allocate_tensor(dtype::u8, {static_cast<int64_t>(bytes)})
+    auto t = shared_memory ? (*client)->connection()->allocate_tensor(dtype::u8, {static_cast<int64_t>(bytes)})
                            : tensor::allocate(dtype::u8, {static_cast<int64_t>(bytes)});
     if (!t)
       throw std::runtime_error(describe(t.error()));
@@ -246,6 +250,23 @@ std::vector<nlohmann::json> run_caf_tcp(const transport_bench_options& opts) {
   return rows;
 }
 
+#ifdef MODELREG_WITH_GRPC
+std::vector<nlohmann::json> run_grpc(const transport_bench_options& opts, const std::string& dir) {
+  std::vector<nlohmann::json> rows;
+  auto path = dir + "/grpc.sock";
+  std::filesystem::create_directories(dir);
+  auto server = child::spawn({opts.self_path, "__grpc-echo-server", path});
+  if (server.line() != "ready")
+    throw std::runtime_error("gRPC echo server did not start");
+  for (auto bytes : opts.sizes) {
+    auto n = std::max<size_t>(iterations_for(bytes, opts.iterations) / 4, 3);
+    rows.push_back(row("grpc", bytes, grpc_round_trips(path, bytes, n)));
+  }
+  server.stop();
+  return rows;
+}
+#endif
+
 } // namespace
 
 int run_caf_echo_server() {
@@ -282,6 +303,11 @@ std::string run_transport_bench(const transport_bench_options& opts) {
   if (opts.with_caf)
     for (auto& r : run_caf_tcp(opts))
       results.push_back(r);
+#ifdef MODELREG_WITH_GRPC
+  if (opts.with_grpc)
+    for (auto& r : run_grpc(opts, dir + "/run"))
+      results.push_back(r);
+#endif
   std::filesystem::remove_all(dir);
   nlohmann::json out = {{"results", results},
                         {"shm_receive_mode", "spin 50 us, then sleep on the eventfd doorbell"}};

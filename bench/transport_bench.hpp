@@ -17,6 +17,8 @@ struct transport_bench_options {
   size_t inline_max_bytes = 256 << 20;
   size_t caf_max_bytes = 256 << 20;
   bool with_caf = true;
+  /// The gRPC rows (when modelreg was built with gRPC).
+  bool with_grpc = true;
 };
 
 /// Runs every measurement and returns {"results": [...]} (see docs/benchmarks.md).

@@ -1,7 +1,9 @@
 #include "bench/transport_peer.hpp"
 
 #include <cstring>
+#include <atomic>
 #include <iostream>
+#include <thread>
 #include <vector>
 
 #include "modelreg/messages/error.hpp"
@@ -42,7 +44,7 @@ void answer_echo(endpoint& ep, const connection_ptr& conn, const frame_ptr& fram
       sums.push_back(checksum(t.data(), t.nbytes()));
       in_mapping = in_mapping && frame->in_readonly_mapping(t);
     }
-    auto out = conn->shared_memory() ? ep.allocate_tensor(t.type(), t.shape())
+    auto out = conn->shared_memory() ? conn->allocate_tensor(t.type(), t.shape())
                                      : tensor::allocate(t.type(), t.shape());
     if (!out)
       return respond_error(conn, id, out.error());
@@ -51,7 +53,7 @@ void answer_echo(endpoint& ep, const connection_ptr& conn, const frame_ptr& fram
   if (verify) {
     // Written straight into our shared memory, so reporting copies none.
     auto put = [&](const std::string& name, dtype type, const void* data, size_t count) {
-      auto t = ep.allocate_tensor(type, {static_cast<int64_t>(count)});
+      auto t = conn->allocate_tensor(type, {static_cast<int64_t>(count)});
       if (t) {
         std::memcpy(t->mutable_data(), data, count * itemsize(type));
         outputs.emplace(name, std::move(*t));
@@ -102,7 +104,7 @@ int run_holding_client(const std::string& path, size_t count, size_t bytes) {
   std::vector<frame_ptr> held;
   for (size_t i = 0; i < count; ++i) {
     auto reply = (*client)->call([&](outgoing_frame& f, wire::Request::Builder req) {
-      auto t = ep->allocate_tensor(dtype::u8, {static_cast<int64_t>(bytes)});
+      auto t = (*client)->connection()->allocate_tensor(dtype::u8, {static_cast<int64_t>(bytes)});
       if (!t)
         return t.error();
       return f.put_tensors(req.initEcho(1), {{"x", *t}});
@@ -114,8 +116,24 @@ int run_holding_client(const std::string& path, size_t count, size_t bytes) {
     held.push_back(*reply);
   }
   std::cout << "holding " << held.size() << std::endl;
+  // Keep a stream of requests going until killed, so a kill lands mid-stream.
+  std::atomic<bool> stop{false};
+  std::thread stream{[&] {
+    while (!stop.load()) {
+      auto t = (*client)->connection()->allocate_tensor(dtype::u8, {static_cast<int64_t>(bytes)});
+      if (!t)
+        break;
+      auto reply = (*client)->call([&](outgoing_frame& f, wire::Request::Builder req) {
+        return f.put_tensors(req.initEcho(1), {{"x", *t}});
+      });
+      if (!reply)
+        break;
+    }
+  }};
   while (std::cin.get() != EOF) {
   }
+  stop = true;
+  stream.join();
   ep->stop();
   return 0;
 }

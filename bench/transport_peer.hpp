@@ -30,7 +30,8 @@ int run_echo_server(const std::string& path, bool shared_memory, uint64_t quota_
 
 /// Connects to `path`, sends `count` echo requests with one tensor of
 /// `bytes` bytes each, keeps every response (so it holds the server's
-/// loans), prints "holding N" and waits until killed or stdin closes.
+/// loans), prints "holding N", then streams further requests until killed
+/// or stdin closes.
 int run_holding_client(const std::string& path, size_t count, size_t bytes);
 
 } // namespace modelreg::bench

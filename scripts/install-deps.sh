@@ -14,6 +14,7 @@ packages=(
   libuv1-dev
   libdlpack-dev
   clang libclang-rt-14-dev
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
 )
 
 missing=()

@@ -76,16 +76,23 @@ registry::request_handle(const std::string& key, loader_fn loader, const model_s
                          ? make_error(errc::unavailable, "the registry has stopped")
                          : std::move(err));
   };
-  auto reg = actor_;
-  // A one-shot actor waits for the reply so no thread blocks.
+  // A one-shot actor waits for the reply so no thread blocks. (Arguments go
+  // through spawn: CAF 0.17 dereferences a null tuple for functions spawned
+  // without arguments.)
   if (spec != nullptr)
-    sys_.spawn([=, spec = *spec](caf::event_based_actor* self) {
-      self->request(reg, timeout, get_or_load_atom::value, key, spec).then(on_reply, on_error);
-    });
+    sys_.spawn(
+      [timeout, on_reply, on_error](caf::event_based_actor* self, const registry_actor& reg,
+                                    const std::string& key, const model_spec& spec) {
+        self->request(reg, timeout, get_or_load_atom::value, key, spec).then(on_reply, on_error);
+      },
+      actor_, key, *spec);
   else
-    sys_.spawn([=](caf::event_based_actor* self) {
-      self->request(reg, timeout, get_or_load_atom::value, key, loader).then(on_reply, on_error);
-    });
+    sys_.spawn(
+      [timeout, on_reply, on_error](caf::event_based_actor* self, const registry_actor& reg,
+                                    const std::string& key, const loader_fn& loader) {
+        self->request(reg, timeout, get_or_load_atom::value, key, loader).then(on_reply, on_error);
+      },
+      actor_, key, std::move(loader));
   return future;
 }
 

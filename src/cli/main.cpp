@@ -20,6 +20,9 @@
 #include "bench/transport_bench.hpp"
 #include "bench/transport_peer.hpp"
 #endif
+#ifdef MODELREG_WITH_GRPC
+#include "bench/grpc_bench.hpp"
+#endif
 
 namespace {
 
@@ -33,10 +36,10 @@ commands:
   bench registry [--json] [--quick]
                  measure the in-process registry: facade hits, actor round
                  trips, inference throughput, single-flight loading
-  bench transport [--json] [--quick] [--no-caf]
+  bench transport [--json] [--quick] [--no-caf] [--no-grpc]
                  round trips of 4 KiB..256 MiB tensors to another process:
-                 shared memory, inline fallback, CAF over TCP, and the
-                 eventfd ping-pong floor
+                 shared memory, inline fallback, CAF over TCP, gRPC over a
+                 Unix socket, and the eventfd ping-pong floor
   version        print the version
   help           print this text
 
@@ -76,6 +79,8 @@ int bench_transport(std::vector<std::string> args) {
   }
   if (has_flag(args, "--no-caf"))
     opts.with_caf = false;
+  if (has_flag(args, "--no-grpc"))
+    opts.with_grpc = false;
   if (!args.empty())
     return usage_error("unknown option for bench transport: " + args.front());
   auto result = modelreg::bench::run_transport_bench(opts);
@@ -169,6 +174,10 @@ int main(int argc, char** argv) {
         quota = std::stoull(args[2]);
       return modelreg::bench::run_echo_server(args[0], !inline_only, quota);
     }
+#ifdef MODELREG_WITH_GRPC
+    if (command == "__grpc-echo-server" && !args.empty())
+      return modelreg::bench::run_grpc_echo_server(args[0]);
+#endif
     if (command == "__caf-echo-server")
       return modelreg::bench::run_caf_echo_server();
     if (command == "__hold" && args.size() == 3)

@@ -86,7 +86,7 @@ TEST_F(gateway_test, RemoteCallerLoadsBySpecAndInfersOnSharedMemoryTensors) {
   ASSERT_TRUE(resp.isHandle()) << (resp.isError() ? resp.getError().getMessage().cStr() : "");
   EXPECT_EQ(std::string{resp.getHandle().getKey().cStr()}, "gain");
   EXPECT_EQ(handles_of("gain"), 1u);
-  auto audio = client_ep->allocate_tensor(dtype::f32, {4});
+  auto audio = client->connection()->allocate_tensor(dtype::f32, {4});
   ASSERT_TRUE(audio);
   auto v = *audio->mutable_values<float>();
   for (size_t i = 0; i < 4; ++i)
@@ -106,7 +106,7 @@ TEST_F(gateway_test, RemoteCallerLoadsBySpecAndInfersOnSharedMemoryTensors) {
 }
 
 TEST_F(gateway_test, ErrorsCrossTheHopAsTypedCodes) {
-  auto x = client_ep->allocate_tensor(dtype::f32, {1});
+  auto x = client->connection()->allocate_tensor(dtype::f32, {1});
   auto out = infer("nothing-loaded", {{"audio", *x}});
   ASSERT_TRUE(out);
   auto r = (*out)->root().getResponse();

@@ -100,6 +100,12 @@ TEST_F(eviction_test, IdleModelsExpireAfterTheTtl) {
   EXPECT_TRUE(eventually([&] { return log->size() >= 6; }));
   auto t = log->transitions();
   EXPECT_EQ(t.back(), std::make_pair(std::string{"held"}, model_state::evicted));
+  std::vector<model_state> idle;
+  for (const auto& [key, state] : t)
+    if (key == "idle")
+      idle.push_back(state);
+  EXPECT_EQ(idle, (std::vector<model_state>{model_state::loading, model_state::ready,
+                                            model_state::evicted}));
 }
 
 TEST_F(eviction_test, EvictExpiredReportsCountAndFreedBytes) {

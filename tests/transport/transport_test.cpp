@@ -50,8 +50,8 @@ protected:
   }
 
   /// One echo round trip with "__verify": returns the reply frame.
-  caf::expected<frame_ptr> echo(rpc_client& client, endpoint& ep, const tensor& t) {
-    auto verify = ep.allocate_tensor(dtype::u8, {1});
+  caf::expected<frame_ptr> echo(rpc_client& client, const tensor& t) {
+    auto verify = client.connection()->allocate_tensor(dtype::u8, {1});
     if (!verify)
       return verify.error();
     return client.call([&](outgoing_frame& f, wire::Request::Builder req) {
@@ -86,7 +86,7 @@ TEST_F(transport_test, TensorsOfEverySizeCrossBetweenProcessesWithoutACopy) {
   for (size_t size : {size_t{0}, size_t{1}, size_t{4096}, size_t{1} << 20, size_t{64} << 20,
                       size_t{256} << 20}) {
     SCOPED_TRACE("size " + std::to_string(size));
-    auto t = ep->allocate_tensor(dtype::u8, {static_cast<int64_t>(size)});
+    auto t = (*client)->connection()->allocate_tensor(dtype::u8, {static_cast<int64_t>(size)});
     ASSERT_TRUE(t);
     auto bytes = t->mutable_data();
     for (size_t i = 0; i < size; i += 4096)
@@ -95,7 +95,7 @@ TEST_F(transport_test, TensorsOfEverySizeCrossBetweenProcessesWithoutACopy) {
       bytes[size - 1] = std::byte{0x5a};
     auto expected = bench::checksum(t->data(), size);
     // Act
-    auto reply = echo(**client, *ep, *t);
+    auto reply = echo(**client, *t);
     // Assert
     ASSERT_TRUE(reply) << describe(reply.error());
     auto out = outputs_of(*reply);
@@ -121,7 +121,7 @@ TEST_F(transport_test, FallsBackToInlineTensorsWhenThePeerOffersNoSharedMemory) 
   for (size_t i = 0; i < data.size(); ++i)
     data[i] = static_cast<uint8_t>(i * 31);
   auto t = tensor::from_values<uint8_t>(data);
-  auto reply = echo(**client, *ep, *t);
+  auto reply = echo(**client, *t);
   ASSERT_TRUE(reply) << describe(reply.error());
   auto out = outputs_of(*reply);
   EXPECT_EQ(first<uint64_t>(out.at("__checksum")), bench::checksum(t->data(), t->nbytes()));
@@ -149,6 +149,8 @@ TEST_F(transport_test, KilledPeerIsReclaimedAtOnceAndLeavesNoFdsAndNothingInDevS
     child_process holder{{MODELREG_CLI, "__hold", path, "20", "65536"}};
     ASSERT_EQ(holder.read_line(), "holding 20");
     EXPECT_GE(ep->stats().pool.loans_outstanding, 20u);
+    // The holder keeps streaming requests: the kill lands mid-stream.
+    std::this_thread::sleep_for(20ms);
     auto other_ep = endpoint::start();
     auto other = rpc_client::connect(other_ep, path);
     ASSERT_TRUE(other);
@@ -162,10 +164,10 @@ TEST_F(transport_test, KilledPeerIsReclaimedAtOnceAndLeavesNoFdsAndNothingInDevS
                         std::chrono::steady_clock::now() - killed)
                         .count();
     RecordProperty("reclaim_ms", static_cast<int>(reclaim_ms));
-    EXPECT_EQ(disconnects.load(), 1);
-    auto t = other_ep->allocate_tensor(dtype::f32, {1024});
+    EXPECT_TRUE(eventually([&] { return disconnects.load() == 1; })); // reported after reclaim
+    auto t = (*other)->connection()->allocate_tensor(dtype::f32, {1024});
     ASSERT_TRUE(t);
-    auto reply = echo(**other, *other_ep, *t);
+    auto reply = echo(**other, *t);
     ASSERT_TRUE(reply) << describe(reply.error());
     EXPECT_EQ(ep->connection_count(), 1u);
     reply = caf::error{};
@@ -190,7 +192,7 @@ TEST_F(transport_test, ADlpackExportOfAReceivedTensorHoldsItsLoanUntilTheDeleter
   auto ep = endpoint::start();
   auto client = rpc_client::connect(ep, path);
   ASSERT_TRUE(client);
-  auto t = ep->allocate_tensor(dtype::f32, {1024});
+  auto t = (*client)->connection()->allocate_tensor(dtype::f32, {1024});
   auto reply = (*client)->call([&](outgoing_frame& f, wire::Request::Builder req) {
     return f.put_tensors(req.initEcho(1), {{"x", *t}});
   });
@@ -206,6 +208,48 @@ TEST_F(transport_test, ADlpackExportOfAReceivedTensorHoldsItsLoanUntilTheDeleter
   server->stop();
 }
 
+TEST_F(transport_test, EachConnectionMapsOnlyItsOwnPool) {
+  // Arrange: one server, two clients.
+  auto server = endpoint::start();
+  std::mutex mutex;
+  std::map<uint64_t, std::shared_ptr<shm::pool>> pools;
+  std::map<uint64_t, tensor> replies;
+  ASSERT_FALSE(server->listen(path, [&](const connection_ptr& c, frame_ptr f) {
+    auto out = c->allocate_tensor(dtype::u8, {4096});
+    {
+      std::lock_guard guard{mutex};
+      pools[c->id()] = c->pool();
+      replies[c->id()] = *out;
+    }
+    respond_outputs(c, f->root().getRequest().getId(), {{"x", *out}});
+  }));
+  auto ep = endpoint::start();
+  auto a = rpc_client::connect(ep, path);
+  auto b = rpc_client::connect(ep, path);
+  ASSERT_TRUE(a);
+  ASSERT_TRUE(b);
+  // Act
+  for (auto* c : {&*a, &*b}) {
+    auto t = (*c)->connection()->allocate_tensor(dtype::u8, {16});
+    ASSERT_TRUE(echo(**c, *t));
+  }
+  // Assert: two pools, and each reply lies only in its own connection's pool.
+  std::lock_guard guard{mutex};
+  ASSERT_EQ(pools.size(), 2u);
+  auto first = pools.begin();
+  auto second = std::next(first);
+  EXPECT_NE(first->second, second->second);
+  const auto& x1 = replies[first->first];
+  const auto& x2 = replies[second->first];
+  EXPECT_TRUE(first->second->locate(x1.data(), x1.nbytes()));
+  EXPECT_FALSE(second->second->locate(x1.data(), x1.nbytes()));
+  EXPECT_TRUE(second->second->locate(x2.data(), x2.nbytes()));
+  EXPECT_FALSE(first->second->locate(x2.data(), x2.nbytes()));
+  replies.clear();
+  ep->stop();
+  server->stop();
+}
+
 TEST_F(transport_test, QuotaExceededIsATypedErrorAndTheConnectionStaysUsable) {
   auto server = start_echo();
   endpoint_options opts;
@@ -213,14 +257,14 @@ TEST_F(transport_test, QuotaExceededIsATypedErrorAndTheConnectionStaysUsable) {
   auto ep = endpoint::start(opts);
   auto client = rpc_client::connect(ep, path);
   ASSERT_TRUE(client);
-  auto big = ep->allocate_tensor(dtype::u8, {4 << 20});
+  auto big = (*client)->connection()->allocate_tensor(dtype::u8, {4 << 20});
   ASSERT_TRUE(big);
-  auto refused = echo(**client, *ep, *big);
+  auto refused = echo(**client, *big);
   ASSERT_FALSE(refused);
   EXPECT_TRUE(is(refused.error(), errc::quota_exceeded)) << describe(refused.error());
   EXPECT_EQ(ep->stats().pool.loans_outstanding, 0u) << "a refused send lends nothing";
-  auto small = ep->allocate_tensor(dtype::u8, {64 << 10});
-  auto ok = echo(**client, *ep, *small);
+  auto small = (*client)->connection()->allocate_tensor(dtype::u8, {64 << 10});
+  auto ok = echo(**client, *small);
   ASSERT_TRUE(ok) << describe(ok.error());
   ok = caf::error{};
   EXPECT_TRUE(eventually([&] { return ep->stats().pool.loans_outstanding == 0; }));
@@ -233,7 +277,7 @@ TEST_F(transport_test, AServerOverItsPeersQuotaAnswersWithTheTypedError) {
   auto ep = endpoint::start();
   auto client = rpc_client::connect(ep, path);
   ASSERT_TRUE(client);
-  auto big = ep->allocate_tensor(dtype::u8, {4 << 20});
+  auto big = (*client)->connection()->allocate_tensor(dtype::u8, {4 << 20});
   auto reply = (*client)->call([&](outgoing_frame& f, wire::Request::Builder req) {
     return f.put_tensors(req.initEcho(1), {{"x", *big}});
   });
@@ -241,8 +285,8 @@ TEST_F(transport_test, AServerOverItsPeersQuotaAnswersWithTheTypedError) {
   auto resp = (*reply)->root().getResponse();
   ASSERT_TRUE(resp.isError());
   EXPECT_EQ(resp.getError().getCode(), static_cast<uint8_t>(errc::quota_exceeded));
-  auto small = ep->allocate_tensor(dtype::u8, {1000});
-  EXPECT_TRUE(echo(**client, *ep, *small));
+  auto small = (*client)->connection()->allocate_tensor(dtype::u8, {1000});
+  EXPECT_TRUE(echo(**client, *small));
   ep->stop();
 }
 
@@ -279,8 +323,8 @@ protected:
     attackers.push_back(ep);
     auto c = rpc_client::connect(ep, path);
     EXPECT_TRUE(c);
-    auto t = ep->allocate_tensor(dtype::u8, {16});
-    EXPECT_TRUE(echo(**c, *ep, *t));
+    auto t = (*c)->connection()->allocate_tensor(dtype::u8, {16});
+    EXPECT_TRUE(echo(**c, *t));
     return *c;
   }
 
@@ -300,8 +344,8 @@ protected:
     ++expected_errors;
     EXPECT_TRUE(eventually([&] { return !bad->connection()->is_open(); }))
       << "the bad connection stayed open";
-    auto t = good_ep->allocate_tensor(dtype::f32, {256});
-    auto reply = echo(*good, *good_ep, *t);
+    auto t = good->connection()->allocate_tensor(dtype::f32, {256});
+    auto reply = echo(*good, *t);
     EXPECT_TRUE(reply) << describe(reply.error());
   }
 
@@ -345,8 +389,7 @@ TEST_F(hostile_input_test, RandomBytesOnTheSocketCloseThatConnectionOnly) {
 
 TEST_F(hostile_input_test, TruncatedFrameIsRejected) {
   auto bad = attacker();
-  auto ep = attackers.back();
-  auto c = ep->pool()->allocate(4096); // in the announced control slab
+  auto c = bad->connection()->pool()->allocate(4096); // in the announced control slab
   ASSERT_TRUE(c);
   auto* table = reinterpret_cast<uint32_t*>((*c)->data());
   table[0] = 0;
@@ -399,8 +442,7 @@ TEST_F(hostile_input_test, RepeatedAndStaleReturnsAreRejected) {
   for (bool stale : {false, true}) {
     SCOPED_TRACE(stale ? "stale generation" : "repeated return");
     auto bad = attacker();
-    auto ep = attackers.back();
-    auto t = ep->allocate_tensor(dtype::u8, {100});
+    auto t = bad->connection()->allocate_tensor(dtype::u8, {100});
     auto reply = bad->call([&](outgoing_frame& f, wire::Request::Builder req) {
       return f.put_tensors(req.initEcho(1), {{"x", *t}});
     });

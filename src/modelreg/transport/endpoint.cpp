@@ -1,5 +1,6 @@
 #include "modelreg/transport/endpoint.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <thread>
 
@@ -124,16 +125,16 @@ void close_then(uv_handle_t* h) {
     });
 }
 
-/// The allocator behind endpoint::allocator(): shared-memory tensors.
+/// The allocator behind connection::allocator(): shared-memory tensors.
 class shm_allocator final : public tensor_allocator {
 public:
-  explicit shm_allocator(endpoint& ep) : ep_(ep) {}
+  explicit shm_allocator(connection& conn) : conn_(conn) {}
   caf::expected<tensor> allocate(dtype type, std::vector<int64_t> shape) override {
-    return ep_.allocate_tensor(type, std::move(shape));
+    return conn_.allocate_tensor(type, std::move(shape));
   }
 
 private:
-  endpoint& ep_;
+  connection& conn_;
 };
 
 } // namespace
@@ -164,18 +165,29 @@ struct connection::state {
 
 connection::connection(std::shared_ptr<endpoint> owner, uint64_t id, unique_fd sock,
                        peer_credentials peer)
-  : owner_(std::move(owner)), id_(id), sock_(std::move(sock)), peer_(peer) {}
+  : owner_(std::move(owner)),
+    id_(id),
+    pool_(shm::pool::create()),
+    allocator_(std::make_unique<shm_allocator>(*this)),
+    sock_(std::move(sock)),
+    peer_(peer) {
+  std::lock_guard guard{owner_->pools_mutex_};
+  auto& pools = owner_->pools_;
+  pools.erase(std::remove_if(pools.begin(), pools.end(), [](const auto& w) { return w.expired(); }),
+              pools.end());
+  pools.push_back(pool_);
+}
 
 connection::~connection() = default;
 
 outgoing_frame connection::new_frame() {
-  return outgoing_frame{owner_->pool_, shared_memory_, owner_->counters_};
+  return outgoing_frame{pool_, shared_memory_, owner_->counters_};
 }
 
 caf::error connection::announce_segment(uint32_t id) {
   if (announced_.count(id) > 0)
     return {};
-  const auto* seg = owner_->pool_->find_segment(id);
+  const auto* seg = pool_->find_segment(id);
   if (seg == nullptr)
     return make_error(errc::invalid_argument, "no segment " + std::to_string(id));
   auto d = make_datagram(socket_message::segment, id, seg->size());
@@ -226,7 +238,7 @@ caf::error connection::send(outgoing_frame& frame) {
   // Lend every referenced chunk and the control chunk; all or nothing.
   std::vector<shm::chunk_id> lent;
   auto lend = [&](const shm::chunk_ptr& c) -> caf::error {
-    auto id = owner_->pool_->lend(c, id_, c->capacity());
+    auto id = pool_->lend(c, id_, c->capacity());
     if (!id)
       return id.error();
     lent.push_back(*id);
@@ -249,7 +261,7 @@ caf::error connection::send(outgoing_frame& frame) {
                 cid.generation});
   if (err) {
     for (const auto& id : lent)
-      owner_->pool_->give_back(id_, id);
+      pool_->give_back(id_, id);
     return err;
   }
   writer_.ring_doorbell();
@@ -290,9 +302,7 @@ void connection::close() {
 // -- endpoint -----------------------------------------------------------------
 
 endpoint::endpoint(endpoint_options opts)
-  : options_(std::move(opts)), pool_(shm::pool::create()), loop_(std::make_unique<loop>()) {
-  allocator_ = std::make_unique<shm_allocator>(*this);
-}
+  : options_(std::move(opts)), loop_(std::make_unique<loop>()) {}
 
 std::shared_ptr<endpoint> endpoint::start(endpoint_options opts) {
   std::shared_ptr<endpoint> ep{new endpoint(std::move(opts))};
@@ -429,7 +439,7 @@ caf::error endpoint::setup_shared_memory(connection& conn, uint32_t peer_slots,
   conn.writer_ = ring_writer{mine, peer, options_.ring_slots, conn.peer_doorbell_.get()};
   conn.reader_ = ring_reader{peer, mine, peer_slots};
   conn.shared_memory_ = true;
-  pool_->set_quota(conn.id_, options_.peer_quota);
+  conn.pool_->set_quota(conn.id_, options_.peer_quota);
   return {};
 }
 
@@ -672,7 +682,7 @@ bool endpoint::drain_ring(const connection_ptr& conn, const std::shared_ptr<hand
         break;
       }
       case descriptor_kind::give_back: {
-        if (auto err = pool_->give_back(conn->id_, {d.segment, d.offset, d.generation})) {
+        if (auto err = conn->pool_->give_back(conn->id_, {d.segment, d.offset, d.generation})) {
           ++rejected_;
           fail(conn, h, err);
           return false;
@@ -747,7 +757,7 @@ void endpoint::drop(const connection_ptr& conn) {
     connections_.erase(conn->id_);
   }
   // Everything the peer held of ours comes back now.
-  auto reclaimed = pool_->reclaim(conn->id_);
+  auto reclaimed = conn->pool_->reclaim(conn->id_);
   if (reclaimed > 0)
     log::get("modelreg.transport")->info("connection {}: reclaimed {} loans", conn->id_, reclaimed);
   auto pending = std::make_shared<int>(st.bell_started ? 2 : 1);
@@ -774,7 +784,7 @@ void endpoint::drop(const connection_ptr& conn) {
   ::shutdown(conn->sock_.get(), SHUT_RDWR);
 }
 
-caf::expected<tensor> endpoint::allocate_tensor(dtype type, std::vector<int64_t> shape) {
+caf::expected<tensor> connection::allocate_tensor(dtype type, std::vector<int64_t> shape) {
   auto probe = tensor::allocate(type, {0}); // validates the dtype
   if (!probe)
     return probe.error();
@@ -793,7 +803,7 @@ caf::expected<tensor> endpoint::allocate_tensor(dtype type, std::vector<int64_t>
   return tensor::wrap(std::move(*c), base, capacity, {type, std::move(shape), {}, 0}, true);
 }
 
-tensor_allocator& endpoint::allocator() {
+tensor_allocator& connection::allocator() {
   return *allocator_;
 }
 
@@ -803,7 +813,17 @@ endpoint_stats endpoint::stats() const {
   s.zero_copy_tensors = counters_.zero_copy_tensors.load();
   s.copied_bytes = counters_.copied_bytes.load();
   s.rejected_frames = rejected_.load();
-  s.pool = pool_->stats();
+  std::lock_guard guard{pools_mutex_};
+  for (const auto& weak : pools_) {
+    if (auto p = weak.lock()) {
+      auto ps = p->stats();
+      s.pool.segments += ps.segments;
+      s.pool.bytes_mapped += ps.bytes_mapped;
+      s.pool.chunks_in_use += ps.chunks_in_use;
+      s.pool.loans_outstanding += ps.loans_outstanding;
+      s.pool.bytes_lent += ps.bytes_lent;
+    }
+  }
   return s;
 }
 

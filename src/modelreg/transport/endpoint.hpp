@@ -10,8 +10,9 @@
 //
 // Threads: frame and error handlers run on the loop thread and must not
 // block; `send`, `close` and everything on `endpoint` may be called from any
-// thread. Lifetime: `stop()` (or the destructor) closes every connection and
-// joins the loop thread; peers see EOF and reclaim what this process held.
+// thread. Lifetime: call `stop()` when done: it closes every connection and
+// listener and joins the loop thread (peers see EOF and reclaim what this
+// process held). Until then the loop thread keeps the endpoint alive.
 #pragma once
 
 #include <atomic>
@@ -73,6 +74,17 @@ public:
   /// A frame to fill and `send`.
   outgoing_frame new_frame();
 
+  /// A tensor in this connection's shared memory: sent by reference, no
+  /// copy. Each connection has its own pool, so a peer can map only memory
+  /// meant for it.
+  caf::expected<tensor> allocate_tensor(dtype type, std::vector<int64_t> shape);
+
+  /// An allocator handing out this connection's shared-memory tensors.
+  tensor_allocator& allocator();
+
+  /// This connection's pool (the memory its peer may map).
+  const std::shared_ptr<shm::pool>& pool() const noexcept { return pool_; }
+
   /// Sends `frame`, lending every chunk it references to the peer. Fails
   /// with `quota_exceeded` (nothing sent, the connection stays usable),
   /// `peer_disconnected`, or `overloaded` if the ring stays full.
@@ -98,6 +110,8 @@ private:
 
   std::shared_ptr<endpoint> owner_;
   uint64_t id_;
+  std::shared_ptr<shm::pool> pool_;
+  std::unique_ptr<tensor_allocator> allocator_;
   unique_fd sock_;
   peer_credentials peer_;
   bool shared_memory_ = false;
@@ -127,7 +141,7 @@ struct endpoint_stats {
   uint64_t zero_copy_tensors = 0;
   uint64_t copied_bytes = 0;
   uint64_t rejected_frames = 0;
-  shm::pool_stats pool;
+  shm::pool_stats pool; ///< summed over the pools of every connection still alive
 };
 
 class endpoint : public std::enable_shared_from_this<endpoint> {
@@ -146,13 +160,6 @@ public:
   caf::expected<connection_ptr> connect(const std::string& path, frame_handler on_frame,
                                         error_handler on_error = {});
 
-  /// A tensor in this process's shared memory: sent by reference, no copy.
-  caf::expected<tensor> allocate_tensor(dtype type, std::vector<int64_t> shape);
-
-  /// An allocator handing out shared-memory tensors.
-  tensor_allocator& allocator();
-
-  const std::shared_ptr<shm::pool>& pool() const noexcept { return pool_; }
   copy_counters& counters() noexcept { return counters_; }
   const endpoint_options& options() const noexcept { return options_; }
   endpoint_stats stats() const;
@@ -187,14 +194,14 @@ private:
   uint64_t next_connection_id();
 
   endpoint_options options_;
-  std::shared_ptr<shm::pool> pool_;
   copy_counters counters_;
+  mutable std::mutex pools_mutex_;
+  std::vector<std::weak_ptr<shm::pool>> pools_; // for stats
   std::atomic<uint64_t> rejected_{0};
   std::atomic<uint64_t> next_id_{1};
   std::unique_ptr<loop> loop_;
   mutable std::mutex connections_mutex_;
   std::map<uint64_t, connection_ptr> connections_;
-  std::unique_ptr<tensor_allocator> allocator_;
 };
 
 } // namespace modelreg::transport

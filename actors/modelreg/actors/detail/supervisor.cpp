@@ -286,8 +286,11 @@ void start_load(supervisor_ptr self, const std::string& key, entry& e) {
   auto generation = e.generation;
   auto sup = caf::actor_cast<supervisor_actor>(self);
   // A blocking actor runs on its own thread and ends when the function
-  // returns: the loader may block as long as it likes.
-  self->system().spawn([loader, key, generation, sup](caf::blocking_actor* loader_self) {
+  // returns: the loader may block as long as it likes. (Arguments are passed
+  // to spawn rather than captured: CAF 0.17 dereferences a null tuple for
+  // functions spawned without arguments.)
+  auto run = [](caf::blocking_actor* loader_self, loader_fn loader, std::string key,
+                uint64_t generation, supervisor_actor sup) {
     load_outcome outcome;
     auto started = steady_now_ns();
     try {
@@ -305,7 +308,8 @@ void start_load(supervisor_ptr self, const std::string& key, entry& e) {
     }
     outcome.duration_ns = steady_now_ns() - started;
     loader_self->send(sup, loaded_atom::value, key, generation, std::move(outcome));
-  });
+  };
+  self->system().spawn(run, std::move(loader), key, generation, sup);
   self->delayed_send(self, st.cfg.load_timeout, load_timeout_atom::value, key, generation);
 }
 
