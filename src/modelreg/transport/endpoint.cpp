@@ -294,6 +294,10 @@ caf::error connection::send_raw_datagram(const void* data, size_t size) {
   return send_datagram(sock_.get(), data, size);
 }
 
+bool connection::poll() {
+  return owner_->poll(shared_from_this());
+}
+
 void connection::close() {
   auto self = shared_from_this();
   owner_->post([self] { self->owner_->drop(self); });
@@ -364,9 +368,14 @@ void endpoint::stop() {
     });
   }
   uv_async_send(&loop_->wake);
-  if (loop_->thread.joinable())
-    loop_->thread.join();
-  loop_->listeners.clear();
+  if (loop_->thread.joinable()) {
+    if (on_loop_thread())
+      loop_->thread.detach(); // the last owner let go inside a loop callback
+    else
+      loop_->thread.join();
+  }
+  if (!on_loop_thread())
+    loop_->listeners.clear();
 }
 
 uint64_t endpoint::next_connection_id() {
@@ -502,6 +511,7 @@ caf::expected<connection_ptr> endpoint::connect(const std::string& path, frame_h
     conn->loop_state_->handshaken = true;
     if (conn->shared_memory_)
       self->start_doorbell(conn, h);
+    conn->adopted_ = true;
   });
   return conn;
 }
@@ -549,13 +559,14 @@ void endpoint::adopt(const connection_ptr& conn, std::shared_ptr<handlers> h) {
 void endpoint::on_readable(const connection_ptr& conn, const std::shared_ptr<handlers>& h) {
   if (!conn->loop_state_ || conn->loop_state_->closing)
     return;
+  std::lock_guard guard{conn->recv_mutex_};
   process_socket(conn, h);
 }
 
 bool endpoint::process_socket(const connection_ptr& conn, const std::shared_ptr<handlers>& h) {
   auto& st = *conn->loop_state_;
   for (;;) {
-    if (st.closing)
+    if (!conn->open_.load() || conn->failing_.load())
       return false;
     auto d = receive_datagram(conn->sock_.get(), max_datagram);
     if (!d) {
@@ -656,7 +667,8 @@ void endpoint::deliver(const connection_ptr& conn, const std::shared_ptr<handler
 
 bool endpoint::drain_ring(const connection_ptr& conn, const std::shared_ptr<handlers>& h) {
   descriptor d;
-  while (!conn->loop_state_->closing && conn->reader_.try_pop(d)) {
+  auto usable = [&] { return conn->open_.load() && !conn->failing_.load(); };
+  while (usable() && conn->reader_.try_pop(d)) {
     switch (static_cast<descriptor_kind>(d.kind)) {
       case descriptor_kind::frame: {
         auto i = conn->remote_segments_.find(d.segment);
@@ -696,7 +708,7 @@ bool endpoint::drain_ring(const connection_ptr& conn, const std::shared_ptr<hand
         return false;
     }
   }
-  return !conn->loop_state_->closing;
+  return usable();
 }
 
 void endpoint::start_doorbell(const connection_ptr& conn, const std::shared_ptr<handlers>& h) {
@@ -708,7 +720,9 @@ void endpoint::start_doorbell(const connection_ptr& conn, const std::shared_ptr<
   uv_poll_start(&st.bell_poll, UV_READABLE, [](uv_poll_t* p, int, int) {
     (*static_cast<std::function<void()>*>(p->data))();
   });
-  on_doorbell(conn, h); // anything published before we watched
+  // Anything published before we watched; posted, because the caller may
+  // hold the connection's receive lock.
+  post([self, conn, h] { self->on_doorbell(conn, h); });
 }
 
 void endpoint::on_doorbell(const connection_ptr& conn, const std::shared_ptr<handlers>& h) {
@@ -719,8 +733,11 @@ void endpoint::on_doorbell(const connection_ptr& conn, const std::shared_ptr<han
   [[maybe_unused]] auto n = ::read(conn->my_doorbell_.get(), &count, sizeof(count));
   conn->reader_.disarm();
   for (;;) {
-    if (!drain_ring(conn, h))
-      return;
+    {
+      std::lock_guard guard{conn->recv_mutex_};
+      if (!drain_ring(conn, h))
+        return;
+    }
     // Spin briefly: a busy peer's next frame usually arrives within it.
     auto until = std::chrono::steady_clock::now() + options_.spin;
     // Yield while spinning: on two cores the thread that will produce the
@@ -734,8 +751,31 @@ void endpoint::on_doorbell(const connection_ptr& conn, const std::shared_ptr<han
   }
 }
 
+bool endpoint::on_loop_thread() const {
+  return std::this_thread::get_id() == loop_->thread.get_id();
+}
+
+bool endpoint::poll(const connection_ptr& conn) {
+  if (!conn->adopted_.load() || !conn->shared_memory_ || !conn->open_.load() ||
+      conn->failing_.load())
+    return false;
+  std::unique_lock guard{conn->recv_mutex_, std::try_to_lock};
+  if (!guard.owns_lock() || !conn->reader_.ready())
+    return false;
+  drain_ring(conn, conn->loop_state_->handlers);
+  return true;
+}
+
 void endpoint::fail(const connection_ptr& conn, const std::shared_ptr<handlers>& h,
                     const caf::error& err) {
+  if (!on_loop_thread()) {
+    // Found by a thread in poll(): closing is the loop's job.
+    if (!conn->failing_.exchange(true)) {
+      auto self = shared_from_this();
+      post([self, conn, h, err] { self->fail(conn, h, err); });
+    }
+    return;
+  }
   if (!conn->loop_state_ || conn->loop_state_->closing)
     return;
   if (!is(err, errc::peer_disconnected))

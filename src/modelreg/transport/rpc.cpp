@@ -118,11 +118,13 @@ rpc_client::call(const std::function<caf::error(outgoing_frame&, wire::Request::
     forget();
     return err;
   }
-  // Spin briefly first: a reply often arrives within microseconds, sooner
-  // than a sleeping thread could be woken.
+  // Spin briefly first, taking the reply off the ring ourselves: it often
+  // arrives within microseconds, sooner than a sleeping thread could be woken
+  // or the loop thread could hand it over.
   auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds{50};
   while (!p->done.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < spin_until)
-    std::this_thread::yield();
+    if (!conn_->poll())
+      std::this_thread::yield();
   std::unique_lock guard{mutex_};
   if (!p->cv.wait_for(guard, timeout, [&] { return p->done.load(); })) {
     pending_.erase(id);
