@@ -645,8 +645,14 @@ bool endpoint::process_socket(const connection_ptr& conn, const std::shared_ptr<
 void endpoint::deliver(const connection_ptr& conn, const std::shared_ptr<handlers>& h,
                        kj::Array<capnp::word> bytes) {
   std::weak_ptr<connection> weak = conn;
-  auto lookup = [&conn](uint32_t id) -> std::shared_ptr<const shm::segment> {
+  auto lookup = [&](uint32_t id) -> std::shared_ptr<const shm::segment> {
     auto i = conn->remote_segments_.find(id);
+    if (i == conn->remote_segments_.end() && conn->shared_memory_) {
+      // The sender announced the segment on the socket before it published
+      // this frame: read the announcement now.
+      process_socket(conn, h);
+      i = conn->remote_segments_.find(id);
+    }
     return i == conn->remote_segments_.end() ? nullptr : i->second;
   };
   auto frame = inbound_frame::decode(
