@@ -480,14 +480,7 @@ caf::expected<connection_ptr> endpoint::connect(const std::string& path, frame_h
   auto conn = connection_ptr{new connection(shared_from_this(), next_connection_id(),
                                             std::move(*fd), *cred)};
   bool offer = options_.shared_memory;
-  if (offer)
-    if (auto err = make_control(options_, conn->my_control_, conn->my_doorbell_))
-      return err;
-  auto hello = hello_datagram(options_, offer);
-  std::vector<int> fds;
-  if (offer)
-    fds = {conn->my_control_.fd(), conn->my_doorbell_.get()};
-  if (auto err = send_datagram(conn->sock_.get(), hello.data(), hello.size(), fds))
+  if (auto err = send_hello(*conn, offer))
     return err;
   if (!wait_readable(conn->sock_.get(), static_cast<int>(options_.handshake_timeout.count())))
     return make_error(errc::unavailable, "no hello from " + path);
@@ -516,24 +509,28 @@ caf::expected<connection_ptr> endpoint::connect(const std::string& path, frame_h
   return conn;
 }
 
+caf::error endpoint::send_hello(connection& conn, bool shared_memory) {
+  // Offering shared memory means handing over our control segment and
+  // doorbell with the hello.
+  if (shared_memory)
+    if (auto err = make_control(options_, conn.my_control_, conn.my_doorbell_))
+      return err;
+  auto hello = hello_datagram(options_, shared_memory);
+  std::vector<int> fds;
+  if (shared_memory)
+    fds = {conn.my_control_.fd(), conn.my_doorbell_.get()};
+  std::lock_guard guard{conn.send_mutex_};
+  return send_datagram(conn.sock_.get(), hello.data(), hello.size(), fds);
+}
+
 caf::error endpoint::server_handshake(const connection_ptr& conn, datagram& hello) {
   auto info = parse_hello(hello);
   if (!info)
     return info.error();
   bool shm = options_.shared_memory && (info->capabilities & wire::CAP_SHARED_MEMORY) != 0 &&
              hello.fds.size() == 2;
-  if (shm)
-    if (auto err = make_control(options_, conn->my_control_, conn->my_doorbell_))
-      return err;
-  auto reply = hello_datagram(options_, shm);
-  std::vector<int> fds;
-  if (shm)
-    fds = {conn->my_control_.fd(), conn->my_doorbell_.get()};
-  {
-    std::lock_guard guard{conn->send_mutex_};
-    if (auto err = send_datagram(conn->sock_.get(), reply.data(), reply.size(), fds))
-      return err;
-  }
+  if (auto err = send_hello(*conn, shm))
+    return err;
   if (shm)
     return setup_shared_memory(*conn, info->ring_slots, hello.fds);
   return {};

@@ -199,6 +199,7 @@ private:
   bool on_loop_thread() const;
   void drop(const connection_ptr& conn);
   void accept_pending(int listener, const std::shared_ptr<handlers>& h);
+  caf::error send_hello(connection& conn, bool shared_memory);
   caf::error server_handshake(const connection_ptr& conn, datagram& hello);
   caf::error setup_shared_memory(connection& conn, uint32_t peer_slots,
                                  std::vector<unique_fd>& fds);
