@@ -38,8 +38,8 @@ struct model_actor_options {
   size_t lanes = 1;
 };
 
-/// Spawns the model actor for `m` from `parent`'s system. Stats go to
-/// `stats`. Blocking models get detached actors.
+/// Spawns the model actor for `m` in `sys`. Stats go to `stats`. Blocking
+/// models get detached actors.
 model_actor spawn_model_actor(caf::actor_system& sys, model_ptr m,
                               std::shared_ptr<detail::model_stats> stats,
                               model_actor_options options);

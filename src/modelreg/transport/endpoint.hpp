@@ -8,9 +8,9 @@
 // referenced, never copied. Without shared memory the same frames travel over
 // the socket with tensor bytes inline.
 //
-// Threads: frame and error handlers run on the loop thread and must not
-// block; `send`, `close` and everything on `endpoint` may be called from any
-// thread. Lifetime: call `stop()` when done: it closes every connection and
+// Threads: frame and error handlers run on the loop thread (or on a thread
+// inside `connection::poll()`) and must not block; `send`, `close` and
+// everything on `endpoint` may be called from any thread. Lifetime: call `stop()` when done: it closes every connection and
 // listener and joins the loop thread (peers see EOF and reclaim what this
 // process held). Until then the loop thread keeps the endpoint alive.
 #pragma once
@@ -56,7 +56,7 @@ class connection;
 using connection_ptr = std::shared_ptr<connection>;
 using frame_ptr = std::shared_ptr<const inbound_frame>;
 
-/// A frame arrived (on the loop thread).
+/// A frame arrived (on the loop thread, or a thread inside poll()).
 using frame_handler = std::function<void(const connection_ptr&, frame_ptr)>;
 /// A connection failed: `malformed_frame` (then closed) or
 /// `peer_disconnected` (closed); on the loop thread.
