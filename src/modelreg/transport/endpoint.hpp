@@ -10,9 +10,11 @@
 //
 // Threads: frame and error handlers run on the loop thread (or on a thread
 // inside `connection::poll()`) and must not block; `send`, `close` and
-// everything on `endpoint` may be called from any thread. Lifetime: call `stop()` when done: it closes every connection and
-// listener and joins the loop thread (peers see EOF and reclaim what this
-// process held). Until then the loop thread keeps the endpoint alive.
+// everything on `endpoint` may be called from any thread.
+//
+// Lifetime: call `stop()` when done: it closes every connection and listener
+// and joins the loop thread (peers see EOF and reclaim what this process
+// held). Until then the loop thread keeps the endpoint alive.
 #pragma once
 
 #include <atomic>
