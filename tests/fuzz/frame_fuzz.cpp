@@ -1,7 +1,9 @@
 // libFuzzer target: whatever bytes a peer puts in a frame, decoding either
 // succeeds with tensors that lie inside their segment, or fails with an
 // error; it never crashes, reads out of bounds or leaks (run under ASan and
-// UBSan). CI runs it for a bounded time (make test).
+// UBSan). CI runs it for a bounded time (make test), starting from the seed
+// frames in fuzz/seeds/ (Cap'n Proto text, encoded at build time with
+// `capnp encode ... wire.capnp Frame`).
 #include <cstddef>
 #include <cstdint>
 #include <cstring>

@@ -337,7 +337,9 @@ endpoint::~endpoint() {
 void endpoint::post(std::function<void()> task) {
   {
     std::lock_guard guard{loop_->mutex};
-    if (loop_->stopping && !loop_->thread.joinable())
+    // Once stopping, the loop may already have run its last tasks: a task
+    // queued now would never run and, holding the endpoint, never be freed.
+    if (loop_->stopping)
       return;
     loop_->tasks.push_back(std::move(task));
   }
@@ -374,8 +376,11 @@ void endpoint::stop() {
     else
       loop_->thread.join();
   }
-  if (!on_loop_thread())
+  if (!on_loop_thread()) {
     loop_->listeners.clear();
+    std::lock_guard guard{loop_->mutex};
+    loop_->tasks.clear(); // anything queued after the loop's last round
+  }
 }
 
 uint64_t endpoint::next_connection_id() {
