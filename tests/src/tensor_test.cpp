@@ -47,6 +47,11 @@ TEST(tensor, WrapRejectsLayoutsOutsideTheStorage) {
   EXPECT_FALSE(tensor::wrap(owner, bytes.data(), 100, {static_cast<dtype>(99), {1}, {}, 0}));
   EXPECT_FALSE(tensor::wrap(owner, bytes.data(), 100, {dtype::f32, {5, 5}, {10, 1}, 0}));
   EXPECT_TRUE(tensor::wrap(owner, bytes.data(), 100, {dtype::f32, {0}, {}, 100}));
+  // Regression (fuzzer): the product fits in size_t but not in int64 strides.
+  EXPECT_FALSE(tensor::wrap(owner, bytes.data(), 100,
+                            {dtype::u8, {214748364805, 83886080}, {}, 0}));
+  EXPECT_FALSE(tensor::wrap(owner, bytes.data(), 100,
+                            {dtype::u8, {0, int64_t{1} << 40, int64_t{1} << 40}, {}, 0}));
 }
 
 TEST(tensor, StridedViewIsNotContiguousAndCopiesCorrectly) {

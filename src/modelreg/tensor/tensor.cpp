@@ -69,11 +69,14 @@ caf::expected<tensor> tensor::wrap(std::shared_ptr<const void> owner, const std:
     if (d < 0 || mul_overflows(count, static_cast<size_t>(d), count))
       return make_error(errc::invalid_argument, "negative or overflowing shape");
   if (layout.strides.empty()) {
+    // C-contiguous strides; every one must fit in int64 (found by fuzzing:
+    // a product can fit in size_t and still overflow int64).
     layout.strides.resize(rank);
     int64_t s = 1;
     for (size_t i = rank; i-- > 0;) {
       layout.strides[i] = s;
-      s *= std::max<int64_t>(layout.shape[i], 1);
+      if (__builtin_mul_overflow(s, std::max<int64_t>(layout.shape[i], 1), &s))
+        return make_error(errc::invalid_argument, "shape overflows its strides");
     }
   }
   // The highest element offset reached (strides may not be negative here).
