@@ -8,7 +8,6 @@
 
 BUILD_DIR ?= build
 SANITIZE_DIR ?= build-sanitize
-FUZZ_SECONDS ?= 60
 BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= 2
 CMAKE_FLAGS ?=
@@ -37,7 +36,7 @@ test: build
 test-sanitize: deps
 	@cmake -S . -B $(SANITIZE_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
-	  -DMODELREG_SANITIZE=ON -DMODELREG_FUZZ=ON -DMODELREG_FUZZ_SECONDS=$(FUZZ_SECONDS) \
+	  -DMODELREG_SANITIZE=ON -DMODELREG_FUZZ=ON \
 	  -DMODELREG_BUILD_EXAMPLES=OFF > /dev/null
 	@cmake --build $(SANITIZE_DIR) -j $(JOBS) --target modelreg_tests modelreg_cli frame_fuzz
 	@cd $(SANITIZE_DIR) && ctest --output-on-failure -j $(JOBS) -E "^cli\\."
