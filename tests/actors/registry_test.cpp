@@ -258,6 +258,12 @@ TEST_F(registry_test, RoutedInferWaitsForALoadInProgress) {
     release->wait();
     return std::make_shared<counted_model>();
   });
+  // The load request and the routed infer travel from different threads; the
+  // infer must reach a key that is already loading, not race ahead of it.
+  ASSERT_TRUE(eventually([&] {
+    auto s = snapshot();
+    return !s.models.empty() && s.models[0].waiters == 1;
+  }));
   auto x = tensor::from_values<float>({3.f});
   auto routed = std::async(std::launch::async, [&] { return reg.infer("m", {{"x", *x}}); });
   EXPECT_TRUE(eventually([&] {
