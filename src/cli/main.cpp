@@ -13,10 +13,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli/commands.hpp"
 #include "modelreg/log.hpp"
 
 #ifdef MODELREG_WITH_BENCH
 #include "bench/registry_bench.hpp"
+#include "bench/serve_bench.hpp"
 #include "bench/transport_bench.hpp"
 #include "bench/transport_peer.hpp"
 #endif
@@ -26,13 +28,30 @@
 
 namespace {
 
+using namespace modelreg::cli;
+
 constexpr const char* version = "0.1.0";
 
 constexpr const char* usage = R"(modelreg: load each ML model once and share it
 
 usage: modelreg [--log-level LEVEL] <command> [options]
 
-commands:
+commands (against a node: see 'modelreg COMMAND --help' for options):
+  serve          host a registry with a model catalog for other processes
+                 (Unix socket with shared memory; TCP with mutual TLS)
+  status [--watch] [--json]
+                 models, state, handles, memory, requests/s, latency,
+                 hit rate and connections of a running node
+  ls [--json]    the node's catalog and what is loaded
+  load NAME      load a catalog model on the node (shows progress)
+  unload NAME    unload an idle model now
+  infer NAME --input NAME=FILE.npy ... [--output DIR]
+                 run a model on NumPy arrays; outputs written as .npy
+
+benchmarks:
+  bench serve [--clients N] [--json] [--quick]
+                 N client processes against one `modelreg serve` node:
+                 requests/s, latency p50/p99, errors
   bench registry [--json] [--quick]
                  measure the in-process registry: facade hits, actor round
                  trips, inference throughput, single-flight loading
@@ -43,43 +62,31 @@ commands:
   version        print the version
   help           print this text
 
+exit codes: 0 success, 1 the command failed, 2 usage error, 3 no node reachable
+
 options:
   --log-level LEVEL   trace, debug, info, warn (default), error, critical, off;
                       overrides the MODELREG_LOG environment variable
 )";
 
-int usage_error(const std::string& what) {
+/// A usage error at the top level: the full usage text follows.
+int top_usage_error(const std::string& what) {
   std::cerr << "modelreg: " << what << "\n\n" << usage;
-  return 2;
-}
-
-bool has_flag(std::vector<std::string>& args, const std::string& flag) {
-  for (auto i = args.begin(); i != args.end(); ++i)
-    if (*i == flag) {
-      args.erase(i);
-      return true;
-    }
-  return false;
+  return exit_usage;
 }
 
 #ifdef MODELREG_WITH_BENCH
-std::string self_path() {
-  char buf[4096];
-  auto n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : "modelreg";
-}
-
 int bench_transport(std::vector<std::string> args) {
   modelreg::bench::transport_bench_options opts;
   opts.self_path = self_path();
-  bool json = has_flag(args, "--json");
-  if (has_flag(args, "--quick")) {
+  bool json = take_flag(args, "--json");
+  if (take_flag(args, "--quick")) {
     opts.iterations = 50;
     opts.sizes = {4096, 1 << 20};
   }
-  if (has_flag(args, "--no-caf"))
+  if (take_flag(args, "--no-caf"))
     opts.with_caf = false;
-  if (has_flag(args, "--no-grpc"))
+  if (take_flag(args, "--no-grpc"))
     opts.with_grpc = false;
   if (!args.empty())
     return usage_error("unknown option for bench transport: " + args.front());
@@ -98,10 +105,48 @@ int bench_transport(std::vector<std::string> args) {
   return 0;
 }
 
+int bench_serve(std::vector<std::string> args) {
+  modelreg::bench::serve_bench_options opts;
+  opts.self_path = self_path();
+  bool json = take_flag(args, "--json");
+  if (take_flag(args, "--quick"))
+    opts.requests = 2000;
+  try {
+    if (auto v = take_option(args, "--clients"))
+      opts.clients = std::stoul(*v);
+    if (auto v = take_option(args, "--requests"))
+      opts.requests = std::stoull(*v);
+    if (auto v = take_option(args, "--in-flight"))
+      opts.in_flight = std::stoul(*v);
+  } catch (const std::exception&) {
+    return usage_error("bench serve: a numeric option has a bad value");
+  }
+  if (auto v = take_option(args, "--model"))
+    opts.model = *v;
+  if (!args.empty())
+    return usage_error("unknown option for bench serve: " + args.front());
+  auto result = modelreg::bench::run_serve_bench(opts);
+  auto j = nlohmann::json::parse(result);
+  if (json) {
+    std::cout << result << std::endl;
+  } else if (j.contains("error")) {
+    std::cerr << "bench serve: " << j["error"].get<std::string>() << "\n";
+  } else {
+    std::printf("serve benchmark: %zu clients x %zu in flight, model '%s'\n", opts.clients,
+                opts.in_flight, opts.model.c_str());
+    std::printf("  %llu requests, %llu errors, %llu wrong, %llu load(s)\n",
+                j["requests"].get<unsigned long long>(), j["errors"].get<unsigned long long>(),
+                j["wrong_answers"].get<unsigned long long>(), j["loads"].get<unsigned long long>());
+    std::printf("  %.0f req/s   latency p50 %.0f us   p99 %.0f us\n", j["req_per_s"].get<double>(),
+                j["latency_us_p50"].get<double>(), j["latency_us_p99"].get<double>());
+  }
+  return j.contains("error") || j["errors"].get<uint64_t>() > 0 ? exit_failed : exit_ok;
+}
+
 int bench_registry(std::vector<std::string> args) {
   modelreg::bench::registry_bench_options opts;
-  bool json = has_flag(args, "--json");
-  if (has_flag(args, "--quick")) {
+  bool json = take_flag(args, "--json");
+  if (take_flag(args, "--quick")) {
     opts.hit_iterations = 2000;
     opts.actor_iterations = 1000;
     opts.infer_requests = 2000;
@@ -151,9 +196,9 @@ int main(int argc, char** argv) {
     }
   }
   if (!modelreg::log::init(level))
-    return usage_error("unknown log level");
+    return top_usage_error("unknown log level");
   if (args.empty())
-    return usage_error("no command given");
+    return top_usage_error("no command given");
   auto command = args.front();
   args.erase(args.begin());
   try {
@@ -168,7 +213,7 @@ int main(int argc, char** argv) {
 #ifdef MODELREG_WITH_BENCH
     // Hidden: the other process of transport tests and benchmarks.
     if (command == "__echo-server" && !args.empty()) {
-      bool inline_only = has_flag(args, "--inline");
+      bool inline_only = take_flag(args, "--inline");
       uint64_t quota = 0;
       if (args.size() >= 3 && args[1] == "--quota-bytes")
         quota = std::stoull(args[2]);
@@ -180,12 +225,28 @@ int main(int argc, char** argv) {
 #endif
     if (command == "__caf-echo-server")
       return modelreg::bench::run_caf_echo_server();
+    if (command == "__bench-serve-client" && args.size() == 6)
+      return modelreg::bench::run_serve_bench_client(args[0], args[1], std::stoull(args[2]),
+                                                     std::stoul(args[3]), std::stoul(args[4]),
+                                                     args[5]);
     if (command == "__hold" && args.size() == 3)
       return modelreg::bench::run_holding_client(args[0], std::stoul(args[1]), std::stoul(args[2]));
 #endif
+    if (command == "serve")
+      return serve(std::move(args));
+    if (command == "status")
+      return status(std::move(args));
+    if (command == "ls")
+      return ls(std::move(args));
+    if (command == "load")
+      return load(std::move(args));
+    if (command == "unload")
+      return unload(std::move(args));
+    if (command == "infer")
+      return infer(std::move(args));
     if (command == "bench") {
       if (args.empty())
-        return usage_error("bench needs a subject, e.g. 'bench registry'");
+        return top_usage_error("bench needs a subject, e.g. 'bench registry'");
       auto subject = args.front();
       args.erase(args.begin());
 #ifdef MODELREG_WITH_BENCH
@@ -193,12 +254,14 @@ int main(int argc, char** argv) {
         return bench_registry(std::move(args));
       if (subject == "transport")
         return bench_transport(std::move(args));
+      if (subject == "serve")
+        return bench_serve(std::move(args));
 #endif
-      return usage_error("unknown benchmark: " + subject);
+      return top_usage_error("unknown benchmark: " + subject);
     }
-    return usage_error("unknown command: " + command);
+    return top_usage_error("unknown command: " + command);
   } catch (const std::exception& e) {
     std::cerr << "modelreg: " << e.what() << "\n";
-    return 1;
+    return exit_failed;
   }
 }

@@ -12,7 +12,7 @@
 #include <dlpack/dlpack.h>
 
 #include "bench/transport_peer.hpp"
-#include "child_process.hpp"
+#include "bench/child_process.hpp"
 #include "modelreg/messages/error.hpp"
 #include "modelreg/tensor/dlpack.hpp"
 #include "modelreg/transport/rpc.hpp"
@@ -23,6 +23,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using namespace modelreg::transport;
+using modelreg::bench::child_process;
 
 std::set<std::string> dev_shm_entries() {
   std::set<std::string> result;

@@ -1,5 +1,8 @@
 #include "modelreg/actors/model_actor.hpp"
 
+#include <cstring>
+#include <deque>
+
 #include <caf/actor_system.hpp>
 #include <caf/stateful_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
@@ -12,26 +15,230 @@ namespace modelreg {
 
 namespace {
 
-/// Runs the model once, turning exceptions into errors and recording stats.
-caf::result<tensor_map> run_model(model& m, detail::model_stats& stats, const tensor_map& in) {
-  auto started = detail::steady_now_ns();
-  caf::expected<tensor_map> out{tensor_map{}};
+using flush_atom = caf::atom_constant<caf::atom("flush")>;
+
+/// Calls the model once, turning exceptions into errors.
+caf::expected<tensor_map> call_model(model& m, const tensor_map& in, tensor_allocator& out) {
   try {
-    out = m.infer(in, heap_allocator());
+    return m.infer(in, out);
   } catch (const std::exception& e) {
-    out = make_error(errc::infer_failed, m.describe() + " threw: " + e.what());
+    return make_error(errc::infer_failed, m.describe() + " threw: " + e.what());
   } catch (...) {
-    out = make_error(errc::infer_failed, m.describe() + " threw a non-standard exception");
+    return make_error(errc::infer_failed, m.describe() + " threw a non-standard exception");
   }
+}
+
+void record(model& m, detail::model_stats& stats, int64_t started, const caf::error* err) {
   stats.requests.fetch_add(1, std::memory_order_relaxed);
   stats.latency.record(static_cast<uint64_t>(detail::steady_now_ns() - started));
-  if (!out) {
+  if (err != nullptr) {
     stats.errors.fetch_add(1, std::memory_order_relaxed);
-    log::get("modelreg.model")->debug("{}: infer failed: {}", m.describe(), describe(out.error()));
-    return std::move(out.error());
+    log::get("modelreg.model")->debug("{}: infer failed: {}", m.describe(), describe(*err));
   }
+}
+
+/// Runs the model once for one caller and records stats.
+caf::result<tensor_map> run_model(model& m, detail::model_stats& stats, const tensor_map& in,
+                                  tensor_allocator& alloc) {
+  auto started = detail::steady_now_ns();
+  auto out = call_model(m, in, alloc);
+  record(m, stats, started, out ? nullptr : &out.error());
+  if (!out)
+    return std::move(out.error());
   return std::move(*out);
 }
+
+// -- dynamic batching ----------------------------------------------------
+
+struct queued {
+  tensor_map inputs;
+  caf::typed_response_promise<tensor_map> promise;
+  request_ticket ticket;
+  int64_t arrived_ns;
+};
+
+/// Rows of a request (dimension 0 of every input), or -1 if it cannot join a
+/// batch (no inputs, a scalar, inputs disagreeing on their rows).
+int64_t rows_of(const tensor_map& in) {
+  int64_t rows = -1;
+  for (const auto& [name, t] : in) {
+    if (t.rank() == 0)
+      return -1;
+    if (rows >= 0 && t.shape()[0] != rows)
+      return -1;
+    rows = t.shape()[0];
+  }
+  return rows;
+}
+
+/// True if `a` and `b` can be concatenated: same names, dtypes, trailing shapes.
+bool compatible(const tensor_map& a, const tensor_map& b) {
+  if (a.size() != b.size())
+    return false;
+  for (auto i = a.begin(), j = b.begin(); i != a.end(); ++i, ++j) {
+    if (i->first != j->first || i->second.type() != j->second.type() ||
+        i->second.rank() != j->second.rank())
+      return false;
+    for (size_t d = 1; d < i->second.rank(); ++d)
+      if (i->second.shape()[d] != j->second.shape()[d])
+        return false;
+  }
+  return true;
+}
+
+/// Copies `t` (any layout) into `dst` as C-contiguous bytes.
+void copy_contiguous(const tensor& t, std::byte* dst) {
+  if (t.is_contiguous()) {
+    std::memcpy(dst, t.data(), t.nbytes());
+    return;
+  }
+  auto copy = t.contiguous_copy();
+  if (copy)
+    std::memcpy(dst, copy->data(), copy->nbytes());
+}
+
+struct batch_state {
+  model_ptr model;
+  std::shared_ptr<detail::model_stats> stats;
+  size_t max_batch = 8;
+  std::chrono::milliseconds timeout{10};
+  std::deque<queued> queue;
+  uint64_t timer = 0; // which flush message is current
+};
+
+using batch_actor = model_actor::extend<caf::reacts_to<flush_atom, uint64_t>>;
+using batch_ptr = batch_actor::stateful_pointer<batch_state>;
+
+/// Runs `group` (compatible requests) as one model call and answers each.
+void run_batch(batch_ptr self, std::vector<queued>& group) {
+  auto& st = self->state;
+  auto& m = *st.model;
+  auto started = detail::steady_now_ns();
+  auto fail_all = [&](const caf::error& err) {
+    for (auto& q : group) {
+      record(m, *st.stats, started, &err);
+      q.promise.deliver(err);
+    }
+  };
+  std::vector<int64_t> rows;
+  int64_t total = 0;
+  for (auto& q : group) {
+    rows.push_back(rows_of(q.inputs));
+    total += rows.back();
+  }
+  tensor_map joined;
+  for (const auto& [name, first] : group.front().inputs) {
+    auto shape = first.shape();
+    shape[0] = total;
+    auto t = tensor::allocate(first.type(), shape);
+    if (!t)
+      return fail_all(t.error());
+    auto* dst = t->mutable_data();
+    for (auto& q : group) {
+      const auto& part = q.inputs.at(name);
+      copy_contiguous(part, dst);
+      dst += part.nbytes();
+    }
+    joined.emplace(name, std::move(*t));
+  }
+  auto out = call_model(m, joined, heap_allocator());
+  if (!out)
+    return fail_all(out.error());
+  // Each caller's rows of each output: views of the batch's storage.
+  std::vector<tensor_map> answers(group.size());
+  for (const auto& [name, t] : *out) {
+    if (t.rank() == 0 || t.shape()[0] != total || !t.is_contiguous())
+      return fail_all(make_error(errc::infer_failed,
+                                 m.describe() + ": batched output '" + name +
+                                   "' does not have one row per input row"));
+    auto row_bytes = t.nbytes() / static_cast<size_t>(total == 0 ? 1 : total);
+    size_t offset = t.byte_offset();
+    for (size_t k = 0; k < group.size(); ++k) {
+      tensor_layout layout;
+      layout.type = t.type();
+      layout.shape = t.shape();
+      layout.shape[0] = rows[k];
+      layout.byte_offset = offset;
+      auto view = tensor::wrap(t.owner(), t.storage_base(), t.storage_capacity(), layout);
+      if (!view)
+        return fail_all(view.error());
+      answers[k].emplace(name, std::move(*view));
+      offset += row_bytes * static_cast<size_t>(rows[k]);
+    }
+  }
+  st.stats->batches.fetch_add(1, std::memory_order_relaxed);
+  for (size_t k = 0; k < group.size(); ++k) {
+    record(m, *st.stats, group[k].arrived_ns, nullptr);
+    group[k].promise.deliver(std::move(answers[k]));
+  }
+}
+
+/// Runs everything queued: compatible requests together, the rest alone.
+void flush(batch_ptr self) {
+  auto& st = self->state;
+  ++st.timer;
+  while (!st.queue.empty()) {
+    std::vector<queued> group;
+    group.push_back(std::move(st.queue.front()));
+    st.queue.pop_front();
+    for (auto i = st.queue.begin(); i != st.queue.end() && group.size() < st.max_batch;) {
+      if (rows_of(group.front().inputs) >= 0 && rows_of(i->inputs) >= 0 &&
+          compatible(group.front().inputs, i->inputs)) {
+        group.push_back(std::move(*i));
+        i = st.queue.erase(i);
+      } else {
+        ++i;
+      }
+    }
+    if (group.size() == 1) {
+      auto& q = group.front();
+      auto r = call_model(*st.model, q.inputs, heap_allocator());
+      record(*st.model, *st.stats, q.arrived_ns, r ? nullptr : &r.error());
+      if (r)
+        q.promise.deliver(std::move(*r));
+      else
+        q.promise.deliver(std::move(r.error()));
+    } else {
+      run_batch(self, group);
+    }
+  }
+}
+
+caf::result<tensor_map> enqueue(batch_ptr self, tensor_map& in, request_ticket ticket) {
+  auto& st = self->state;
+  auto promise = self->make_response_promise<tensor_map>();
+  st.queue.push_back(queued{std::move(in), promise, std::move(ticket), detail::steady_now_ns()});
+  if (st.queue.size() >= st.max_batch)
+    flush(self);
+  else if (st.queue.size() == 1)
+    self->delayed_send(self, st.timeout, flush_atom::value, st.timer);
+  return promise;
+}
+
+batch_actor::behavior_type batching_model(batch_ptr self, model_ptr m,
+                                          std::shared_ptr<detail::model_stats> stats,
+                                          model_actor_options options) {
+  auto& st = self->state;
+  st.model = std::move(m);
+  st.stats = std::move(stats);
+  st.max_batch = options.max_batch;
+  st.timeout = options.batch_timeout;
+  return {
+    [self](infer_atom, tensor_map& in) { return enqueue(self, in, nullptr); },
+    [self](infer_atom, tensor_map& in, request_ticket& t) { return enqueue(self, in, t); },
+    [self](infer_atom, tensor_map& in, request_ticket& t, const allocator_ptr&) {
+      // Batched outputs live in one heap block: the gateway copies each
+      // caller's rows into its shared memory once.
+      return enqueue(self, in, t);
+    },
+    [self](flush_atom, uint64_t timer) {
+      if (timer == self->state.timer)
+        flush(self);
+    },
+  };
+}
+
+// -- serial and lanes ----------------------------------------------------
 
 struct serial_state {
   model_ptr model;
@@ -44,10 +251,15 @@ model_actor::behavior_type serial_model(model_actor::stateful_pointer<serial_sta
   self->state.stats = std::move(stats);
   return {
     [self](infer_atom, const tensor_map& in) -> caf::result<tensor_map> {
-      return run_model(*self->state.model, *self->state.stats, in);
+      return run_model(*self->state.model, *self->state.stats, in, heap_allocator());
     },
     [self](infer_atom, const tensor_map& in, const request_ticket&) -> caf::result<tensor_map> {
-      return run_model(*self->state.model, *self->state.stats, in);
+      return run_model(*self->state.model, *self->state.stats, in, heap_allocator());
+    },
+    [self](infer_atom, const tensor_map& in, const request_ticket&,
+           const allocator_ptr& alloc) -> caf::result<tensor_map> {
+      return run_model(*self->state.model, *self->state.stats, in,
+                       alloc ? *alloc : heap_allocator());
     },
   };
 }
@@ -77,6 +289,11 @@ model_actor::behavior_type dispatcher(model_actor::stateful_pointer<dispatcher_s
     [self](infer_atom atom, tensor_map& in, request_ticket& t) -> caf::result<tensor_map> {
       return self->delegate(self->state.pick(), atom, std::move(in), std::move(t));
     },
+    [self](infer_atom atom, tensor_map& in, request_ticket& t,
+           allocator_ptr& alloc) -> caf::result<tensor_map> {
+      return self->delegate(self->state.pick(), atom, std::move(in), std::move(t),
+                            std::move(alloc));
+    },
   };
 }
 
@@ -86,6 +303,12 @@ model_actor spawn_model_actor(caf::actor_system& sys, model_ptr m,
                               std::shared_ptr<detail::model_stats> stats,
                               model_actor_options options) {
   auto caps = m->capabilities();
+  if (caps.batchable && options.max_batch > 1) {
+    auto a = caps.blocking ? sys.spawn<caf::detached>(batching_model, std::move(m),
+                                                      std::move(stats), options)
+                           : sys.spawn(batching_model, std::move(m), std::move(stats), options);
+    return caf::actor_cast<model_actor>(a);
+  }
   if (caps.thread_safe && options.lanes > 1)
     return sys.spawn(dispatcher, std::move(m), std::move(stats), options.lanes);
   if (caps.blocking)

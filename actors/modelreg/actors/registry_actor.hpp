@@ -30,6 +30,7 @@
 #include "modelreg/actors/model_actor.hpp"
 #include "modelreg/actors/model_handle.hpp"
 #include "modelreg/backend/backend_registry.hpp"
+#include "modelreg/backend/catalog.hpp"
 #include "modelreg/messages/model_spec.hpp"
 #include "modelreg/messages/status.hpp"
 
@@ -43,7 +44,8 @@ using status_listener = caf::typed_actor<caf::reacts_to<status_atom, status_even
 using registry_actor = caf::typed_actor<
   /// Get or load `key` with an in-process loader.
   caf::replies_to<get_or_load_atom, std::string, loader_fn>::with<model_handle>,
-  /// Get or load `key` from a model spec (backend + parameters).
+  /// Get or load `key` from a model spec (backend + parameters); a spec
+  /// with no backend names a catalog entry (`key`).
   caf::replies_to<get_or_load_atom, std::string, model_spec>::with<model_handle>,
   /// Run the model loaded under `key` (waits for a load in progress).
   caf::replies_to<infer_atom, std::string, tensor_map>::with<tensor_map>,
@@ -79,8 +81,14 @@ struct registry_config {
   std::chrono::milliseconds snapshot_interval{std::chrono::seconds{1}};
   /// Lanes for thread-safe models; 0: the number of scheduler threads.
   size_t inference_lanes = 0;
+  /// Dynamic batching for batchable models (see model_actor.hpp); 1: off.
+  size_t max_batch = 8;
+  std::chrono::milliseconds batch_timeout{10};
   /// Backends for model specs; null: the built-in ones.
   std::shared_ptr<const backend_registry> backends;
+  /// Names for model specs: a get-or-load whose spec has no backend looks
+  /// its key up here (`model_not_found` if absent). Null: no catalog.
+  std::shared_ptr<const modelreg::catalog> catalog;
 };
 
 namespace detail {

@@ -1,15 +1,18 @@
 #include "modelreg/actors/shm_gateway.hpp"
 
 #include <map>
+#include <unordered_map>
 
 #include <caf/actor_system.hpp>
 #include <caf/send.hpp>
 #include <caf/stateful_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
 
+#include <nlohmann/json.hpp>
+
+#include "modelreg/actors/detail/wire_bytes.hpp"
 #include "modelreg/log.hpp"
 #include "modelreg/messages/error.hpp"
-#include "modelreg/transport/rpc.hpp"
 
 namespace modelreg {
 
@@ -17,27 +20,114 @@ namespace {
 
 using transport::connection_ptr;
 using transport::frame_ptr;
+using transport::outgoing_frame;
+
+using force_quit_atom = caf::atom_constant<caf::atom("forcequit")>;
+
+/// How the gateway answers one peer.
+class peer_link {
+public:
+  virtual ~peer_link() = default;
+  virtual outgoing_frame new_frame() = 0;
+  virtual caf::error send(outgoing_frame& frame) = 0;
+  /// Where the peer wants model outputs (null: the heap).
+  virtual allocator_ptr allocator() = 0;
+};
+
+/// A peer on this host: the shared-memory transport.
+class shm_link final : public peer_link {
+public:
+  explicit shm_link(connection_ptr conn) : conn_(std::move(conn)) {}
+  outgoing_frame new_frame() override { return conn_->new_frame(); }
+  caf::error send(outgoing_frame& frame) override { return conn_->send(frame); }
+  allocator_ptr allocator() override {
+    if (!conn_->shared_memory())
+      return nullptr;
+    // Aliases the connection: the allocator lives as long as the request.
+    return allocator_ptr{conn_, &conn_->allocator()};
+  }
+
+private:
+  connection_ptr conn_;
+};
+
+/// A peer on another host: CAF's middleman, frames as bytes.
+class remote_link final : public peer_link {
+public:
+  remote_link(caf::actor peer, std::shared_ptr<shm::pool> pool,
+              std::shared_ptr<transport::copy_counters> counters)
+    : peer_(std::move(peer)), pool_(std::move(pool)), counters_(std::move(counters)) {}
+  outgoing_frame new_frame() override { return outgoing_frame{pool_, false, *counters_}; }
+  caf::error send(outgoing_frame& frame) override {
+    caf::anon_send(peer_, frame_atom::value, detail::to_bytes(frame));
+    return {};
+  }
+  allocator_ptr allocator() override { return nullptr; }
+
+private:
+  caf::actor peer_;
+  std::shared_ptr<shm::pool> pool_;
+  std::shared_ptr<transport::copy_counters> counters_;
+};
+
+struct peer {
+  std::shared_ptr<peer_link> link;
+  /// lease id -> handle
+  std::map<uint64_t, model_handle> leases;
+  bool subscribed = false;
+};
 
 struct gateway_state {
   static inline const char* name = "modelreg.gateway";
   // Not an aggregate: CAF would otherwise try to build it from the self pointer.
   gateway_state() = default;
   registry_actor registry;
-  std::shared_ptr<transport::endpoint> endpoint;
   gateway_options options;
-  // Leases per connection: lease id -> handle.
-  std::map<uint64_t, std::map<uint64_t, model_handle>> leases;
+  std::map<uint64_t, peer> peers;
+  /// Peers on other hosts: actor address -> peer id.
+  std::map<caf::actor_addr, uint64_t> remote_ids;
+  uint64_t next_remote_id = uint64_t{1} << 40; // apart from connection ids
   uint64_t next_lease = 1;
+  std::shared_ptr<shm::pool> remote_pool;
+  std::shared_ptr<transport::copy_counters> remote_counters =
+    std::make_shared<transport::copy_counters>();
+  bool subscribed_to_registry = false;
+  bool stopping = false;
+  uint64_t in_flight = 0;
 };
 
-using gateway_ptr = gateway_actor::stateful_pointer<gateway_state>;
+/// The gateway plus its private timer message.
+using gateway_impl = gateway_actor::extend<caf::reacts_to<force_quit_atom>>;
+using gateway_ptr = gateway_impl::stateful_pointer<gateway_state>;
 
-void reply_ok(const connection_ptr& conn, uint64_t id) {
-  auto frame = conn->new_frame();
+void respond_error(peer_link& link, uint64_t id, const caf::error& err) {
+  auto frame = link.new_frame();
+  auto resp = frame.root().initResponse();
+  resp.setId(id);
+  auto e = resp.initError();
+  errc code = errc::unavailable; // CAF's own errors (timeouts, dead actors)
+  to_errc(err, code);
+  e.setCode(static_cast<uint8_t>(code));
+  e.setMessage(describe(err));
+  link.send(frame);
+}
+
+void respond_outputs(peer_link& link, uint64_t id, const tensor_map& outputs) {
+  auto frame = link.new_frame();
+  auto resp = frame.root().initResponse();
+  resp.setId(id);
+  if (auto err = frame.put_tensors(resp.initOutputs(static_cast<uint32_t>(outputs.size())), outputs))
+    return respond_error(link, id, err);
+  if (auto err = link.send(frame))
+    respond_error(link, id, err); // e.g. quota_exceeded: the connection stays usable
+}
+
+void respond_ok(peer_link& link, uint64_t id) {
+  auto frame = link.new_frame();
   auto resp = frame.root().initResponse();
   resp.setId(id);
   resp.setOk();
-  conn->send(frame);
+  link.send(frame);
 }
 
 model_spec spec_of(wire::ModelSpec::Reader r) {
@@ -48,22 +138,59 @@ model_spec spec_of(wire::ModelSpec::Reader r) {
   return spec;
 }
 
-void handle_request(gateway_ptr self, const connection_ptr& conn, const frame_ptr& frame) {
+void maybe_quit(gateway_ptr self) {
+  if (self->state.stopping && self->state.in_flight == 0)
+    self->quit();
+}
+
+/// Counts a registry request in flight until its answer went out.
+struct flight {
+  gateway_ptr self;
+  explicit flight(gateway_ptr s) : self(s) { ++self->state.in_flight; }
+  void done() const {
+    --self->state.in_flight;
+    maybe_quit(self);
+  }
+};
+
+/// The handle this peer holds for `key`, if any (the direct route).
+const model_handle* lease_for(peer& p, const std::string& key) {
+  for (auto& [id, h] : p.leases)
+    if (h.key() == key && h.valid())
+      return &h;
+  return nullptr;
+}
+
+void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) {
   auto& st = self->state;
+  auto& p = st.peers[peer_id];
+  auto link = p.link;
   auto request = frame->root().getRequest();
   auto id = request.getId();
+  if (st.stopping)
+    return respond_error(*link, id, make_error(errc::shutting_down, "the node is shutting down"));
   auto timeout = st.options.request_timeout;
-  auto on_error = [conn, id](caf::error& err) { transport::respond_error(conn, id, err); };
+  flight f{self};
+  auto on_error = [f, link, id](caf::error& err) {
+    respond_error(*link, id, err);
+    f.done();
+  };
   switch (request.which()) {
     case wire::Request::GET_OR_LOAD: {
       auto r = request.getGetOrLoad();
       std::string key = r.getKey();
       self->request(st.registry, timeout, get_or_load_atom::value, key, spec_of(r.getSpec()))
         .then(
-          [self, conn, id](model_handle& h) {
-            auto lease = self->state.next_lease++;
-            self->state.leases[conn->id()][lease] = h;
-            auto out = conn->new_frame();
+          [self, f, link, peer_id, id](model_handle& h) {
+            auto& st = self->state;
+            auto i = st.peers.find(peer_id);
+            if (i == st.peers.end()) { // the peer left meanwhile: drop the handle
+              f.done();
+              return;
+            }
+            auto lease = st.next_lease++;
+            i->second.leases[lease] = h;
+            auto out = link->new_frame();
             auto resp = out.root().initResponse();
             resp.setId(id);
             auto w = resp.initHandle();
@@ -72,7 +199,8 @@ void handle_request(gateway_ptr self, const connection_ptr& conn, const frame_pt
             w.setGeneration(h.generation());
             w.setMemoryBytes(h.memory_bytes());
             w.setDescription(h.description());
-            conn->send(out);
+            link->send(out);
+            f.done();
           },
           on_error);
       return;
@@ -81,79 +209,191 @@ void handle_request(gateway_ptr self, const connection_ptr& conn, const frame_pt
       auto r = request.getInfer();
       // Views of the sender's memory: the model reads its inputs in place.
       auto inputs = frame->tensors(r.getInputs());
-      if (!inputs)
-        return transport::respond_error(conn, id, inputs.error());
-      self->request(st.registry, timeout, infer_atom::value, std::string{r.getKey()}, *inputs)
-        .then([conn, id](tensor_map& out) { transport::respond_outputs(conn, id, out); }, on_error);
+      if (!inputs) {
+        respond_error(*link, id, inputs.error());
+        return f.done();
+      }
+      auto on_outputs = [f, link, id](tensor_map& out) {
+        respond_outputs(*link, id, out);
+        f.done();
+      };
+      std::string key = r.getKey();
+      if (const auto* h = lease_for(p, key)) {
+        // The peer holds this model: straight to its actor, outputs into
+        // memory the peer maps.
+        self->request(h->actor(), timeout, infer_atom::value, std::move(*inputs), h->ticket(),
+                      link->allocator())
+          .then(on_outputs, on_error);
+        return;
+      }
+      self->request(st.registry, timeout, infer_atom::value, key, std::move(*inputs))
+        .then(on_outputs, on_error);
       return;
     }
     case wire::Request::RELEASE: {
-      auto& held = st.leases[conn->id()];
-      if (held.erase(request.getRelease()) == 0)
-        return transport::respond_error(conn, id, make_error(errc::invalid_argument, "no such lease"));
-      return reply_ok(conn, id);
+      if (p.leases.erase(request.getRelease()) == 0)
+        respond_error(*link, id, make_error(errc::invalid_argument, "no such lease"));
+      else
+        respond_ok(*link, id);
+      return f.done();
     }
     case wire::Request::UNLOAD:
       self->request(st.registry, timeout, unload_atom::value, std::string{request.getUnload()})
-        .then([conn, id](const eviction_report&) { reply_ok(conn, id); }, on_error);
+        .then(
+          [f, link, id](const eviction_report& rep) {
+            auto out = link->new_frame();
+            auto resp = out.root().initResponse();
+            resp.setId(id);
+            auto e = resp.initEvicted();
+            e.setCount(rep.count);
+            e.setFreedBytes(rep.freed_bytes);
+            link->send(out);
+            f.done();
+          },
+          on_error);
       return;
     case wire::Request::STATUS:
       self->request(st.registry, timeout, list_atom::value)
         .then(
-          [conn, id](const registry_snapshot& snap) {
-            auto out = conn->new_frame();
+          [self, f, link, id](const registry_snapshot& snap) {
+            auto json = nlohmann::json::parse(to_json(snap));
+            json["connections"] = self->state.peers.size();
+            json["catalog"] = self->state.options.catalog;
+            auto out = link->new_frame();
             auto resp = out.root().initResponse();
             resp.setId(id);
-            resp.setStatusJson(to_json(snap));
-            conn->send(out);
+            resp.setStatusJson(json.dump());
+            link->send(out);
+            f.done();
           },
           on_error);
       return;
+    case wire::Request::SUBSCRIBE:
+      p.subscribed = true;
+      if (!st.subscribed_to_registry) {
+        st.subscribed_to_registry = true;
+        self->send(st.registry, subscribe_atom::value,
+                   caf::actor_cast<status_listener>(self));
+      }
+      respond_ok(*link, id);
+      return f.done();
+    case wire::Request::UNSUBSCRIBE:
+      p.subscribed = false;
+      respond_ok(*link, id);
+      return f.done();
     case wire::Request::ECHO: {
       auto tensors = frame->tensors(request.getEcho());
       if (!tensors)
-        return transport::respond_error(conn, id, tensors.error());
-      return transport::respond_outputs(conn, id, *tensors);
+        respond_error(*link, id, tensors.error());
+      else
+        respond_outputs(*link, id, *tensors);
+      return f.done();
     }
     default:
-      return transport::respond_error(conn, id, make_error(errc::unsupported, "request not supported"));
+      respond_error(*link, id, make_error(errc::unsupported, "request not supported"));
+      return f.done();
   }
 }
 
-gateway_actor::behavior_type gateway(gateway_ptr self, registry_actor registry,
-                                     std::shared_ptr<transport::endpoint> ep,
+void on_frame(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) {
+  if (frame->root().isRequest())
+    handle_request(self, peer_id, frame);
+}
+
+void drop_peer(gateway_ptr self, uint64_t peer_id, const char* why) {
+  auto i = self->state.peers.find(peer_id);
+  if (i == self->state.peers.end())
+    return;
+  auto n = i->second.leases.size();
+  self->state.peers.erase(i);
+  log::get("modelreg.gateway")->info("peer {} {}: released {} leases", peer_id, why, n);
+}
+
+void tell_goodbye(peer_link& link, const std::string& why) {
+  auto frame = link.new_frame();
+  frame.root().setGoodbye(why);
+  link.send(frame);
+}
+
+gateway_impl::behavior_type gateway(gateway_ptr self, registry_actor registry,
                                      gateway_options options) {
   self->state.registry = std::move(registry);
-  self->state.endpoint = std::move(ep);
   self->state.options = options;
+  self->set_down_handler([self](caf::down_msg& dm) {
+    auto& ids = self->state.remote_ids;
+    if (auto i = ids.find(dm.source); i != ids.end()) {
+      drop_peer(self, i->second, "went away");
+      ids.erase(i);
+    }
+  });
   return {
     [self](inbound_atom, const connection_ptr& conn, const frame_ptr& frame) {
-      if (frame->root().isRequest())
-        handle_request(self, conn, frame);
+      auto& p = self->state.peers[conn->id()];
+      if (!p.link)
+        p.link = std::make_shared<shm_link>(conn);
+      on_frame(self, conn->id(), frame);
     },
-    [self](closed_atom, const connection_ptr& conn) {
-      auto n = self->state.leases[conn->id()].size();
-      self->state.leases.erase(conn->id());
-      if (n > 0)
-        log::get("modelreg.gateway")->info("connection {} closed: released {} leases", conn->id(), n);
+    [self](closed_atom, const connection_ptr& conn) { drop_peer(self, conn->id(), "closed"); },
+    [self](frame_atom, const std::vector<char>& bytes) {
+      auto& st = self->state;
+      auto sender = caf::actor_cast<caf::actor>(self->current_sender());
+      if (!sender)
+        return;
+      auto i = st.remote_ids.find(sender.address());
+      if (i == st.remote_ids.end()) {
+        if (!st.remote_pool)
+          st.remote_pool = shm::pool::create();
+        i = st.remote_ids.emplace(sender.address(), st.next_remote_id++).first;
+        st.peers[i->second].link =
+          std::make_shared<remote_link>(sender, st.remote_pool, st.remote_counters);
+        self->monitor(sender);
+      }
+      auto frame = detail::from_bytes(bytes, *st.remote_counters);
+      if (!frame) {
+        log::get("modelreg.gateway")->warn("peer {}: {}", i->second, describe(frame.error()));
+        return;
+      }
+      on_frame(self, i->second, *frame);
+    },
+    [self](status_atom, const status_event& ev) {
+      auto json = to_json(ev);
+      for (auto& [id, p] : self->state.peers) {
+        if (!p.subscribed)
+          continue;
+        auto frame = p.link->new_frame();
+        frame.root().setEvent(json);
+        p.link->send(frame);
+      }
+    },
+    [](snapshot_atom, const registry_snapshot&) {
+      // Peers ask for snapshots when they want them (status requests).
     },
     [self](shutdown_atom) {
-      self->state.leases.clear();
-      self->quit();
+      auto& st = self->state;
+      if (st.stopping)
+        return;
+      st.stopping = true;
+      for (auto& [id, p] : st.peers)
+        tell_goodbye(*p.link, "the node is shutting down");
+      self->delayed_send(self, st.options.drain_timeout, force_quit_atom::value);
+      maybe_quit(self);
     },
+    [self](force_quit_atom) { self->quit(); },
   };
 }
 
 } // namespace
 
-caf::expected<gateway_actor> spawn_shm_gateway(caf::actor_system& sys, registry_actor registry,
-                                               std::shared_ptr<transport::endpoint> ep,
-                                               const std::string& path,
-                                               gateway_options options) {
-  auto gw = sys.spawn(gateway, std::move(registry), ep, options);
+gateway_actor spawn_gateway(caf::actor_system& sys, registry_actor registry,
+                            gateway_options options) {
+  return caf::actor_cast<gateway_actor>(sys.spawn(gateway, std::move(registry), options));
+}
+
+caf::error listen_shm(const gateway_actor& gw, const std::shared_ptr<transport::endpoint>& ep,
+                      const std::string& path) {
   // The loop thread only forwards: everything else happens in the actor.
   caf::weak_actor_ptr weak = caf::actor_cast<caf::weak_actor_ptr>(gw);
-  auto err = ep->listen(
+  return ep->listen(
     path,
     [weak](const connection_ptr& conn, frame_ptr frame) {
       if (auto strong = weak.lock())
@@ -164,8 +404,19 @@ caf::expected<gateway_actor> spawn_shm_gateway(caf::actor_system& sys, registry_
       if (auto strong = weak.lock())
         caf::anon_send(caf::actor_cast<gateway_actor>(strong), closed_atom::value, conn);
     });
-  if (err) {
-    caf::anon_send(gw, shutdown_atom::value);
+}
+
+wire_actor wire_interface(const gateway_actor& gw) {
+  return caf::actor_cast<wire_actor>(gw);
+}
+
+caf::expected<gateway_actor> spawn_shm_gateway(caf::actor_system& sys, registry_actor registry,
+                                               std::shared_ptr<transport::endpoint> ep,
+                                               const std::string& path,
+                                               gateway_options options) {
+  auto gw = spawn_gateway(sys, std::move(registry), options);
+  if (auto err = listen_shm(gw, ep, path)) {
+    caf::anon_send_exit(gw, caf::exit_reason::user_shutdown);
     return err;
   }
   return gw;

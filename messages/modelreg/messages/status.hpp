@@ -57,13 +57,15 @@ struct model_status {
   uint64_t idle_ms = 0;
   bool pinned = false;
   uint64_t waiters = 0; ///< callers parked on a load in progress
+  uint64_t batches = 0; ///< model calls that served several requests at once
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, model_status& x) {
   return f(caf::meta::type_name("modelreg::model_status"), x.key, x.description, x.state,
            x.generation, x.handles, x.in_flight, x.memory_bytes, x.load_time_us, x.requests,
-           x.errors, x.latency_p50_us, x.latency_p99_us, x.idle_ms, x.pinned, x.waiters);
+           x.errors, x.latency_p50_us, x.latency_p99_us, x.idle_ms, x.pinned, x.waiters,
+           x.batches);
 }
 
 /// Registry-wide counters since start.
@@ -123,5 +125,13 @@ typename Inspector::result_type inspect(Inspector& f, eviction_report& x) {
 
 /// Renders a snapshot as one JSON object (used by the CLI and benchmarks).
 std::string to_json(const registry_snapshot& x);
+
+/// Renders one transition as one JSON object.
+std::string to_json(const status_event& x);
+
+/// Parses what `to_json` wrote (fields it does not know are ignored); false
+/// if `json` is not such an object.
+bool from_json(const std::string& json, registry_snapshot& out);
+bool from_json(const std::string& json, status_event& out);
 
 } // namespace modelreg

@@ -72,6 +72,7 @@ struct Request {
     status @5 :Void;
     subscribe @6 :Void;
     echo @7 :List(NamedTensor);  # answered with the same tensors (tests, benchmarks)
+    unsubscribe @8 :Void;
   }
   struct GetOrLoad {
     key @0 :Text;
@@ -98,7 +99,12 @@ struct Response {
     handle @2 :Handle;
     outputs @3 :List(NamedTensor);
     ok @4 :Void;
-    statusJson @5 :Text;
+    statusJson @5 :Text;   # a registry_snapshot as JSON, plus "connections"
+    evicted @6 :Evicted;   # what an unload freed
+  }
+  struct Evicted {
+    count @0 :UInt64;
+    freedBytes @1 :UInt64;
   }
 }
 
@@ -107,6 +113,7 @@ struct Frame {
     hello @0 :Hello;
     request @1 :Request;
     response @2 :Response;
-    event @3 :Text;        # a status event, JSON
+    event @3 :Text;        # a status event, JSON (to subscribers)
+    goodbye @4 :Text;      # the server is shutting down; the reason
   }
 }

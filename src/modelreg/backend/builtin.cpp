@@ -31,6 +31,7 @@ private:
 /// What both built-ins read from their spec before building.
 struct common_params {
   uint64_t reserve_bytes = 0;
+  bool batchable = false;
 };
 
 caf::expected<common_params> prepare(const model_spec& spec) {
@@ -43,33 +44,40 @@ caf::expected<common_params> prepare(const model_spec& spec) {
   auto fail = param_bool(spec, "fail_load", false);
   if (!fail)
     return fail.error();
+  auto batchable = param_bool(spec, "batchable", false);
+  if (!batchable)
+    return batchable.error();
   if (*delay > 0)
     std::this_thread::sleep_for(std::chrono::milliseconds{*delay});
   if (*fail)
     return make_error(errc::load_failed, spec.backend + ": fail_load=true");
-  return common_params{*reserve};
+  return common_params{*reserve, *batchable};
 }
 
 class identity_model final : public model {
 public:
-  identity_model(uint64_t reserve, bool thread_safe)
-    : memory_(reserve), thread_safe_(thread_safe) {}
+  identity_model(common_params common, bool thread_safe)
+    : memory_(common.reserve_bytes), thread_safe_(thread_safe), batchable_(common.batchable) {}
 
   caf::expected<tensor_map> infer(const tensor_map& inputs, tensor_allocator&) override {
     return inputs;
   }
   uint64_t memory_bytes() const override { return sizeof(*this) + memory_.size(); }
-  model_capabilities capabilities() const override { return {thread_safe_, false, true}; }
+  model_capabilities capabilities() const override {
+    return {thread_safe_, false, batchable_};
+  }
   std::string describe() const override { return "identity"; }
 
 private:
   reserved_memory memory_;
   bool thread_safe_;
+  bool batchable_;
 };
 
 class gain_model final : public model {
 public:
-  gain_model(float gain, uint64_t reserve) : gain_(gain), memory_(reserve) {}
+  gain_model(float gain, common_params common)
+    : gain_(gain), memory_(common.reserve_bytes), batchable_(common.batchable) {}
 
   caf::expected<tensor_map> infer(const tensor_map& inputs, tensor_allocator& out) override {
     auto i = inputs.find("audio");
@@ -90,7 +98,7 @@ public:
     return tensor_map{{"audio", std::move(*result)}};
   }
   uint64_t memory_bytes() const override { return sizeof(*this) + memory_.size(); }
-  model_capabilities capabilities() const override { return {true, false, true}; }
+  model_capabilities capabilities() const override { return {true, false, batchable_}; }
   std::string describe() const override { return fmt::format("gain(x{})", gain_); }
 
 private:
@@ -100,6 +108,7 @@ private:
 
   float gain_;
   reserved_memory memory_;
+  bool batchable_;
 };
 
 } // namespace
@@ -112,7 +121,7 @@ void add_builtin_backends(backend_registry& registry) {
     auto common = prepare(spec);
     if (!common)
       return common.error();
-    return std::make_shared<identity_model>(common->reserve_bytes, *thread_safe);
+    return std::make_shared<identity_model>(*common, *thread_safe);
   });
   registry.add("gain", [](const model_spec& spec) -> caf::expected<model_ptr> {
     auto gain = param_double(spec, "gain", 1.0);
@@ -121,7 +130,7 @@ void add_builtin_backends(backend_registry& registry) {
     auto common = prepare(spec);
     if (!common)
       return common.error();
-    return std::make_shared<gain_model>(static_cast<float>(*gain), common->reserve_bytes);
+    return std::make_shared<gain_model>(static_cast<float>(*gain), *common);
   });
 }
 

@@ -8,6 +8,7 @@
 //                  weights; counted in memory_bytes)            default 0
 //   load_delay_ms  sleep this long while loading (a slow load)  default 0
 //   fail_load      "true": loading fails with load_failed       default false
+//   batchable      "true": declare dynamic batching (dimension 0) default false
 // identity also takes thread_safe (default false); gain is thread-safe.
 #pragma once
 

@@ -26,7 +26,9 @@ struct model_capabilities {
   /// `infer` blocks or computes for long (milliseconds): the model actor gets
   /// its own thread so it never stalls the shared scheduler.
   bool blocking = false;
-  /// `infer` accepts a batch along dimension 0 (dynamic batching).
+  /// `infer` accepts a batch along dimension 0 (dynamic batching): every
+  /// input's first dimension counts rows, and every output has one row per
+  /// input row.
   bool batchable = false;
 };
 

@@ -37,6 +37,7 @@ inline int64_t steady_now_ns() noexcept {
 struct model_stats {
   std::atomic<uint64_t> requests{0};
   std::atomic<uint64_t> errors{0};
+  std::atomic<uint64_t> batches{0}; ///< model calls that ran more than one request
   latency_histogram latency;
 };
 

@@ -119,6 +119,7 @@ model_status status_of(const std::string& key, const entry& e, int64_t now) {
     s.load_time_us = static_cast<uint64_t>(b->load_time_us);
     s.requests = b->stats->requests.load(std::memory_order_relaxed);
     s.errors = b->stats->errors.load(std::memory_order_relaxed);
+    s.batches = b->stats->batches.load(std::memory_order_relaxed);
     s.latency_p50_us = b->stats->latency.quantile(0.50) / 1000;
     s.latency_p99_us = b->stats->latency.quantile(0.99) / 1000;
     s.idle_ms = static_cast<uint64_t>(std::max<int64_t>(now - b->last_used_ns.load(), 0)) / 1000000;
@@ -369,7 +370,8 @@ void finish_load(supervisor_ptr self, std::unordered_map<std::string, entry>::it
   auto lanes = st.cfg.inference_lanes != 0 ? st.cfg.inference_lanes
                                            : self->system().scheduler().num_workers();
   auto actor = spawn_model_actor(self->system(), std::move(outcome.model), stats,
-                                 model_actor_options{lanes});
+                                 model_actor_options{lanes, st.cfg.max_batch,
+                                                     st.cfg.batch_timeout});
   self->monitor(actor);
   st.key_of_actor[actor.address()] = key;
   auto load_us = outcome.duration_ns / 1000;
@@ -508,7 +510,13 @@ supervisor_actor::behavior_type supervisor(supervisor_ptr self, registry_config 
       auto i = st.entries.find(key);
       if (i == st.entries.end() || i->second.state != model_state::ready) {
         // Only a miss needs the backend; hits and coalesced calls skip it.
-        auto loader = st.cfg.backends->loader_for(spec);
+        const model_spec* resolved = &spec;
+        if (spec.backend.empty()) {
+          resolved = st.cfg.catalog ? st.cfg.catalog->find(key) : nullptr;
+          if (resolved == nullptr)
+            return make_error(errc::model_not_found, "'" + key + "' is not in the catalog");
+        }
+        auto loader = st.cfg.backends->loader_for(*resolved);
         if (!loader)
           return std::move(loader.error());
         return get_or_load(self, key, std::move(*loader));

@@ -1,4 +1,4 @@
-// A real child process for multi-process tests: spawned with pipes on stdin
+// A real child process (multi-process tests and benchmarks): spawned with pipes on stdin
 // and stdout, read line by line, killed and reaped.
 #pragma once
 
@@ -15,7 +15,7 @@
 
 extern char** environ;
 
-namespace modelreg::test {
+namespace modelreg::bench {
 
 class child_process {
 public:
@@ -116,4 +116,4 @@ private:
   std::string buffer_;
 };
 
-} // namespace modelreg::test
+} // namespace modelreg::bench

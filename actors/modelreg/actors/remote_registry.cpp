@@ -1,0 +1,615 @@
+#include "modelreg/actors/remote_registry.hpp"
+
+#include <map>
+
+#include <caf/actor_system.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/io/middleman.hpp>
+#include <caf/openssl/remote_actor.hpp>
+#include <caf/scoped_actor.hpp>
+#include <caf/send.hpp>
+#include <caf/stateful_actor.hpp>
+#include <caf/typed_event_based_actor.hpp>
+
+#include "modelreg/actors/detail/entry_block.hpp"
+#include "modelreg/actors/detail/lease.hpp"
+#include "modelreg/actors/detail/wire_bytes.hpp"
+#include "modelreg/actors/shm_gateway.hpp"
+#include "modelreg/log.hpp"
+#include "modelreg/messages/error.hpp"
+
+namespace modelreg {
+
+namespace {
+
+using transport::connection_ptr;
+using transport::frame_ptr;
+using transport::outgoing_frame;
+
+using connect_atom = caf::atom_constant<caf::atom("connect")>;
+using reconnect_atom = caf::atom_constant<caf::atom("reconnect")>;
+using allocate_atom = caf::atom_constant<caf::atom("allocate")>;
+using stats_atom = caf::atom_constant<caf::atom("stats")>;
+using raw_status_atom = caf::atom_constant<caf::atom("rawstatus")>;
+
+struct target {
+  bool unix_socket = true;
+  std::string path;
+  std::string host;
+  uint16_t port = 0;
+};
+
+caf::expected<target> parse_uri(const std::string& uri) {
+  target t;
+  if (uri.rfind("unix:", 0) == 0) {
+    t.path = uri.substr(5);
+    if (t.path.rfind("//", 0) == 0)
+      t.path = t.path.substr(2);
+    if (t.path.empty())
+      return make_error(errc::invalid_argument, "'" + uri + "': no socket path");
+    return t;
+  }
+  if (uri.rfind("tcp://", 0) == 0) {
+    auto rest = uri.substr(6);
+    auto colon = rest.rfind(':');
+    if (colon == std::string::npos || colon == 0 || colon + 1 == rest.size())
+      return make_error(errc::invalid_argument, "'" + uri + "': expected tcp://HOST:PORT");
+    t.unix_socket = false;
+    t.host = rest.substr(0, colon);
+    if (t.host.size() > 2 && t.host.front() == '[' && t.host.back() == ']')
+      t.host = t.host.substr(1, t.host.size() - 2);
+    try {
+      auto port = std::stoul(rest.substr(colon + 1));
+      if (port == 0 || port > 65535)
+        throw std::out_of_range{"port"};
+      t.port = static_cast<uint16_t>(port);
+    } catch (const std::exception&) {
+      return make_error(errc::invalid_argument, "'" + uri + "': bad port");
+    }
+    return t;
+  }
+  return make_error(errc::invalid_argument,
+                    "'" + uri + "': expected unix:PATH or tcp://HOST:PORT");
+}
+
+struct pending {
+  std::function<void(const frame_ptr&, wire::Response::Reader)> on_response;
+  std::function<void(const caf::error&)> on_error;
+};
+
+struct proxy_state {
+  static inline const char* name = "modelreg.remote_registry";
+  proxy_state() = default;
+
+  std::string uri;
+  target where;
+  connect_options options;
+  std::shared_ptr<transport::endpoint> endpoint;
+  bool own_endpoint = false;
+
+  // The current link: a connection (unix) or the gateway's wire actor (tcp).
+  connection_ptr conn;
+  std::shared_ptr<connection_ptr> conn_box = std::make_shared<connection_ptr>(); // for exit
+  wire_actor server;
+  bool connected = false;
+  bool server_leaving = false; // a goodbye arrived
+  uint64_t link_generation = 0;
+  uint64_t reconnects = 0;
+  std::chrono::milliseconds backoff{0};
+  bool reconnect_scheduled = false;
+
+  std::shared_ptr<shm::pool> frame_pool; // tcp frames
+  transport::copy_counters tcp_counters;
+
+  std::map<uint64_t, pending> pending_requests;
+  uint64_t next_id = 1;
+  std::vector<status_listener> listeners;
+  // Handles given out on the current link: lease -> block.
+  std::map<uint64_t, std::weak_ptr<detail::entry_block>> handles;
+};
+
+using proxy_ptr = caf::stateful_actor<proxy_state>*;
+
+caf::error unavailable(proxy_ptr self, const std::string& why) {
+  return make_error(errc::unavailable, "worker unavailable at " + self->state.uri + ": " + why);
+}
+
+outgoing_frame new_frame(proxy_ptr self) {
+  auto& st = self->state;
+  if (st.where.unix_socket)
+    return st.conn->new_frame();
+  if (!st.frame_pool)
+    st.frame_pool = shm::pool::create();
+  return outgoing_frame{st.frame_pool, false, st.tcp_counters};
+}
+
+caf::error send_frame(proxy_ptr self, outgoing_frame& frame) {
+  auto& st = self->state;
+  if (st.where.unix_socket)
+    return st.conn->send(frame);
+  self->send(caf::actor_cast<caf::actor>(st.server), frame_atom::value, detail::to_bytes(frame));
+  return {};
+}
+
+/// Fills and sends one request; `p` gets its answer or error.
+void call(proxy_ptr self, const std::function<caf::error(outgoing_frame&, wire::Request::Builder)>& fill,
+          pending p) {
+  auto& st = self->state;
+  if (!st.connected || st.server_leaving)
+    return p.on_error(unavailable(self, st.server_leaving ? "the node is shutting down"
+                                                          : "not connected (reconnecting)"));
+  auto frame = new_frame(self);
+  auto request = frame.root().initRequest();
+  auto id = st.next_id++;
+  request.setId(id);
+  if (auto err = fill(frame, request))
+    return p.on_error(err);
+  if (auto err = send_frame(self, frame)) {
+    if (is(err, errc::peer_disconnected))
+      err = unavailable(self, describe(err));
+    return p.on_error(err);
+  }
+  st.pending_requests.emplace(id, std::move(p));
+}
+
+void schedule_reconnect(proxy_ptr self) {
+  auto& st = self->state;
+  if (!st.options.reconnect || st.reconnect_scheduled)
+    return;
+  st.reconnect_scheduled = true;
+  st.backoff = st.backoff.count() == 0
+                 ? st.options.backoff_initial
+                 : std::min(st.backoff * 2, st.options.backoff_max);
+  self->delayed_send(self, st.backoff, reconnect_atom::value);
+}
+
+/// Opens a link to the target (blocking: the proxy is detached).
+caf::error open_link(proxy_ptr self) {
+  auto& st = self->state;
+  auto generation = ++st.link_generation;
+  if (st.where.unix_socket) {
+    caf::weak_actor_ptr weak = caf::actor_cast<caf::weak_actor_ptr>(self);
+    auto conn = st.endpoint->connect(
+      st.where.path,
+      [weak, generation](const connection_ptr&, frame_ptr f) {
+        if (auto strong = weak.lock())
+          caf::anon_send(caf::actor_cast<caf::actor>(strong), inbound_atom::value, generation,
+                         std::move(f));
+      },
+      [weak, generation](const connection_ptr&, const caf::error& err) {
+        if (auto strong = weak.lock())
+          caf::anon_send(caf::actor_cast<caf::actor>(strong), closed_atom::value, generation,
+                         describe(err));
+      });
+    if (!conn)
+      return conn.error();
+    st.conn = std::move(*conn);
+    *st.conn_box = st.conn;
+  } else {
+    auto& sys = self->system();
+    if (!sys.has_middleman())
+      return make_error(errc::unsupported,
+                        "tcp:// needs CAF's middleman: cfg.load<caf::io::middleman>()");
+    caf::expected<wire_actor> server{caf::error{}};
+    if (sys.has_openssl_manager())
+      server = caf::openssl::remote_actor<wire_actor>(sys, st.where.host, st.where.port);
+    else
+      server = sys.middleman().remote_actor<wire_actor>(st.where.host, st.where.port);
+    if (!server)
+      return make_error(errc::unavailable, "cannot reach " + st.uri + ": " + sys.render(server.error()));
+    st.server = std::move(*server);
+    self->monitor(st.server);
+  }
+  st.connected = true;
+  st.server_leaving = false;
+  st.backoff = std::chrono::milliseconds{0};
+  if (!st.listeners.empty())
+    call(self, [](outgoing_frame&, wire::Request::Builder r) { r.setSubscribe(); return caf::error{}; },
+         pending{[](const frame_ptr&, wire::Response::Reader) {}, [](const caf::error&) {}});
+  return {};
+}
+
+/// The link is gone: everything waiting on it fails now; reconnect later.
+/// `by_caller`: the caller closed it (nothing to warn about).
+void disconnected(proxy_ptr self, const std::string& why, bool by_caller = false) {
+  auto& st = self->state;
+  if (!st.connected)
+    return;
+  st.connected = false;
+  if (st.conn) {
+    st.conn->close();
+    st.conn.reset();
+    st.conn_box->reset();
+  }
+  if (st.server) {
+    self->demonitor(st.server.address());
+    st.server = nullptr;
+  }
+  log::get("modelreg.remote")
+    ->log(by_caller ? spdlog::level::debug : spdlog::level::warn,
+          "{}: connection lost ({}); {} requests failed", st.uri, why, st.pending_requests.size());
+  auto failed = std::move(st.pending_requests);
+  st.pending_requests.clear();
+  auto err = unavailable(self, why);
+  for (auto& [id, p] : failed)
+    p.on_error(err);
+  for (auto& [lease, weak] : st.handles)
+    if (auto block = weak.lock())
+      block->retire();
+  st.handles.clear();
+  schedule_reconnect(self);
+}
+
+caf::error error_of(wire::Error::Reader e) {
+  auto code = static_cast<errc>(e.getCode());
+  return make_error(code, e.getMessage());
+}
+
+void on_frame(proxy_ptr self, const frame_ptr& frame) {
+  auto& st = self->state;
+  auto root = frame->root();
+  switch (root.which()) {
+    case wire::Frame::RESPONSE: {
+      auto resp = root.getResponse();
+      auto i = st.pending_requests.find(resp.getId());
+      if (i == st.pending_requests.end())
+        return;
+      auto p = std::move(i->second);
+      st.pending_requests.erase(i);
+      if (resp.isError())
+        return p.on_error(error_of(resp.getError()));
+      return p.on_response(frame, resp);
+    }
+    case wire::Frame::EVENT: {
+      status_event ev;
+      if (!from_json(root.getEvent(), ev))
+        return;
+      for (auto& l : st.listeners)
+        self->send(l, status_atom::value, ev);
+      return;
+    }
+    case wire::Frame::GOODBYE:
+      log::get("modelreg.remote")->info("{}: {}", st.uri, std::string{root.getGoodbye()});
+      st.server_leaving = true;
+      return;
+    default:
+      return;
+  }
+}
+
+/// A model actor that forwards to the remote registry by key.
+model_actor::behavior_type forwarder(model_actor::pointer self, registry_actor proxy,
+                                     std::string key) {
+  return {
+    [self, proxy, key](infer_atom a, tensor_map& in) {
+      return self->delegate(proxy, a, key, std::move(in));
+    },
+    [self, proxy, key](infer_atom a, tensor_map& in, request_ticket&) {
+      return self->delegate(proxy, a, key, std::move(in));
+    },
+    [self, proxy, key](infer_atom a, tensor_map& in, request_ticket&, allocator_ptr&) {
+      return self->delegate(proxy, a, key, std::move(in));
+    },
+  };
+}
+
+model_handle make_handle(proxy_ptr self, wire::Handle::Reader h) {
+  std::string key = h.getKey();
+  auto fwd = self->system().spawn(forwarder, caf::actor_cast<registry_actor>(self), key);
+  auto block = std::make_shared<detail::entry_block>(
+    key, h.getLease(), fwd, caf::actor_cast<caf::weak_actor_ptr>(self), h.getDescription(),
+    h.getMemoryBytes(), std::make_shared<detail::model_stats>(), 0);
+  block->handles.store(1); // the lease below
+  self->state.handles[h.getLease()] = block;
+  return model_handle{std::make_shared<detail::lease>(block)};
+}
+
+void put_spec(wire::ModelSpec::Builder s, const model_spec& spec) {
+  s.setBackend(spec.backend);
+  auto params = s.initParams(static_cast<uint32_t>(spec.params.size()));
+  uint32_t i = 0;
+  for (const auto& [k, v] : spec.params) {
+    params[i].setKey(k);
+    params[i].setValue(v);
+    ++i;
+  }
+}
+
+caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_options options) {
+  auto& st = self->state;
+  st.uri = std::move(uri);
+  st.where = std::move(where);
+  st.options = std::move(options);
+  st.endpoint = st.options.endpoint;
+  if (st.where.unix_socket && !st.endpoint) {
+    st.endpoint = transport::endpoint::start();
+    st.own_endpoint = true;
+  }
+  // However the proxy ends, its connection closes (the gateway then releases
+  // its leases) and an endpoint of its own stops.
+  self->attach_functor([ep = st.endpoint, own = st.own_endpoint, box = st.conn_box] {
+    if (*box)
+      (*box)->close();
+    if (own)
+      ep->stop();
+  });
+  self->set_down_handler([self](caf::down_msg& dm) {
+    auto& st = self->state;
+    if (st.server && dm.source == st.server.address())
+      return disconnected(self, "the worker's node went away");
+    auto& ls = st.listeners;
+    ls.erase(std::remove_if(ls.begin(), ls.end(),
+                            [&](const auto& l) { return l.address() == dm.source; }),
+             ls.end());
+  });
+  return {
+    [self](connect_atom) -> caf::result<bool> {
+      if (auto err = open_link(self))
+        return err;
+      return true;
+    },
+    [self](reconnect_atom) {
+      auto& st = self->state;
+      st.reconnect_scheduled = false;
+      if (st.connected)
+        return;
+      if (auto err = open_link(self)) {
+        log::get("modelreg.remote")->debug("{}: reconnect failed: {}", st.uri, describe(err));
+        return schedule_reconnect(self);
+      }
+      ++st.reconnects;
+      log::get("modelreg.remote")->info("{}: reconnected", st.uri);
+    },
+    [self](inbound_atom, uint64_t generation, const frame_ptr& frame) {
+      if (generation == self->state.link_generation && self->state.connected)
+        on_frame(self, frame);
+    },
+    [self](closed_atom, uint64_t generation, const std::string& why) {
+      if (generation == self->state.link_generation)
+        disconnected(self, why);
+    },
+    [self](frame_atom, const std::vector<char>& bytes) {
+      auto& st = self->state;
+      auto frame = detail::from_bytes(bytes, st.tcp_counters);
+      if (!frame) {
+        log::get("modelreg.remote")->warn("{}: {}", st.uri, describe(frame.error()));
+        return;
+      }
+      on_frame(self, *frame);
+    },
+    [self](get_or_load_atom, const std::string& key,
+           const model_spec& spec) -> caf::result<model_handle> {
+      auto rp = self->make_response_promise<model_handle>();
+      call(
+        self,
+        [&](outgoing_frame&, wire::Request::Builder r) {
+          auto g = r.initGetOrLoad();
+          g.setKey(key);
+          put_spec(g.initSpec(), spec);
+          return caf::error{};
+        },
+        pending{[self, rp](const frame_ptr&, wire::Response::Reader resp) mutable -> void {
+                  if (!resp.isHandle())
+                    {
+                    rp.deliver(make_error(errc::malformed_frame, "expected a handle"));
+                    return;
+                  }
+                  rp.deliver(make_handle(self, resp.getHandle()));
+                },
+                [rp](const caf::error& err) mutable { rp.deliver(err); }});
+      return rp;
+    },
+    [self](get_or_load_atom, const std::string&, const loader_fn&) -> caf::result<model_handle> {
+      return make_error(errc::unsupported,
+                        "a remote registry cannot run an in-process loader: name a catalog "
+                        "entry or pass a model spec");
+    },
+    [self](infer_atom, const std::string& key, const tensor_map& inputs) -> caf::result<tensor_map> {
+      auto rp = self->make_response_promise<tensor_map>();
+      call(
+        self,
+        [&](outgoing_frame& f, wire::Request::Builder r) {
+          auto in = r.initInfer();
+          in.setKey(key);
+          return f.put_tensors(in.initInputs(static_cast<uint32_t>(inputs.size())), inputs);
+        },
+        pending{[rp](const frame_ptr& frame, wire::Response::Reader resp) mutable -> void {
+                  if (!resp.isOutputs())
+                    {
+                    rp.deliver(make_error(errc::malformed_frame, "expected outputs"));
+                    return;
+                  }
+                  auto out = frame->tensors(resp.getOutputs());
+                  if (!out)
+                    {
+                    rp.deliver(out.error());
+                    return;
+                  }
+                  rp.deliver(std::move(*out));
+                },
+                [rp](const caf::error& err) mutable { rp.deliver(err); }});
+      return rp;
+    },
+    [](release_atom, const model_handle& h) { return h.release(); },
+    [self](handles_zero_atom, const std::string&, uint64_t lease) {
+      auto& st = self->state;
+      if (st.handles.erase(lease) == 0 || !st.connected)
+        return; // from an earlier link: the gateway released it with that link
+      call(
+        self,
+        [lease](outgoing_frame&, wire::Request::Builder r) {
+          r.setRelease(lease);
+          return caf::error{};
+        },
+        pending{[](const frame_ptr&, wire::Response::Reader) {}, [](const caf::error&) {}});
+    },
+    [self](unload_atom, const std::string& key) -> caf::result<eviction_report> {
+      auto rp = self->make_response_promise<eviction_report>();
+      call(
+        self,
+        [&](outgoing_frame&, wire::Request::Builder r) {
+          r.setUnload(key);
+          return caf::error{};
+        },
+        pending{[rp](const frame_ptr&, wire::Response::Reader resp) mutable -> void {
+                  eviction_report rep;
+                  if (resp.isEvicted()) {
+                    rep.count = resp.getEvicted().getCount();
+                    rep.freed_bytes = resp.getEvicted().getFreedBytes();
+                  }
+                  rp.deliver(rep);
+                },
+                [rp](const caf::error& err) mutable { rp.deliver(err); }});
+      return rp;
+    },
+    [](pin_atom, const std::string&, bool) -> caf::result<bool> {
+      return make_error(errc::unsupported, "pin is not available on a remote registry");
+    },
+    [self](list_atom) -> caf::result<registry_snapshot> {
+      auto rp = self->make_response_promise<registry_snapshot>();
+      call(
+        self,
+        [](outgoing_frame&, wire::Request::Builder r) {
+          r.setStatus();
+          return caf::error{};
+        },
+        pending{[rp](const frame_ptr&, wire::Response::Reader resp) mutable -> void {
+                  registry_snapshot snap;
+                  if (!resp.isStatusJson() || !from_json(resp.getStatusJson(), snap))
+                    {
+                    rp.deliver(make_error(errc::malformed_frame, "expected a status"));
+                    return;
+                  }
+                  rp.deliver(std::move(snap));
+                },
+                [rp](const caf::error& err) mutable { rp.deliver(err); }});
+      return rp;
+    },
+    [self](raw_status_atom) -> caf::result<std::string> {
+      auto rp = self->make_response_promise<std::string>();
+      call(
+        self,
+        [](outgoing_frame&, wire::Request::Builder r) {
+          r.setStatus();
+          return caf::error{};
+        },
+        pending{[rp](const frame_ptr&, wire::Response::Reader resp) mutable -> void {
+                  if (!resp.isStatusJson())
+                    {
+                    rp.deliver(make_error(errc::malformed_frame, "expected a status"));
+                    return;
+                  }
+                  rp.deliver(std::string{resp.getStatusJson()});
+                },
+                [rp](const caf::error& err) mutable { rp.deliver(err); }});
+      return rp;
+    },
+    [](evict_expired_atom) -> caf::result<eviction_report> {
+      return make_error(errc::unsupported, "evict-expired is not available on a remote registry");
+    },
+    [self](subscribe_atom, const status_listener& l) {
+      auto& st = self->state;
+      st.listeners.push_back(l);
+      self->monitor(l);
+      if (st.listeners.size() == 1 && st.connected)
+        call(self, [](outgoing_frame&, wire::Request::Builder r) { r.setSubscribe(); return caf::error{}; },
+             pending{[](const frame_ptr&, wire::Response::Reader) {}, [](const caf::error&) {}});
+    },
+    [self](unsubscribe_atom, const status_listener& l) {
+      auto& ls = self->state.listeners;
+      ls.erase(std::remove(ls.begin(), ls.end(), l), ls.end());
+      if (ls.empty() && self->state.connected)
+        call(self, [](outgoing_frame&, wire::Request::Builder r) { r.setUnsubscribe(); return caf::error{}; },
+             pending{[](const frame_ptr&, wire::Response::Reader) {}, [](const caf::error&) {}});
+    },
+    [self](shutdown_atom) {
+      auto& st = self->state;
+      st.options.reconnect = false;
+      disconnected(self, "closed by the caller", true);
+      self->quit();
+    },
+    [self](allocate_atom, uint8_t type, std::vector<int64_t>& shape) -> caf::result<tensor> {
+      auto& st = self->state;
+      caf::expected<tensor> t{caf::error{}};
+      if (st.where.unix_socket && st.connected && st.conn->shared_memory())
+        t = st.conn->allocate_tensor(static_cast<dtype>(type), std::move(shape));
+      else
+        t = tensor::allocate(static_cast<dtype>(type), std::move(shape));
+      if (!t)
+        return std::move(t.error());
+      return std::move(*t);
+    },
+    [self](stats_atom) -> remote_stats {
+      auto& st = self->state;
+      remote_stats out;
+      out.connected = st.connected;
+      out.shared_memory = st.where.unix_socket && st.conn && st.conn->shared_memory();
+      out.reconnects = st.reconnects;
+      if (st.where.unix_socket) {
+        out.zero_copy_tensors = st.endpoint->counters().zero_copy_tensors.load();
+        out.copied_bytes = st.endpoint->counters().copied_bytes.load();
+      } else {
+        out.copied_bytes = st.tcp_counters.copied_bytes.load();
+      }
+      out.requests_in_flight = st.pending_requests.size();
+      return out;
+    },
+  };
+}
+
+} // namespace
+
+caf::expected<registry_actor> connect(caf::actor_system& sys, const std::string& uri,
+                                      connect_options options) {
+  auto where = parse_uri(uri);
+  if (!where)
+    return where.error();
+  auto p = sys.spawn<caf::detached>(proxy, uri, *where, std::move(options));
+  caf::scoped_actor self{sys};
+  caf::error failure;
+  self->request(p, caf::infinite, connect_atom::value)
+    .receive([](bool) {}, [&](caf::error& err) { failure = std::move(err); });
+  if (failure) {
+    caf::anon_send_exit(p, caf::exit_reason::user_shutdown);
+    if (is(failure, errc::invalid_argument) || is(failure, errc::unavailable))
+      return failure;
+    return make_error(errc::unavailable, "cannot connect to " + uri + ": " + describe(failure));
+  }
+  return caf::actor_cast<registry_actor>(p);
+}
+
+caf::expected<tensor> allocate_input(caf::actor_system& sys, const registry_actor& remote,
+                                     dtype type, std::vector<int64_t> shape) {
+  caf::scoped_actor self{sys};
+  caf::expected<tensor> out{caf::error{}};
+  self->request(caf::actor_cast<caf::actor>(remote), std::chrono::seconds{30},
+                allocate_atom::value, static_cast<uint8_t>(type), std::move(shape))
+    .receive([&](tensor& t) { out = std::move(t); },
+             [&](caf::error& err) {
+               out = make_error(errc::unsupported,
+                                "allocate_input needs a registry from connect(): " +
+                                  describe(err));
+             });
+  return out;
+}
+
+caf::expected<remote_stats> stats_of(caf::actor_system& sys, const registry_actor& remote) {
+  caf::scoped_actor self{sys};
+  caf::expected<remote_stats> out{caf::error{}};
+  self->request(caf::actor_cast<caf::actor>(remote), std::chrono::seconds{30}, stats_atom::value)
+    .receive([&](remote_stats& s) { out = s; }, [&](caf::error& err) { out = std::move(err); });
+  return out;
+}
+
+caf::expected<std::string> remote_status_json(caf::actor_system& sys,
+                                              const registry_actor& remote) {
+  caf::scoped_actor self{sys};
+  caf::expected<std::string> out{caf::error{}};
+  self->request(caf::actor_cast<caf::actor>(remote), std::chrono::seconds{30},
+                raw_status_atom::value)
+    .receive([&](std::string& s) { out = std::move(s); },
+             [&](caf::error& err) { out = std::move(err); });
+  return out;
+}
+
+} // namespace modelreg

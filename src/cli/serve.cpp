@@ -1,0 +1,257 @@
+// `modelreg serve`: a node hosting the registry for other processes.
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include <pthread.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/io/middleman.hpp>
+#include <caf/openssl/manager.hpp>
+#include <caf/openssl/publish.hpp>
+#include <caf/scoped_actor.hpp>
+#include <caf/send.hpp>
+
+#include "cli/commands.hpp"
+#include "cli/default_catalog.hpp"
+#include "modelreg/actors/shm_gateway.hpp"
+#include "modelreg/log.hpp"
+#include "modelreg/messages/error.hpp"
+#include "modelreg/messages/system_config.hpp"
+#include "modelreg/transport/socket.hpp"
+
+namespace modelreg::cli {
+
+namespace {
+
+struct tls_files {
+  std::string cert;
+  std::string key;
+  std::string ca;
+  bool any() const { return !cert.empty() || !key.empty() || !ca.empty(); }
+};
+
+/// Loads the files the way CAF will, so a bad path or a key that does not
+/// match fails now, not when the first peer connects.
+std::string check_tls(const tls_files& tls) {
+  if (tls.cert.empty() || tls.key.empty() || tls.ca.empty())
+    return "TLS needs --tls-cert, --tls-key and --tls-ca (mutual TLS)";
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx{SSL_CTX_new(TLS_method()), SSL_CTX_free};
+  auto why = [](const std::string& what) {
+    char buf[256];
+    ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
+    return what + " (" + buf + ")";
+  };
+  if (SSL_CTX_use_certificate_chain_file(ctx.get(), tls.cert.c_str()) != 1)
+    return why("cannot load certificate " + tls.cert);
+  if (SSL_CTX_use_PrivateKey_file(ctx.get(), tls.key.c_str(), SSL_FILETYPE_PEM) != 1)
+    return why("cannot load private key " + tls.key);
+  if (SSL_CTX_check_private_key(ctx.get()) != 1)
+    return why("private key " + tls.key + " does not match " + tls.cert);
+  if (SSL_CTX_load_verify_locations(ctx.get(), tls.ca.c_str(), nullptr) != 1)
+    return why("cannot load CA file " + tls.ca);
+  return {};
+}
+
+bool is_loopback(const std::string& host) {
+  if (host == "localhost")
+    return true;
+  in_addr v4{};
+  if (::inet_pton(AF_INET, host.c_str(), &v4) == 1)
+    return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  if (::inet_pton(AF_INET6, host.c_str(), &v6) == 1)
+    return IN6_IS_ADDR_LOOPBACK(&v6);
+  return false;
+}
+
+constexpr const char* serve_usage = R"(usage: modelreg serve [options]
+
+Hosts a registry with a model catalog for other processes: on this host over
+shared memory (a Unix socket), optionally on other hosts over TCP.
+
+options:
+  --socket PATH          Unix socket (default: $MODELREG_SOCKET, else
+                         $XDG_RUNTIME_DIR/modelreg/modelreg.sock, else
+                         /tmp/modelreg-$UID/modelreg.sock)
+  --catalog FILE         model catalog (JSON, see docs/serve.md); default: the
+                         built-in catalog
+  --allow-uid UID        also accept peers of this uid (repeatable; default:
+                         only this process's uid)
+  --tcp HOST:PORT        also listen on TCP (CAF middleman); PORT 0 picks one
+  --tls-cert FILE --tls-key FILE --tls-ca FILE
+                         mutual TLS on TCP: this node's certificate and key,
+                         and the CA that signed its clients' certificates
+  --insecure             allow TCP without TLS on a non-loopback address
+  --max-memory BYTES     byte budget for loaded models (default: unlimited)
+  --idle-ttl SECONDS     unload models idle this long (default 300; 0: never)
+  --max-batch N          dynamic batching for batchable models (default 8)
+  --batch-timeout-ms MS  wait this long to fill a batch (default 10)
+
+Prints "ready" (and the TCP port) on stdout once it serves. SIGINT/SIGTERM
+stop it gracefully: requests in flight are answered, clients are told.
+)";
+
+} // namespace
+
+int serve(std::vector<std::string> args) {
+  if (take_flag(args, "--help")) {
+    std::cout << serve_usage;
+    return exit_ok;
+  }
+  auto socket = take_option(args, "--socket").value_or(default_socket());
+  auto catalog_file = take_option(args, "--catalog");
+  auto uids = take_all(args, "--allow-uid");
+  auto tcp = take_option(args, "--tcp");
+  tls_files tls{take_option(args, "--tls-cert").value_or(""),
+                take_option(args, "--tls-key").value_or(""),
+                take_option(args, "--tls-ca").value_or("")};
+  bool insecure = take_flag(args, "--insecure");
+  registry_config rcfg;
+  rcfg.idle_ttl = std::chrono::seconds{300};
+  try {
+    if (auto v = take_option(args, "--max-memory"))
+      rcfg.max_memory_bytes = std::stoull(*v);
+    if (auto v = take_option(args, "--idle-ttl"))
+      rcfg.idle_ttl = std::chrono::seconds{std::stoull(*v)};
+    if (auto v = take_option(args, "--max-batch"))
+      rcfg.max_batch = std::max<size_t>(1, std::stoul(*v));
+    if (auto v = take_option(args, "--batch-timeout-ms"))
+      rcfg.batch_timeout = std::chrono::milliseconds{std::stoull(*v)};
+  } catch (const std::exception&) {
+    return usage_error("serve: a numeric option has a bad value");
+  }
+  if (!args.empty())
+    return usage_error("serve: unknown option " + args.front());
+  rcfg.ttl_sweep = rcfg.idle_ttl.count() > 0;
+
+  // -- everything checked before anything starts ---------------------------
+  auto cat = catalog_file ? catalog::load_file(*catalog_file) : catalog::parse(default_catalog_json);
+  if (!cat) {
+    std::cerr << "modelreg serve: " << describe(cat.error()) << "\n";
+    return exit_failed;
+  }
+  std::string tcp_host;
+  uint16_t tcp_port = 0;
+  if (tcp) {
+    auto colon = tcp->rfind(':');
+    if (colon == std::string::npos)
+      return usage_error("serve: --tcp needs HOST:PORT");
+    tcp_host = tcp->substr(0, colon);
+    try {
+      auto port = std::stoul(tcp->substr(colon + 1));
+      if (port > 65535)
+        throw std::out_of_range{"port"};
+      tcp_port = static_cast<uint16_t>(port);
+    } catch (const std::exception&) {
+      return usage_error("serve: bad port in --tcp " + *tcp);
+    }
+    if (tls.any()) {
+      if (auto err = check_tls(tls); !err.empty()) {
+        std::cerr << "modelreg serve: " << err << "\n";
+        return exit_failed;
+      }
+    } else if (!is_loopback(tcp_host) && !insecure) {
+      std::cerr << "modelreg serve: refusing plain TCP on non-loopback address " << tcp_host
+                << ": give --tls-cert/--tls-key/--tls-ca, or --insecure to allow it\n";
+      return exit_failed;
+    }
+  } else if (tls.any()) {
+    return usage_error("serve: TLS options need --tcp");
+  }
+  // Another node on this socket? Do not steal it.
+  if (transport::connect_seqpacket(socket)) {
+    std::cerr << "modelreg serve: another node is already serving on " << socket << "\n";
+    return exit_failed;
+  }
+  transport::endpoint_options eopts;
+  try {
+    for (const auto& u : uids)
+      eopts.allowed_uids.push_back(static_cast<uid_t>(std::stoul(u)));
+  } catch (const std::exception&) {
+    return usage_error("serve: bad --allow-uid");
+  }
+  if (!eopts.allowed_uids.empty())
+    eopts.allowed_uids.push_back(::getuid());
+
+  // Signals are taken by this thread only (sigwait below).
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  system_config cfg;
+  if (tcp) {
+    cfg.load<caf::io::middleman>();
+    // A peer that vanishes without closing its socket is noticed.
+    cfg.set("middleman.heartbeat-interval", caf::timespan{std::chrono::milliseconds{500}});
+    if (tls.any()) {
+      cfg.load<caf::openssl::manager>();
+      cfg.openssl_certificate = tls.cert;
+      cfg.openssl_key = tls.key;
+      cfg.openssl_cafile = tls.ca;
+    }
+  }
+  caf::actor_system sys{cfg};
+  auto logger = log::get("modelreg.serve");
+  rcfg.catalog = std::make_shared<catalog>(std::move(*cat));
+  auto registry = spawn_registry(sys, rcfg);
+  auto ep = transport::endpoint::start(eopts);
+  gateway_options gopts;
+  gopts.catalog = rcfg.catalog->names();
+  auto gw = spawn_gateway(sys, registry, gopts);
+  auto stop_all = [&] {
+    caf::anon_send(gw, shutdown_atom::value);
+    caf::anon_send(registry, shutdown_atom::value);
+    ep->stop();
+  };
+  if (auto err = listen_shm(gw, ep, socket)) {
+    std::cerr << "modelreg serve: cannot listen on " << socket << ": " << describe(err) << "\n";
+    stop_all();
+    return exit_failed;
+  }
+  std::string tcp_note;
+  if (tcp) {
+    auto port = tls.any() ? caf::openssl::publish(wire_interface(gw), tcp_port, tcp_host.c_str(), true)
+                          : sys.middleman().publish(wire_interface(gw), tcp_port, tcp_host.c_str(), true);
+    if (!port) {
+      std::cerr << "modelreg serve: cannot listen on TCP " << *tcp << ": " << sys.render(port.error())
+                << "\n";
+      stop_all();
+      ::unlink(socket.c_str());
+      return exit_failed;
+    }
+    tcp_note = " tcp://" + tcp_host + ":" + std::to_string(*port) + (tls.any() ? " (mutual TLS)" : "");
+  }
+  std::cout << "ready unix:" << socket << tcp_note << "\n"
+            << "catalog: " << rcfg.catalog->size() << " models" << std::endl;
+  logger->info("serving unix:{}{}", socket, tcp_note);
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  std::cout << "stopping (" << (sig == SIGINT ? "SIGINT" : "SIGTERM") << ")" << std::endl;
+  {
+    // Graceful: the gateway tells every peer, answers what is in flight, quits.
+    caf::scoped_actor self{sys};
+    self->monitor(gw);
+    caf::anon_send(gw, shutdown_atom::value);
+    self->receive([](const caf::down_msg&) {},
+                  caf::after(gopts.drain_timeout + std::chrono::seconds{1}) >> [] {});
+  }
+  ep->stop();
+  ::unlink(socket.c_str());
+  caf::anon_send(registry, shutdown_atom::value);
+  std::cout << "stopped" << std::endl;
+  return exit_ok;
+}
+
+} // namespace modelreg::cli
