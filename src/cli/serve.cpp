@@ -208,6 +208,7 @@ int serve(std::vector<std::string> args) {
   auto ep = transport::endpoint::start(eopts);
   gateway_options gopts;
   gopts.catalog = rcfg.catalog->names();
+  gopts.endpoint = ep;
   auto gw = spawn_gateway(sys, registry, gopts);
   auto stop_all = [&] {
     caf::anon_send(gw, shutdown_atom::value);

@@ -2,6 +2,7 @@
 
 #include <map>
 
+#include <caf/actor_registry.hpp>
 #include <caf/actor_system.hpp>
 #include <caf/event_based_actor.hpp>
 #include <caf/io/middleman.hpp>
@@ -327,11 +328,15 @@ caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_optio
   }
   // However the proxy ends, its connection closes (the gateway then releases
   // its leases) and an endpoint of its own stops.
-  self->attach_functor([ep = st.endpoint, own = st.own_endpoint, box = st.conn_box] {
+  // Over TCP, CAF registered the proxy so the node could address it; a node
+  // that died never says it is done with it, so the proxy removes itself.
+  self->attach_functor([ep = st.endpoint, own = st.own_endpoint, box = st.conn_box,
+                        sys = &self->system(), id = self->id()] {
     if (*box)
       (*box)->close();
     if (own)
       ep->stop();
+    sys->registry().erase(id);
   });
   self->set_down_handler([self](caf::down_msg& dm) {
     auto& st = self->state;

@@ -259,6 +259,16 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
             auto json = nlohmann::json::parse(to_json(snap));
             json["connections"] = self->state.peers.size();
             json["catalog"] = self->state.options.catalog;
+            if (auto ep = self->state.options.endpoint.lock()) {
+              auto es = ep->stats();
+              json["transport"] = {{"connections", es.connections},
+                                   {"zero_copy_tensors", es.zero_copy_tensors},
+                                   {"copied_bytes", es.copied_bytes},
+                                   {"rejected_frames", es.rejected_frames},
+                                   {"loans_outstanding", es.pool.loans_outstanding},
+                                   {"bytes_lent", es.pool.bytes_lent},
+                                   {"bytes_mapped", es.pool.bytes_mapped}};
+            }
             auto out = link->new_frame();
             auto resp = out.root().initResponse();
             resp.setId(id);

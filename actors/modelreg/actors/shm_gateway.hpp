@@ -55,6 +55,9 @@ struct gateway_options {
   std::chrono::milliseconds drain_timeout{std::chrono::seconds{5}};
   /// Catalog names to list in status answers.
   std::vector<std::string> catalog;
+  /// The shared-memory endpoint whose counters status answers include
+  /// (zero-copy tensors, copied bytes, memory lent to peers); optional.
+  std::weak_ptr<transport::endpoint> endpoint;
 };
 
 /// Spawns a gateway for `registry` (not yet listening anywhere).

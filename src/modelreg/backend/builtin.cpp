@@ -32,6 +32,7 @@ private:
 struct common_params {
   uint64_t reserve_bytes = 0;
   bool batchable = false;
+  std::chrono::milliseconds infer_delay{0};
 };
 
 caf::expected<common_params> prepare(const model_spec& spec) {
@@ -47,24 +48,32 @@ caf::expected<common_params> prepare(const model_spec& spec) {
   auto batchable = param_bool(spec, "batchable", false);
   if (!batchable)
     return batchable.error();
+  auto infer_delay = param_u64(spec, "infer_delay_ms", 0);
+  if (!infer_delay)
+    return infer_delay.error();
   if (*delay > 0)
     std::this_thread::sleep_for(std::chrono::milliseconds{*delay});
   if (*fail)
     return make_error(errc::load_failed, spec.backend + ": fail_load=true");
-  return common_params{*reserve, *batchable};
+  return common_params{*reserve, *batchable, std::chrono::milliseconds{*infer_delay}};
 }
 
 class identity_model final : public model {
 public:
   identity_model(common_params common, bool thread_safe)
-    : memory_(common.reserve_bytes), thread_safe_(thread_safe), batchable_(common.batchable) {}
+    : memory_(common.reserve_bytes),
+      thread_safe_(thread_safe),
+      batchable_(common.batchable),
+      delay_(common.infer_delay) {}
 
   caf::expected<tensor_map> infer(const tensor_map& inputs, tensor_allocator&) override {
+    if (delay_.count() > 0)
+      std::this_thread::sleep_for(delay_);
     return inputs;
   }
   uint64_t memory_bytes() const override { return sizeof(*this) + memory_.size(); }
   model_capabilities capabilities() const override {
-    return {thread_safe_, false, batchable_};
+    return {thread_safe_, delay_.count() > 0, batchable_};
   }
   std::string describe() const override { return "identity"; }
 
@@ -72,6 +81,7 @@ private:
   reserved_memory memory_;
   bool thread_safe_;
   bool batchable_;
+  std::chrono::milliseconds delay_;
 };
 
 class gain_model final : public model {

@@ -53,7 +53,7 @@ caf::expected<tensor> parse(const std::string& bytes) {
     return bad("truncated header");
   auto header = bytes.substr(header_start, header_len);
   std::smatch m;
-  static const std::regex descr_re{R"('descr'\s*:\s*'([<>|=])([a-z][0-9]+)')"};
+  static const std::regex descr_re{R"('descr'\s*:\s*'([<>|=])([A-Za-z][0-9]*)')"};
   static const std::regex fortran_re{R"('fortran_order'\s*:\s*(True|False))"};
   static const std::regex shape_re{R"('shape'\s*:\s*\(([^)]*)\))"};
   if (!std::regex_search(header, m, descr_re))

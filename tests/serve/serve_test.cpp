@@ -1,0 +1,521 @@
+// `modelreg serve` and connect() with real processes: many clients on one
+// model, a worker killed mid-request, a client killed while it holds leases,
+// TLS, graceful stop, and the operator's CLI against a live node.
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <regex>
+
+#include <caf/io/middleman.hpp>
+#include <caf/openssl/manager.hpp>
+#include <caf/scoped_actor.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include "actors/registry_fixture.hpp"
+#include "bench/child_process.hpp"
+#include "modelreg/actors/remote_registry.hpp"
+#include "modelreg/tensor/npy.hpp"
+
+namespace modelreg::test {
+namespace {
+
+using namespace std::chrono_literals;
+using bench::child_process;
+namespace fs = std::filesystem;
+
+constexpr const char* test_catalog = R"({
+  "models": {
+    "echo": { "backend": "identity", "params": { "thread_safe": true } },
+    "gain": { "backend": "gain", "params": { "gain": 2 } },
+    "slow-infer": { "backend": "identity", "params": { "infer_delay_ms": 400 } },
+    "broken": { "backend": "identity", "params": { "fail_load": true } }
+  }
+})";
+
+/// Runs a command to its end; its stdout and exit code.
+struct run_result {
+  int code = -1;
+  std::string out;
+};
+
+run_result run(std::vector<std::string> argv) {
+  argv.insert(argv.begin(), MODELREG_CLI);
+  std::string cmd;
+  for (const auto& a : argv)
+    cmd += "'" + a + "' ";
+  cmd += "2>/dev/null";
+  run_result r;
+  auto* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr)
+    return r;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0)
+    r.out.append(buf, n);
+  auto status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+class serve_test : public ::testing::Test {
+protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/modelreg-serve-XXXXXX";
+    dir = ::mkdtemp(tmpl);
+    socket = dir + "/run/node.sock";
+    catalog_path = dir + "/catalog.json";
+    std::ofstream{catalog_path} << test_catalog;
+  }
+
+  void TearDown() override {
+    if (node) {
+      node->kill(SIGTERM); // the graceful stop, every time
+      EXPECT_TRUE(node->wait_for_exit(10s));
+    }
+    node.reset();
+    fs::remove_all(dir);
+  }
+
+  /// Starts `modelreg serve` with the test catalog; waits for "ready".
+  bool start_node(std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv{MODELREG_CLI, "serve", "--socket", socket, "--catalog",
+                                  catalog_path};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    node = std::make_unique<child_process>(argv);
+    ready_line = node->read_line(20s);
+    return ready_line.rfind("ready", 0) == 0;
+  }
+
+  /// The TCP port from the ready line.
+  uint16_t tcp_port() const {
+    std::smatch m;
+    static const std::regex re{R"(tcp://[^ ]*:(\d+))"};
+    if (!std::regex_search(ready_line, m, re))
+      return 0;
+    return static_cast<uint16_t>(std::stoul(m[1].str()));
+  }
+
+  std::string uri() const { return "unix:" + socket; }
+
+  std::string dir, socket, catalog_path, ready_line;
+  std::unique_ptr<child_process> node;
+};
+
+/// An actor system for the test's own client side.
+struct client {
+  explicit client(bool middleman = false, const std::string& cert = {},
+                  const std::string& key = {}, const std::string& ca = {}) {
+    if (middleman)
+      cfg.load<caf::io::middleman>();
+    if (!cert.empty()) {
+      cfg.load<caf::openssl::manager>();
+      cfg.openssl_certificate = cert;
+      cfg.openssl_key = key;
+      cfg.openssl_cafile = ca;
+    }
+    sys = std::make_unique<caf::actor_system>(cfg);
+  }
+  ~client() {
+    for (auto& r : remotes)
+      caf::anon_send(r, shutdown_atom::value);
+  }
+
+  caf::expected<registry_actor> connect(const std::string& uri, bool reconnect = true) {
+    connect_options o;
+    o.reconnect = reconnect;
+    o.backoff_max = 200ms;
+    auto r = modelreg::connect(*sys, uri, o);
+    if (r)
+      remotes.push_back(*r);
+    return r;
+  }
+
+  template <class T, class... Ts>
+  caf::expected<T> ask(const registry_actor& reg, Ts&&... xs) {
+    caf::scoped_actor self{*sys};
+    caf::expected<T> out{caf::error{}};
+    self->request(reg, 30s, std::forward<Ts>(xs)...)
+      .receive([&](T& x) { out = std::move(x); }, [&](caf::error& e) { out = std::move(e); });
+    return out;
+  }
+
+  nlohmann::json status(const registry_actor& reg) {
+    auto raw = remote_status_json(*sys, reg);
+    if (!raw)
+      return {};
+    return nlohmann::json::parse(*raw);
+  }
+
+  system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  std::vector<registry_actor> remotes;
+};
+
+uint64_t handles_of(const nlohmann::json& status, const std::string& key) {
+  for (const auto& m : status["models"])
+    if (m["key"] == key)
+      return m["handles"].get<uint64_t>();
+  return 0;
+}
+
+TEST_F(serve_test, RemoteRegistryAnswersLikeALocalOne) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  client c;
+  auto reg = c.connect(uri());
+  ASSERT_TRUE(reg) << describe(reg.error());
+  // By catalog name (a spec without a backend).
+  auto h = c.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"gain"}, model_spec{});
+  ASSERT_TRUE(h) << describe(h.error());
+  EXPECT_EQ(h->key(), "gain");
+  EXPECT_EQ(h->description(), "gain(x2)");
+  // Input written straight into shared memory: it crosses by reference.
+  auto in = allocate_input(*c.sys, *reg, dtype::f32, {4});
+  ASSERT_TRUE(in) << describe(in.error());
+  auto v = in->mutable_values<float>();
+  ASSERT_TRUE(v);
+  for (int i = 0; i < 4; ++i)
+    (*v)[static_cast<size_t>(i)] = static_cast<float>(i);
+  auto before = stats_of(*c.sys, *reg);
+  ASSERT_TRUE(before);
+  auto out = c.ask<tensor_map>(*reg, infer_atom::value, std::string{"gain"}, tensor_map{{"audio", *in}});
+  ASSERT_TRUE(out) << describe(out.error());
+  auto values = out->at("audio").values<float>();
+  ASSERT_TRUE(values);
+  EXPECT_EQ(std::vector<float>(values->begin(), values->end()), (std::vector<float>{0, 2, 4, 6}));
+  // Outputs are views of the worker's memory: read-only, no copy either way.
+  EXPECT_FALSE(out->at("audio").writable());
+  auto after = stats_of(*c.sys, *reg);
+  ASSERT_TRUE(after);
+  EXPECT_TRUE(after->shared_memory);
+  EXPECT_EQ(after->copied_bytes, before->copied_bytes);
+  EXPECT_GE(after->zero_copy_tensors, before->zero_copy_tensors + 2);
+  // The handle's own infer goes the same way.
+  auto again = h->infer({{"audio", *in}});
+  ASSERT_TRUE(again) << describe(again.error());
+  // Errors keep their codes across the hop.
+  auto bad = c.ask<tensor_map>(*reg, infer_atom::value, std::string{"gain"},
+                               tensor_map{{"audio", *tensor::from_values<int16_t>({1, 2})}});
+  ASSERT_FALSE(bad);
+  EXPECT_TRUE(is(bad.error(), errc::invalid_argument)) << describe(bad.error());
+  auto unknown = c.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"nope"}, model_spec{});
+  ASSERT_FALSE(unknown);
+  EXPECT_TRUE(is(unknown.error(), errc::model_not_found)) << describe(unknown.error());
+  auto failing = c.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"broken"}, model_spec{});
+  ASSERT_FALSE(failing);
+  EXPECT_TRUE(is(failing.error(), errc::load_failed)) << describe(failing.error());
+  loader_fn loader = []() -> caf::expected<model_ptr> { return make_error(errc::unsupported); };
+  auto local_loader = c.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"x"}, loader);
+  ASSERT_FALSE(local_loader);
+  EXPECT_TRUE(is(local_loader.error(), errc::unsupported));
+  // Releasing the handle shows on the worker.
+  EXPECT_EQ(handles_of(c.status(*reg), "gain"), 1u);
+  h->release();
+  EXPECT_TRUE(eventually([&] { return handles_of(c.status(*reg), "gain") == 0; }));
+  auto unloaded = c.ask<eviction_report>(*reg, unload_atom::value, std::string{"gain"});
+  ASSERT_TRUE(unloaded) << describe(unloaded.error());
+  EXPECT_EQ(unloaded->count, 1u);
+  auto snap = c.ask<registry_snapshot>(*reg, list_atom::value);
+  ASSERT_TRUE(snap);
+  EXPECT_TRUE(snap->models.empty());
+  EXPECT_EQ(snap->totals.unloads, 1u);
+}
+
+TEST_F(serve_test, SubscribersReceiveTheWorkersTransitions) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  client c;
+  auto reg = c.connect(uri());
+  ASSERT_TRUE(reg);
+  auto log = std::make_shared<status_log>();
+  auto listener = c.sys->spawn(recorder, log);
+  caf::anon_send(*reg, subscribe_atom::value, listener);
+  // The subscription is a request of its own: wait for the first snapshot
+  // round trip before causing transitions.
+  ASSERT_TRUE(c.status(*reg).is_object());
+  auto h = c.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"echo"}, model_spec{});
+  ASSERT_TRUE(h);
+  EXPECT_TRUE(eventually([&] { return log->size() >= 2; }));
+  auto t = log->transitions();
+  ASSERT_GE(t.size(), 2u);
+  EXPECT_EQ(t[0], std::make_pair(std::string{"echo"}, model_state::loading));
+  EXPECT_EQ(t[1], std::make_pair(std::string{"echo"}, model_state::ready));
+  caf::anon_send_exit(listener, caf::exit_reason::user_shutdown);
+}
+
+TEST_F(serve_test, EightClientProcessesKeepOverAHundredRequestsInFlight) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  // 8 processes x 13 in flight = 104 requests outstanding at once.
+  std::vector<std::unique_ptr<child_process>> clients;
+  for (int i = 0; i < 8; ++i)
+    clients.push_back(std::make_unique<child_process>(std::vector<std::string>{
+      MODELREG_CLI, "__bench-serve-client", uri(), "echo", "400", "13", "64",
+      dir + "/lat" + std::to_string(i)}));
+  for (auto& cl : clients)
+    ASSERT_EQ(cl->read_line(60s), "ready");
+  for (auto& cl : clients)
+    cl->close_stdin();
+  for (auto& cl : clients) {
+    auto j = nlohmann::json::parse(cl->read_line(120s), nullptr, false);
+    ASSERT_FALSE(j.is_discarded());
+    EXPECT_EQ(j["requests"], 400);
+    EXPECT_EQ(j["errors"], 0) << j["first_error"];
+    EXPECT_EQ(j["wrong"], 0);
+  }
+  client c;
+  auto reg = c.connect(uri());
+  ASSERT_TRUE(reg);
+  auto s = c.status(*reg);
+  EXPECT_EQ(s["totals"]["loads"], 1) << s.dump();
+  EXPECT_EQ(s["totals"]["load_failures"], 0);
+}
+
+TEST_F(serve_test, KilledWorkerFailsEveryCallerAtOnceAndIsReconnectedWhenBack) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  client c;
+  auto reg = c.connect(uri());
+  ASSERT_TRUE(reg);
+  auto h = c.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"slow-infer"}, model_spec{});
+  ASSERT_TRUE(h) << describe(h.error());
+  // Requests in flight in the worker when it dies.
+  auto x = *tensor::from_values<float>({1.f});
+  std::vector<std::future<caf::expected<tensor_map>>> calls;
+  for (int i = 0; i < 6; ++i)
+    calls.push_back(std::async(std::launch::async, [&] {
+      return c.ask<tensor_map>(*reg, infer_atom::value, std::string{"slow-infer"}, tensor_map{{"x", x}});
+    }));
+  std::this_thread::sleep_for(100ms); // let them reach the worker
+  auto killed = std::chrono::steady_clock::now();
+  node->kill(SIGKILL);
+  for (auto& f : calls) {
+    // A hang would show here (the bound only keeps the test finite).
+    ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+    auto r = f.get();
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(is(r.error(), errc::unavailable)) << describe(r.error());
+  }
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - killed);
+  std::cout << "[ measured ] all in-flight requests failed " << ms.count() << " ms after kill -9\n";
+  EXPECT_FALSE(h->valid());
+  // New requests fail at once while the worker is gone.
+  auto refused = c.ask<tensor_map>(*reg, infer_atom::value, std::string{"echo"}, tensor_map{{"x", x}});
+  ASSERT_FALSE(refused);
+  EXPECT_TRUE(is(refused.error(), errc::unavailable)) << describe(refused.error());
+  node->wait_for_exit(5s);
+  // A restarted worker on the same socket: the proxy reconnects by itself.
+  ASSERT_TRUE(start_node()) << ready_line;
+  EXPECT_TRUE(eventually([&] {
+    auto r = c.ask<tensor_map>(*reg, infer_atom::value, std::string{"echo"}, tensor_map{{"x", x}});
+    if (r)
+      return true;
+    // Not loaded yet on the new worker: load it (routed infer needs a model).
+    (void) c.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"echo"}, model_spec{});
+    return false;
+  }));
+  auto st = stats_of(*c.sys, *reg);
+  ASSERT_TRUE(st);
+  EXPECT_GE(st->reconnects, 1u);
+}
+
+TEST_F(serve_test, KilledClientsLeasesAndMemoryAreReclaimed) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  client c;
+  auto reg = c.connect(uri());
+  ASSERT_TRUE(reg);
+  // A client process that holds a handle and has sent input through shared
+  // memory, then waits (it got "echo" and answered "ready").
+  child_process holder{{MODELREG_CLI, "__bench-serve-client", uri(), "echo", "1", "1", "1024",
+                        dir + "/lat"}};
+  ASSERT_EQ(holder.read_line(30s), "ready");
+  auto s = c.status(*reg);
+  EXPECT_EQ(handles_of(s, "echo"), 1u) << s.dump();
+  EXPECT_EQ(s["connections"], 2);
+  holder.kill(SIGKILL);
+  EXPECT_TRUE(eventually([&] {
+    auto now = c.status(*reg);
+    return handles_of(now, "echo") == 0 && now["connections"] == 1 &&
+           now["transport"]["loans_outstanding"] == 0;
+  })) << c.status(*reg).dump();
+  // Nobody holds it now: it can be unloaded (it would be evicted when idle).
+  auto unloaded = c.ask<eviction_report>(*reg, unload_atom::value, std::string{"echo"});
+  EXPECT_TRUE(unloaded) << describe(unloaded.error());
+}
+
+TEST_F(serve_test, GracefulStopAnswersWhatIsInFlightAndTellsClients) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  client c;
+  auto reg = c.connect(uri(), false);
+  ASSERT_TRUE(reg);
+  auto h = c.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"slow-infer"}, model_spec{});
+  ASSERT_TRUE(h);
+  auto x = *tensor::from_values<float>({5.f});
+  auto call = std::async(std::launch::async, [&] {
+    return c.ask<tensor_map>(*reg, infer_atom::value, std::string{"slow-infer"}, tensor_map{{"x", x}});
+  });
+  std::this_thread::sleep_for(100ms);
+  node->kill(SIGTERM);
+  auto r = call.get();
+  ASSERT_TRUE(r) << describe(r.error()); // answered, not dropped
+  EXPECT_EQ(r->at("x").values<float>()->front(), 5.f);
+  ASSERT_TRUE(node->wait_for_exit(10s));
+  EXPECT_FALSE(fs::exists(socket)); // nothing left behind
+  auto after = c.ask<tensor_map>(*reg, infer_atom::value, std::string{"slow-infer"}, tensor_map{{"x", x}});
+  ASSERT_FALSE(after);
+  EXPECT_TRUE(is(after.error(), errc::unavailable)) << describe(after.error());
+}
+
+TEST_F(serve_test, SecondNodeOnTheSameSocketIsRefused) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  auto second = run({"serve", "--socket", socket});
+  EXPECT_EQ(second.code, 1);
+}
+
+// -- TCP and TLS --------------------------------------------------------------
+
+/// Makes a CA and a certificate signed by it, with the openssl tool.
+void make_pki(const std::string& dir, const std::string& name) {
+  auto sh = [](const std::string& cmd) {
+    ASSERT_EQ(std::system((cmd + " >/dev/null 2>&1").c_str()), 0) << cmd;
+  };
+  auto p = dir + "/" + name;
+  sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=" + name + "-ca -keyout " + p +
+     "-ca.key -out " + p + "-ca.pem");
+  for (const char* who : {"server", "client"}) {
+    auto w = p + "-" + who;
+    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=" + std::string{who} + " -keyout " + w +
+       ".key -out " + w + ".csr");
+    sh("openssl x509 -req -in " + w + ".csr -CA " + p + "-ca.pem -CAkey " + p +
+       "-ca.key -CAcreateserial -days 2 -out " + w + ".pem");
+  }
+}
+
+TEST_F(serve_test, TcpWithMutualTlsAcceptsOnlyCertificatesOfItsCa) {
+  make_pki(dir, "good");
+  make_pki(dir, "evil");
+  auto g = dir + "/good";
+  auto e = dir + "/evil";
+  ASSERT_TRUE(start_node({"--tcp", "127.0.0.1:0", "--tls-cert", g + "-server.pem", "--tls-key",
+                          g + "-server.key", "--tls-ca", g + "-ca.pem"}))
+    << ready_line;
+  auto port = tcp_port();
+  ASSERT_NE(port, 0) << ready_line;
+  auto tcp_uri = "tcp://127.0.0.1:" + std::to_string(port);
+  {
+    // Right CA: the same interface as over the Unix socket, tensors inline.
+    client ok{true, g + "-client.pem", g + "-client.key", g + "-ca.pem"};
+    auto reg = ok.connect(tcp_uri, false);
+    ASSERT_TRUE(reg) << describe(reg.error());
+    auto h = ok.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"gain"}, model_spec{});
+    ASSERT_TRUE(h) << describe(h.error());
+    auto out = ok.ask<tensor_map>(*reg, infer_atom::value, std::string{"gain"},
+                                  tensor_map{{"audio", *tensor::from_values<float>({1.f, 2.f})}});
+    ASSERT_TRUE(out) << describe(out.error());
+    EXPECT_EQ(out->at("audio").values<float>()->back(), 4.f);
+  }
+  {
+    // A certificate from another CA is refused.
+    client evil{true, e + "-client.pem", e + "-client.key", e + "-ca.pem"};
+    auto reg = evil.connect(tcp_uri, false);
+    ASSERT_FALSE(reg);
+    EXPECT_TRUE(is(reg.error(), errc::unavailable)) << describe(reg.error());
+  }
+  {
+    // Plain TCP to the TLS port is refused.
+    client plain{true};
+    auto reg = plain.connect(tcp_uri, false);
+    ASSERT_FALSE(reg);
+    EXPECT_TRUE(is(reg.error(), errc::unavailable)) << describe(reg.error());
+  }
+}
+
+TEST_F(serve_test, PlainTcpOnAPublicAddressAndBadCertificatesAreRefusedAtStart) {
+  auto plain = run({"serve", "--socket", socket, "--tcp", "0.0.0.0:0"});
+  EXPECT_EQ(plain.code, 1);
+  auto missing = run({"serve", "--socket", socket, "--tcp", "127.0.0.1:0", "--tls-cert",
+                      dir + "/nope.pem", "--tls-key", dir + "/nope.key", "--tls-ca",
+                      dir + "/nope.pem"});
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_FALSE(fs::exists(socket));
+}
+
+TEST_F(serve_test, KilledTcpWorkerFailsCallersAtOnce) {
+  ASSERT_TRUE(start_node({"--tcp", "127.0.0.1:0"})) << ready_line;
+  client c{true};
+  auto reg = c.connect("tcp://127.0.0.1:" + std::to_string(tcp_port()), false);
+  ASSERT_TRUE(reg) << describe(reg.error());
+  ASSERT_TRUE(c.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"slow-infer"}, model_spec{}));
+  auto x = *tensor::from_values<float>({1.f});
+  auto call = std::async(std::launch::async, [&] {
+    return c.ask<tensor_map>(*reg, infer_atom::value, std::string{"slow-infer"}, tensor_map{{"x", x}});
+  });
+  std::this_thread::sleep_for(100ms);
+  node->kill(SIGKILL);
+  ASSERT_EQ(call.wait_for(10s), std::future_status::ready);
+  auto r = call.get();
+  ASSERT_FALSE(r);
+  EXPECT_TRUE(is(r.error(), errc::unavailable)) << describe(r.error());
+}
+
+// -- the operator's CLI --------------------------------------------------------
+
+TEST_F(serve_test, CliCommandsAgainstALiveNode) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  auto sock = std::string{"--socket"};
+  auto ls = run({"ls", "--json", sock, socket});
+  ASSERT_EQ(ls.code, 0);
+  auto names = nlohmann::json::parse(ls.out);
+  ASSERT_EQ(names.size(), 4u);
+  EXPECT_EQ(names[0]["state"], "available");
+
+  auto load = run({"load", "gain", "--json", sock, socket});
+  ASSERT_EQ(load.code, 0) << load.out;
+  EXPECT_EQ(nlohmann::json::parse(load.out)["description"], "gain(x2)");
+  EXPECT_EQ(run({"load", "nope", sock, socket}).code, 1);
+  EXPECT_EQ(run({"load", "broken", sock, socket}).code, 1);
+
+  auto input = dir + "/in.npy";
+  ASSERT_FALSE(npy::save(input, *tensor::from_values<float>({1.f, 2.f, 3.f, 4.f}, {2, 2})));
+  auto inferred = run({"infer", "gain", "--input", "audio=" + input, "--output", dir + "/out",
+                       "--json", sock, socket});
+  ASSERT_EQ(inferred.code, 0) << inferred.out;
+  auto report = nlohmann::json::parse(inferred.out);
+  EXPECT_EQ(report["outputs"]["audio"]["shape"], nlohmann::json::array({2, 2}));
+  auto result = npy::load(dir + "/out/audio.npy");
+  ASSERT_TRUE(result) << describe(result.error());
+  auto v = result->values<float>();
+  ASSERT_TRUE(v);
+  EXPECT_EQ(std::vector<float>(v->begin(), v->end()), (std::vector<float>{2, 4, 6, 8}));
+  // Wrong dtype: the model's clear error, exit 1.
+  auto ints = dir + "/ints.npy";
+  ASSERT_FALSE(npy::save(ints, *tensor::from_values<int16_t>({1, 2})));
+  EXPECT_EQ(run({"infer", "gain", "--input", "audio=" + ints, sock, socket}).code, 1);
+  EXPECT_EQ(run({"infer", "gain", "--input", "audio=" + dir + "/missing.npy", sock, socket}).code, 1);
+
+  auto status = run({"status", "--json", sock, socket});
+  ASSERT_EQ(status.code, 0);
+  auto s = nlohmann::json::parse(status.out);
+  ASSERT_EQ(s["models"].size(), 1u);
+  EXPECT_EQ(s["models"][0]["key"], "gain");
+  EXPECT_EQ(s["models"][0]["requests"], 2);
+  EXPECT_EQ(s["totals"]["loads"], 1);
+  EXPECT_TRUE(s.contains("connections"));
+  EXPECT_TRUE(s["models"][0].contains("latency_p99_us"));
+  auto watch = run({"status", "--watch", "--json", "--count", "2", "--interval-ms", "50", sock, socket});
+  ASSERT_EQ(watch.code, 0);
+  EXPECT_GE(std::count(watch.out.begin(), watch.out.end(), '\n'), 2);
+  auto table = run({"status", sock, socket});
+  ASSERT_EQ(table.code, 0);
+  EXPECT_NE(table.out.find("gain"), std::string::npos);
+
+  auto unload = run({"unload", "gain", sock, socket});
+  EXPECT_EQ(unload.code, 0) << unload.out;
+  EXPECT_EQ(run({"unload", "gain", sock, socket}).code, 1); // not loaded any more
+  // No node, usage errors.
+  EXPECT_EQ(run({"status", sock, dir + "/nobody.sock"}).code, 3);
+  EXPECT_EQ(run({"load", sock, socket}).code, 2);
+  EXPECT_EQ(run({"infer", "gain", sock, socket}).code, 2);
+  EXPECT_EQ(run({"load", "--help"}).code, 0);
+}
+
+} // namespace
+} // namespace modelreg::test
