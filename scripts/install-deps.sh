@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake make pkg-config ccache
-  libcaf-dev libssl-dev
+  libcaf-dev libssl-dev openssl
   libspdlog-dev libfmt-dev
   libgtest-dev googletest
   nlohmann-json3-dev

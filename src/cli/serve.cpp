@@ -192,8 +192,9 @@ int serve(std::vector<std::string> args) {
   system_config cfg;
   if (tcp) {
     cfg.load<caf::io::middleman>();
-    // A peer that vanishes without closing its socket is noticed.
+    // A peer that freezes without closing its socket is dropped.
     cfg.set("middleman.heartbeat-interval", caf::timespan{std::chrono::milliseconds{500}});
+    cfg.set("middleman.connection-timeout", caf::timespan{std::chrono::seconds{5}});
     if (tls.any()) {
       cfg.load<caf::openssl::manager>();
       cfg.openssl_certificate = tls.cert;

@@ -27,7 +27,8 @@ using transport::connection_ptr;
 using transport::frame_ptr;
 using transport::outgoing_frame;
 
-using connect_atom = caf::atom_constant<caf::atom("connect")>;
+using adopt_atom = caf::atom_constant<caf::atom("adopt")>;
+using link_atom = caf::atom_constant<caf::atom("link")>;
 using reconnect_atom = caf::atom_constant<caf::atom("reconnect")>;
 using allocate_atom = caf::atom_constant<caf::atom("allocate")>;
 using stats_atom = caf::atom_constant<caf::atom("stats")>;
@@ -72,6 +73,22 @@ caf::expected<target> parse_uri(const std::string& uri) {
   return make_error(errc::invalid_argument,
                     "'" + uri + "': expected unix:PATH or tcp://HOST:PORT");
 }
+
+/// What a connection attempt produced.
+struct link_result {
+  uint64_t generation = 0;
+  connection_ptr conn;   // unix
+  wire_actor server;     // tcp
+  caf::error error;
+};
+
+} // namespace
+} // namespace modelreg
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(modelreg::link_result)
+
+namespace modelreg {
+namespace {
 
 struct pending {
   std::function<void(const frame_ptr&, wire::Response::Reader)> on_response;
@@ -164,41 +181,65 @@ void schedule_reconnect(proxy_ptr self) {
   self->delayed_send(self, st.backoff, reconnect_atom::value);
 }
 
-/// Opens a link to the target (blocking: the proxy is detached).
-caf::error open_link(proxy_ptr self) {
-  auto& st = self->state;
-  auto generation = ++st.link_generation;
-  if (st.where.unix_socket) {
-    caf::weak_actor_ptr weak = caf::actor_cast<caf::weak_actor_ptr>(self);
-    auto conn = st.endpoint->connect(
-      st.where.path,
-      [weak, generation](const connection_ptr&, frame_ptr f) {
-        if (auto strong = weak.lock())
+/// Opens a link to `where` (blocking: runs in connect()'s caller or in a
+/// short-lived detached connector, never in the proxy). Frames and closes
+/// go to `proxy`, tagged with `generation`.
+link_result open_link(caf::actor_system& sys, const target& where, const std::string& uri,
+                      const std::shared_ptr<transport::endpoint>& ep, caf::weak_actor_ptr proxy,
+                      uint64_t generation) {
+  link_result r;
+  r.generation = generation;
+  if (where.unix_socket) {
+    auto conn = ep->connect(
+      where.path,
+      [proxy, generation](const connection_ptr&, frame_ptr f) {
+        if (auto strong = proxy.lock())
           caf::anon_send(caf::actor_cast<caf::actor>(strong), inbound_atom::value, generation,
                          std::move(f));
       },
-      [weak, generation](const connection_ptr&, const caf::error& err) {
-        if (auto strong = weak.lock())
+      [proxy, generation](const connection_ptr&, const caf::error& err) {
+        if (auto strong = proxy.lock())
           caf::anon_send(caf::actor_cast<caf::actor>(strong), closed_atom::value, generation,
                          describe(err));
       });
     if (!conn)
-      return conn.error();
-    st.conn = std::move(*conn);
+      r.error = conn.error();
+    else
+      r.conn = std::move(*conn);
+    return r;
+  }
+  if (!sys.has_middleman()) {
+    r.error = make_error(errc::unsupported,
+                         "tcp:// needs CAF's middleman: cfg.load<caf::io::middleman>()");
+    return r;
+  }
+  caf::expected<wire_actor> server{caf::error{}};
+  if (sys.has_openssl_manager())
+    server = caf::openssl::remote_actor<wire_actor>(sys, where.host, where.port);
+  else
+    server = sys.middleman().remote_actor<wire_actor>(where.host, where.port);
+  if (!server)
+    r.error = make_error(errc::unavailable, "cannot reach " + uri + ": " + sys.render(server.error()));
+  else
+    r.server = std::move(*server);
+  return r;
+}
+
+/// Takes a link that `open_link` produced for the current generation.
+caf::error adopt_link(proxy_ptr self, link_result& r) {
+  auto& st = self->state;
+  if (r.generation != st.link_generation || st.connected) {
+    if (r.conn)
+      r.conn->close(); // a stale attempt
+    return make_error(errc::unavailable, "connection attempt superseded");
+  }
+  if (r.error)
+    return r.error;
+  if (st.where.unix_socket) {
+    st.conn = std::move(r.conn);
     *st.conn_box = st.conn;
   } else {
-    auto& sys = self->system();
-    if (!sys.has_middleman())
-      return make_error(errc::unsupported,
-                        "tcp:// needs CAF's middleman: cfg.load<caf::io::middleman>()");
-    caf::expected<wire_actor> server{caf::error{}};
-    if (sys.has_openssl_manager())
-      server = caf::openssl::remote_actor<wire_actor>(sys, st.where.host, st.where.port);
-    else
-      server = sys.middleman().remote_actor<wire_actor>(st.where.host, st.where.port);
-    if (!server)
-      return make_error(errc::unavailable, "cannot reach " + st.uri + ": " + sys.render(server.error()));
-    st.server = std::move(*server);
+    st.server = std::move(r.server);
     self->monitor(st.server);
   }
   st.connected = true;
@@ -208,6 +249,15 @@ caf::error open_link(proxy_ptr self) {
     call(self, [](outgoing_frame&, wire::Request::Builder r) { r.setSubscribe(); return caf::error{}; },
          pending{[](const frame_ptr&, wire::Response::Reader) {}, [](const caf::error&) {}});
   return {};
+}
+
+/// A one-shot detached actor that connects (blocking) and reports back, so
+/// the proxy never blocks a scheduler thread.
+void connector(caf::event_based_actor* self, caf::actor proxy, target where, std::string uri,
+               std::shared_ptr<transport::endpoint> ep, uint64_t generation) {
+  auto r = open_link(self->system(), where, uri, ep, caf::actor_cast<caf::weak_actor_ptr>(proxy),
+                     generation);
+  self->send(proxy, link_atom::value, std::move(r));
 }
 
 /// The link is gone: everything waiting on it fails now; reconnect later.
@@ -316,16 +366,15 @@ void put_spec(wire::ModelSpec::Builder s, const model_spec& spec) {
   }
 }
 
-caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_options options) {
+caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_options options,
+                    std::shared_ptr<transport::endpoint> endpoint, bool own_endpoint) {
   auto& st = self->state;
   st.uri = std::move(uri);
   st.where = std::move(where);
   st.options = std::move(options);
-  st.endpoint = st.options.endpoint;
-  if (st.where.unix_socket && !st.endpoint) {
-    st.endpoint = transport::endpoint::start();
-    st.own_endpoint = true;
-  }
+  st.endpoint = std::move(endpoint);
+  st.own_endpoint = own_endpoint;
+  st.link_generation = 1; // the link connect() opens
   // However the proxy ends, its connection closes (the gateway then releases
   // its leases) and an endpoint of its own stops.
   // Over TCP, CAF registered the proxy so the node could address it; a node
@@ -348,8 +397,8 @@ caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_optio
              ls.end());
   });
   return {
-    [self](connect_atom) -> caf::result<bool> {
-      if (auto err = open_link(self))
+    [self](adopt_atom, link_result& r) -> caf::result<bool> {
+      if (auto err = adopt_link(self, r))
         return err;
       return true;
     },
@@ -358,9 +407,17 @@ caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_optio
       st.reconnect_scheduled = false;
       if (st.connected)
         return;
-      if (auto err = open_link(self)) {
-        log::get("modelreg.remote")->debug("{}: reconnect failed: {}", st.uri, describe(err));
-        return schedule_reconnect(self);
+      self->spawn<caf::detached>(connector, caf::actor_cast<caf::actor>(self), st.where, st.uri,
+                                 st.endpoint, ++st.link_generation);
+    },
+    [self](link_atom, link_result& r) {
+      auto& st = self->state;
+      if (auto err = adopt_link(self, r)) {
+        if (r.generation == st.link_generation && !st.connected) {
+          log::get("modelreg.remote")->debug("{}: reconnect failed: {}", st.uri, describe(err));
+          schedule_reconnect(self);
+        }
+        return;
       }
       ++st.reconnects;
       log::get("modelreg.remote")->info("{}: reconnected", st.uri);
@@ -569,10 +626,18 @@ caf::expected<registry_actor> connect(caf::actor_system& sys, const std::string&
   auto where = parse_uri(uri);
   if (!where)
     return where.error();
-  auto p = sys.spawn<caf::detached>(proxy, uri, *where, std::move(options));
+  auto endpoint = options.endpoint;
+  bool own_endpoint = false;
+  if (where->unix_socket && !endpoint) {
+    endpoint = transport::endpoint::start();
+    own_endpoint = true;
+  }
+  auto p = sys.spawn(proxy, uri, *where, std::move(options), endpoint, own_endpoint);
+  // The first connect runs here: the caller waits for it anyway.
+  auto r = open_link(sys, *where, uri, endpoint, caf::actor_cast<caf::weak_actor_ptr>(p), 1);
   caf::scoped_actor self{sys};
   caf::error failure;
-  self->request(p, caf::infinite, connect_atom::value)
+  self->request(p, caf::infinite, adopt_atom::value, std::move(r))
     .receive([](bool) {}, [&](caf::error& err) { failure = std::move(err); });
   if (failure) {
     caf::anon_send_exit(p, caf::exit_reason::user_shutdown);

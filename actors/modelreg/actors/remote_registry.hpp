@@ -25,8 +25,8 @@
 // is back. A `goodbye` from a stopping node is treated the same way once its
 // answers are in.
 //
-// Lifetime: the proxy lives until `shutdown_atom` or an exit message; it is
-// a detached actor (its connects block).
+// Lifetime: the proxy lives until `shutdown_atom` or an exit message. It never
+// blocks: reconnect attempts run in a short-lived detached connector actor.
 #pragma once
 
 #include <chrono>

@@ -169,7 +169,11 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
   auto id = request.getId();
   if (st.stopping)
     return respond_error(*link, id, make_error(errc::shutting_down, "the node is shutting down"));
-  auto timeout = st.options.request_timeout;
+  // No timer per request unless asked for: a timeout costs a clock event per
+  // request, and a dead model actor already answers with an error.
+  caf::duration timeout = st.options.request_timeout.count() > 0
+                            ? caf::duration{st.options.request_timeout}
+                            : caf::infinite;
   flight f{self};
   auto on_error = [f, link, id](caf::error& err) {
     respond_error(*link, id, err);

@@ -49,8 +49,9 @@ using gateway_actor = caf::typed_actor<
   caf::reacts_to<shutdown_atom>>;
 
 struct gateway_options {
-  /// Registry requests that take longer fail with `unavailable`.
-  std::chrono::milliseconds request_timeout{std::chrono::minutes{5}};
+  /// Registry requests that take longer fail with `unavailable`; 0: no
+  /// limit (a model that dies still answers every caller with an error).
+  std::chrono::milliseconds request_timeout{0};
   /// A graceful stop waits this long for requests in flight.
   std::chrono::milliseconds drain_timeout{std::chrono::seconds{5}};
   /// Catalog names to list in status answers.
