@@ -81,6 +81,12 @@ public:
     }
   }
 
+  /// Writes `line` and a newline to the child's stdin.
+  bool write_line(const std::string& line) {
+    auto s = line + "\n";
+    return stdin_ >= 0 && ::write(stdin_, s.data(), s.size()) == static_cast<ssize_t>(s.size());
+  }
+
   void close_stdin() {
     if (stdin_ >= 0)
       ::close(stdin_);

@@ -15,6 +15,7 @@ packages=(
   libdlpack-dev
   clang libclang-rt-14-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  libpocketsphinx-dev pocketsphinx-en-us pocketsphinx-testdata espeak-ng sox
 )
 
 missing=()

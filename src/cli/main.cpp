@@ -14,9 +14,12 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.hpp"
+#include "cli/default_catalog.hpp"
+#include "modelreg/backend/catalog.hpp"
 #include "modelreg/log.hpp"
 
 #ifdef MODELREG_WITH_BENCH
+#include "bench/asr_demo.hpp"
 #include "bench/registry_bench.hpp"
 #include "bench/serve_bench.hpp"
 #include "bench/transport_bench.hpp"
@@ -48,7 +51,14 @@ commands (against a node: see 'modelreg COMMAND --help' for options):
   infer NAME --input NAME=FILE.npy ... [--output DIR]
                  run a model on NumPy arrays; outputs written as .npy
 
+the main job:
+  demo           4 pipeline-node processes share one speech recogniser held
+                 by a node: transcripts, loads, bytes copied, latency, memory
+
 benchmarks:
+  bench memory [--clients N] [--model NAME] [--json]
+                 summed PSS of N processes loading a model themselves against
+                 N clients of one node holding it
   bench serve [--clients N] [--json] [--quick]
                  N client processes against one `modelreg serve` node:
                  requests/s, latency p50/p99, errors
@@ -143,6 +153,42 @@ int bench_serve(std::vector<std::string> args) {
   return j.contains("error") || j["errors"].get<uint64_t>() > 0 ? exit_failed : exit_ok;
 }
 
+/// A catalog name resolved in the built-in catalog.
+modelreg::model_spec builtin_spec(const std::string& name) {
+  auto cat = modelreg::catalog::parse(default_catalog_json);
+  if (cat)
+    if (const auto* spec = cat->find(name))
+      return *spec;
+  return modelreg::model_spec{name, {}}; // not a catalog name: a backend name
+}
+
+int bench_memory(std::vector<std::string> args) {
+  bool json = take_flag(args, "--json");
+  size_t clients = 4;
+  try {
+    if (auto v = take_option(args, "--clients"))
+      clients = std::stoul(*v);
+  } catch (const std::exception&) {
+    return usage_error("bench memory: bad --clients");
+  }
+  auto model = take_option(args, "--model").value_or("asr-en-us");
+  if (!args.empty())
+    return usage_error("unknown option for bench memory: " + args.front());
+  auto result = modelreg::bench::run_memory_bench(self_path(), clients, model);
+  auto j = nlohmann::json::parse(result);
+  if (json) {
+    std::cout << result << std::endl;
+  } else if (j.contains("error")) {
+    std::cerr << "bench memory: " << j["error"].get<std::string>() << "\n";
+  } else {
+    std::printf("memory benchmark: %zu clients, model '%s' (PSS, measured)\n", clients, model.c_str());
+    std::printf("  each loads its own copy  %8.1f MiB\n", j["separate_pss_bytes"].get<double>() / 1048576.0);
+    std::printf("  shared through one node  %8.1f MiB\n", j["shared_pss_bytes"].get<double>() / 1048576.0);
+    std::printf("  reduction                %8.2f\n", j["reduction"].get<double>());
+  }
+  return j.contains("error") ? exit_failed : exit_ok;
+}
+
 int bench_registry(std::vector<std::string> args) {
   modelreg::bench::registry_bench_options opts;
   bool json = take_flag(args, "--json");
@@ -229,6 +275,25 @@ int main(int argc, char** argv) {
       return modelreg::bench::run_serve_bench_client(args[0], args[1], std::stoull(args[2]),
                                                      std::stoul(args[3]), std::stoul(args[4]),
                                                      args[5]);
+    if (command == "__asr-node-client" && args.size() >= 3)
+      return modelreg::bench::run_asr_node_client(
+        args[0], args[1], std::vector<std::string>(args.begin() + 2, args.end()));
+    if (command == "__asr-alone" && args.size() == 2)
+      return modelreg::bench::run_asr_alone(builtin_spec(args[0]), args[1]);
+    if (command == "demo") {
+      modelreg::bench::demo_options opts;
+      opts.self_path = self_path();
+      // --expect FILE=TEXT replaces a pinned transcript (to see the check fail).
+      for (const auto& e : take_all(args, "--expect")) {
+        auto eq = e.find('=');
+        for (auto& r : opts.recordings)
+          if (eq != std::string::npos && r.file.find(e.substr(0, eq)) != std::string::npos)
+            r.expected = e.substr(eq + 1);
+      }
+      if (!args.empty())
+        return usage_error("unknown option for demo: " + args.front());
+      return modelreg::bench::run_demo(opts);
+    }
     if (command == "__hold" && args.size() == 3)
       return modelreg::bench::run_holding_client(args[0], std::stoul(args[1]), std::stoul(args[2]));
 #endif
@@ -256,6 +321,8 @@ int main(int argc, char** argv) {
         return bench_transport(std::move(args));
       if (subject == "serve")
         return bench_serve(std::move(args));
+      if (subject == "memory")
+        return bench_memory(std::move(args));
 #endif
       return top_usage_error("unknown benchmark: " + subject);
     }

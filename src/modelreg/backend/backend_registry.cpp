@@ -3,6 +3,7 @@
 #include <charconv>
 
 #include "modelreg/backend/builtin.hpp"
+#include "modelreg/backend/pocketsphinx.hpp"
 #include "modelreg/messages/error.hpp"
 
 namespace modelreg {
@@ -10,6 +11,7 @@ namespace modelreg {
 std::shared_ptr<backend_registry> backend_registry::with_builtins() {
   auto result = std::make_shared<backend_registry>();
   add_builtin_backends(*result);
+  add_pocketsphinx_backend(*result);
   return result;
 }
 

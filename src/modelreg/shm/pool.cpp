@@ -16,9 +16,12 @@ struct size_class {
 constexpr std::array<size_class, 4> slab_classes{{
   {4096, 256},               // 1 MiB segments
   {64 * 1024, 64},           // 4 MiB
-  {1024 * 1024, 16},         // 16 MiB
-  {16 * 1024 * 1024, 2},     // 32 MiB
+  {1024 * 1024, 4},          // 4 MiB
+  {16 * 1024 * 1024, 1},     // 16 MiB
 }};
+// Segments are pre-faulted (resident at once), so the large classes keep few
+// chunks per segment: a client sending a few 300 KiB recordings should not pay
+// 16 MiB of resident memory for them.
 
 constexpr size_t large_class = slab_classes.size();
 constexpr size_t large_rounding = 2 * 1024 * 1024;
@@ -55,7 +58,7 @@ caf::expected<uint32_t> pool::add_segment(size_t bytes, size_t size_class, size_
     return seg.error();
   auto size = seg->size();
   for (uint64_t off = 0; off + chunk_size <= size; off += chunk_size) {
-    slots_[{id, off}] = slot{id, off, chunk_size, 0, false, 0, size_class};
+    slots_[{id, off}] = slot{id, off, chunk_size, 0, false, 0, size_class, {}};
     if (size_class < slab_classes.size())
       free_[size_class].emplace_back(id, off);
     else

@@ -1,0 +1,372 @@
+#include "bench/asr_demo.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include <caf/actor_system.hpp>
+#include <caf/scoped_actor.hpp>
+#include <caf/send.hpp>
+
+#include "bench/child_process.hpp"
+#include "modelreg/actors/remote_registry.hpp"
+#include "modelreg/backend/backend_registry.hpp"
+#include "modelreg/messages/error.hpp"
+#include "modelreg/messages/system_config.hpp"
+
+namespace modelreg::bench {
+
+namespace {
+
+constexpr const char* testdata = "/usr/share/pocketsphinx/test/data";
+
+std::string read_file(const std::string& path) {
+  std::ifstream in{path, std::ios::binary};
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string text_of(const tensor_map& out) {
+  auto i = out.find("text");
+  if (i == out.end())
+    return {};
+  return {reinterpret_cast<const char*>(i->second.data()), i->second.nbytes()};
+}
+
+double mib(uint64_t b) {
+  return static_cast<double>(b) / (1024.0 * 1024.0);
+}
+
+/// A node on a private socket, started from this executable.
+struct demo_node {
+  explicit demo_node(const std::string& self_path) {
+    char tmpl[] = "/tmp/modelreg-demo-XXXXXX";
+    dir = ::mkdtemp(tmpl);
+    socket = dir + "/node.sock";
+    process = std::make_unique<child_process>(
+      std::vector<std::string>{self_path, "serve", "--socket", socket});
+    ready = process->read_line(std::chrono::seconds{30}).rfind("ready", 0) == 0;
+  }
+  ~demo_node() {
+    process->kill(SIGTERM);
+    process->wait_for_exit(std::chrono::seconds{10});
+    std::filesystem::remove_all(dir);
+  }
+  std::string uri() const { return "unix:" + socket; }
+
+  std::string dir, socket;
+  std::unique_ptr<child_process> process;
+  bool ready = false;
+};
+
+nlohmann::json node_status(const std::string& uri) {
+  system_config cfg;
+  caf::actor_system sys{cfg};
+  connect_options o;
+  o.reconnect = false;
+  auto reg = connect(sys, uri, o);
+  if (!reg)
+    return {};
+  auto raw = remote_status_json(sys, *reg);
+  caf::anon_send(*reg, shutdown_atom::value);
+  return raw ? nlohmann::json::parse(*raw, nullptr, false) : nlohmann::json{};
+}
+
+struct alone_result {
+  uint64_t pss = 0;
+  bool ok = false;
+};
+
+/// N processes that each load the model themselves, all alive at once.
+uint64_t separate_pss(const std::string& self_path, size_t n, const std::string& model,
+                      const std::string& file) {
+  std::vector<std::unique_ptr<child_process>> alone;
+  for (size_t i = 0; i < n; ++i)
+    alone.push_back(std::make_unique<child_process>(
+      std::vector<std::string>{self_path, "__asr-alone", model, file}));
+  uint64_t sum = 0;
+  for (auto& a : alone) {
+    auto line = a->read_line(std::chrono::seconds{60});
+    if (nlohmann::json::parse(line, nullptr, false).is_discarded())
+      return 0;
+  }
+  for (auto& a : alone)
+    sum += pss_bytes(a->pid());
+  return sum;
+}
+
+} // namespace
+
+std::vector<recording> default_recordings() {
+  return {{std::string{testdata} + "/goforward.raw", "go forward ten meters"},
+          {std::string{testdata} + "/numbers.raw",
+           "thirty three four or six ninety two"},
+          {std::string{testdata} + "/something.raw", "go somewhere and do something"}};
+}
+
+uint64_t pss_bytes(int pid) {
+  std::ifstream in{"/proc/" + std::to_string(pid) + "/smaps_rollup"};
+  std::string key;
+  uint64_t kb = 0;
+  while (in >> key) {
+    if (key == "Pss:") {
+      in >> kb;
+      return kb * 1024;
+    }
+    in.ignore(1 << 12, '\n');
+  }
+  return 0;
+}
+
+int run_asr_node_client(const std::string& uri, const std::string& model,
+                        const std::vector<std::string>& files) {
+  system_config cfg;
+  caf::actor_system sys{cfg};
+  auto reg = connect(sys, uri);
+  if (!reg) {
+    std::printf("{\"error\":\"%s\"}\n", describe(reg.error()).c_str());
+    return 1;
+  }
+  std::printf("connected\n");
+  std::fflush(stdout);
+  char line[16];
+  (void) std::fgets(line, sizeof(line), stdin); // everyone asks at the same moment
+  caf::scoped_actor self{sys};
+  model_handle handle;
+  caf::error failure;
+  auto asked = std::chrono::steady_clock::now();
+  self->request(*reg, std::chrono::minutes{2}, get_or_load_atom::value, model, model_spec{})
+    .receive([&](model_handle& h) { handle = std::move(h); },
+             [&](caf::error& e) { failure = std::move(e); });
+  if (failure) {
+    std::printf("{\"error\":\"%s\"}\n", describe(failure).c_str());
+    return 1;
+  }
+  auto load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - asked).count();
+  for (const auto& f : files) {
+    auto pcm = read_file(f);
+    auto samples = static_cast<int64_t>(pcm.size() / 2);
+    // Written straight into shared memory: the recogniser reads it in place.
+    auto audio = allocate_input(sys, *reg, dtype::i16, {samples});
+    if (!audio) {
+      std::printf("{\"error\":\"%s\"}\n", describe(audio.error()).c_str());
+      return 1;
+    }
+    std::memcpy(audio->mutable_data(), pcm.data(), static_cast<size_t>(samples) * 2);
+    auto started = std::chrono::steady_clock::now();
+    nlohmann::json j = {{"file", std::filesystem::path{f}.filename().string()},
+                        {"bytes", samples * 2}};
+    self->request(*reg, std::chrono::minutes{1}, infer_atom::value, model, tensor_map{{"audio", *audio}})
+      .receive([&](tensor_map& out) { j["text"] = text_of(out); },
+               [&](caf::error& e) { j["error"] = describe(e); });
+    j["latency_ms"] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+    std::printf("%s\n", j.dump().c_str());
+    std::fflush(stdout);
+  }
+  auto st = stats_of(sys, *reg);
+  nlohmann::json done = {{"done", true},
+                         {"load_wait_ms", load_ms},
+                         {"zero_copy_tensors", st ? st->zero_copy_tensors : 0},
+                         {"copied_bytes", st ? st->copied_bytes : 0}};
+  std::printf("%s\n", done.dump().c_str());
+  std::fflush(stdout);
+  while (std::fgets(line, sizeof(line), stdin) != nullptr) {
+  } // stay alive (holding the model) until the parent has measured
+  handle.release();
+  caf::anon_send(*reg, shutdown_atom::value);
+  return 0;
+}
+
+int run_asr_alone(const model_spec& spec, const std::string& file) {
+  auto loader = backend_registry::with_builtins()->loader_for(spec);
+  if (!loader) {
+    std::printf("{\"error\":\"%s\"}\n", describe(loader.error()).c_str());
+    return 1;
+  }
+  auto m = (*loader)();
+  if (!m) {
+    std::printf("{\"error\":\"%s\"}\n", describe(m.error()).c_str());
+    return 1;
+  }
+  auto pcm = read_file(file);
+  auto audio = tensor::allocate(dtype::i16, {static_cast<int64_t>(pcm.size() / 2)});
+  std::memcpy(audio->mutable_data(), pcm.data(), pcm.size() / 2 * 2);
+  auto out = (*m)->infer({{"audio", *audio}}, heap_allocator());
+  nlohmann::json j = {{"text", out ? text_of(*out) : describe(out.error())}};
+  std::printf("%s\n", j.dump().c_str());
+  std::fflush(stdout);
+  char line[16];
+  while (std::fgets(line, sizeof(line), stdin) != nullptr) {
+  }
+  return 0;
+}
+
+int run_demo(const demo_options& opts) {
+  auto t0 = std::chrono::steady_clock::now();
+  auto elapsed = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  std::printf("modelreg demo: %zu pipeline nodes share one speech recogniser (%s)\n\n",
+              opts.nodes, opts.model.c_str());
+  std::printf("[%5.1fs] starting a node on a private socket ...\n", elapsed());
+  std::fflush(stdout);
+  demo_node node{opts.self_path};
+  if (!node.ready) {
+    std::printf("the node did not start\n");
+    return 1;
+  }
+  std::vector<std::string> files;
+  for (const auto& r : opts.recordings)
+    files.push_back(r.file);
+  std::printf("[%5.1fs] starting %zu pipeline-node processes ...\n", elapsed(), opts.nodes);
+  std::fflush(stdout);
+  std::vector<std::unique_ptr<child_process>> clients;
+  for (size_t i = 0; i < opts.nodes; ++i) {
+    std::vector<std::string> argv{opts.self_path, "__asr-node-client", node.uri(), opts.model};
+    argv.insert(argv.end(), files.begin(), files.end());
+    clients.push_back(std::make_unique<child_process>(argv));
+  }
+  for (auto& c : clients)
+    if (c->read_line(std::chrono::seconds{30}) != "connected") {
+      std::printf("a pipeline node could not connect\n");
+      return 1;
+    }
+  std::printf("[%5.1fs] all %zu ask for '%s' at the same moment ...\n", elapsed(), opts.nodes,
+              opts.model.c_str());
+  std::fflush(stdout);
+  for (auto& c : clients)
+    c->write_line("go");
+  bool all_right = true;
+  std::vector<std::vector<nlohmann::json>> results(clients.size());
+  std::vector<nlohmann::json> summaries(clients.size());
+  std::vector<double> latencies;
+  for (size_t i = 0; i < clients.size(); ++i) {
+    for (size_t k = 0; k < files.size(); ++k) {
+      auto j = nlohmann::json::parse(clients[i]->read_line(std::chrono::seconds{60}), nullptr, false);
+      if (j.is_discarded() || j.contains("error") || !j.contains("text")) {
+        std::printf("node %zu failed: %s\n", i + 1, j.is_discarded() ? "no answer" : j.dump().c_str());
+        return 1;
+      }
+      latencies.push_back(j["latency_ms"].get<double>());
+      results[i].push_back(j);
+      std::printf("[%5.1fs]   node %zu  %-14s -> \"%s\"\n", elapsed(), i + 1,
+                  j["file"].get<std::string>().c_str(), j["text"].get<std::string>().c_str());
+      std::fflush(stdout);
+    }
+    summaries[i] = nlohmann::json::parse(clients[i]->read_line(std::chrono::seconds{30}), nullptr, false);
+  }
+  // Memory while every pipeline node still holds the model.
+  uint64_t shared = pss_bytes(node.process->pid());
+  for (auto& c : clients)
+    shared += pss_bytes(c->pid());
+  auto status = node_status(node.uri());
+  for (auto& c : clients)
+    c->close_stdin();
+  for (auto& c : clients)
+    c->wait_for_exit(std::chrono::seconds{10});
+  std::printf("[%5.1fs] measuring %zu processes that each load their own copy ...\n", elapsed(),
+              opts.nodes);
+  std::fflush(stdout);
+  auto separate = separate_pss(opts.self_path, opts.nodes, opts.model, files.front());
+
+  // -- summary -----------------------------------------------------------
+  std::printf("\nTranscripts\n");
+  for (size_t k = 0; k < files.size(); ++k) {
+    const auto& want = opts.recordings[k].expected;
+    std::printf("  %-14s expected \"%s\"\n", std::filesystem::path{files[k]}.filename().c_str(),
+                want.c_str());
+    for (size_t i = 0; i < results.size(); ++i) {
+      auto got = results[i][k]["text"].get<std::string>();
+      bool ok = got == want;
+      all_right = all_right && ok;
+      std::printf("    node %zu: %s \"%s\"\n", i + 1, ok ? "right" : "WRONG", got.c_str());
+    }
+  }
+  const auto& totals = status["totals"];
+  uint64_t loads = totals.is_object() ? totals["loads"].get<uint64_t>() : 0;
+  uint64_t coalesced = totals.is_object() ? totals["coalesced"].get<uint64_t>() : 0;
+  uint64_t hits = totals.is_object() ? totals["hits"].get<uint64_t>() : 0;
+  uint64_t model_bytes = 0;
+  for (const auto& m : status["models"])
+    if (m["key"] == opts.model)
+      model_bytes = m["memory_bytes"].get<uint64_t>();
+  uint64_t zero_copy = 0, copied = 0;
+  for (const auto& s : summaries) {
+    zero_copy += s.value("zero_copy_tensors", uint64_t{0});
+    copied += s.value("copied_bytes", uint64_t{0});
+  }
+  uint64_t audio_bytes = 0;
+  for (const auto& r : results)
+    for (const auto& j : r)
+      audio_bytes += j["bytes"].get<uint64_t>();
+  std::sort(latencies.begin(), latencies.end());
+  auto pct = [&](double q) {
+    return latencies.empty() ? 0.0 : latencies[static_cast<size_t>(q * static_cast<double>(latencies.size() - 1))];
+  };
+  std::printf("\nSharing\n");
+  std::printf("  model loaded %llu time(s) for %zu nodes (%llu callers coalesced onto the load, "
+              "%llu hits); it holds %.1f MiB\n",
+              static_cast<unsigned long long>(loads), opts.nodes,
+              static_cast<unsigned long long>(coalesced), static_cast<unsigned long long>(hits),
+              mib(model_bytes));
+  std::printf("  audio sent without a copy: %.2f MiB in %llu tensors by reference; bytes copied: %llu\n",
+              mib(audio_bytes), static_cast<unsigned long long>(zero_copy),
+              static_cast<unsigned long long>(copied));
+  std::printf("  request latency: p50 %.1f ms, max %.1f ms (%zu requests)\n", pct(0.5), pct(1.0),
+              latencies.size());
+  std::printf("\nMemory (proportional set size, measured)\n");
+  std::printf("  %zu nodes + 1 shared model node: %7.1f MiB\n", opts.nodes, mib(shared));
+  std::printf("  %zu processes with their own copy: %6.1f MiB\n", opts.nodes, mib(separate));
+  if (separate > 0)
+    std::printf("  saved: %.0f%%\n", 100.0 * (1.0 - static_cast<double>(shared) / static_cast<double>(separate)));
+  std::printf("\n%s in %.1f s\n", all_right && loads == 1 ? "OK: every transcript is right, one load"
+                                                          : "FAILED",
+              elapsed());
+  return all_right && loads == 1 ? 0 : 1;
+}
+
+std::string run_memory_bench(const std::string& self_path, size_t clients, const std::string& model) {
+  auto file = default_recordings().front().file;
+  demo_node node{self_path};
+  if (!node.ready)
+    return nlohmann::json{{"clients", clients}, {"error", "the node did not start"}}.dump();
+  std::vector<std::unique_ptr<child_process>> procs;
+  for (size_t i = 0; i < clients; ++i)
+    procs.push_back(std::make_unique<child_process>(
+      std::vector<std::string>{self_path, "__asr-node-client", node.uri(), model, file}));
+  for (auto& p : procs)
+    if (p->read_line(std::chrono::seconds{30}) != "connected")
+      return nlohmann::json{{"clients", clients}, {"error", "a client could not connect"}}.dump();
+  for (auto& p : procs)
+    p->write_line("go");
+  for (auto& p : procs) {
+    p->read_line(std::chrono::seconds{60}); // the transcript
+    p->read_line(std::chrono::seconds{30}); // its counters
+  }
+  uint64_t shared = pss_bytes(node.process->pid());
+  for (auto& p : procs)
+    shared += pss_bytes(p->pid());
+  for (auto& p : procs)
+    p->close_stdin();
+  for (auto& p : procs)
+    p->wait_for_exit(std::chrono::seconds{10});
+  auto separate = separate_pss(self_path, clients, model, file);
+  double reduction = separate > 0 ? 1.0 - static_cast<double>(shared) / static_cast<double>(separate) : 0.0;
+  return nlohmann::json{{"clients", clients},
+                        {"model", model},
+                        {"separate_pss_bytes", separate},
+                        {"shared_pss_bytes", shared},
+                        {"reduction", reduction}}
+    .dump();
+}
+
+} // namespace modelreg::bench

@@ -1,0 +1,189 @@
+#include "modelreg/backend/pocketsphinx.hpp"
+
+#include "modelreg/backend/backend_registry.hpp"
+
+#ifdef MODELREG_WITH_POCKETSPHINX
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <string>
+
+#include <unistd.h>
+
+#include <pocketsphinx.h>
+
+#include "modelreg/messages/error.hpp"
+
+namespace modelreg {
+
+namespace {
+
+constexpr const char* default_hmm = "/usr/share/pocketsphinx/model/en-us/en-us";
+constexpr const char* default_lm = "/usr/share/pocketsphinx/model/en-us/en-us.lm.bin";
+constexpr const char* default_dict = "/usr/share/pocketsphinx/model/en-us/cmudict-en-us.dict";
+constexpr int64_t sample_rate = 16000;
+constexpr double frame_seconds = 0.01; // pocketsphinx's default frame rate: 100/s
+
+/// Resident bytes of this process (statm: resident pages).
+uint64_t resident_bytes() {
+  std::ifstream statm{"/proc/self/statm"};
+  uint64_t size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+}
+
+caf::error bad(const std::string& what) {
+  return make_error(errc::invalid_argument, "pocketsphinx: " + what);
+}
+
+bool is_filler(const char* w) {
+  return w[0] == '<' || w[0] == '[' || std::strcmp(w, "<sil>") == 0;
+}
+
+class pocketsphinx_model final : public model {
+public:
+  pocketsphinx_model(ps_decoder_t* ps, cmd_ln_t* config, uint64_t bytes, std::string describe)
+    : ps_(ps), config_(config), bytes_(bytes), describe_(std::move(describe)) {}
+
+  ~pocketsphinx_model() override {
+    ps_free(ps_);
+    cmd_ln_free_r(config_);
+  }
+
+  caf::expected<tensor_map> infer(const tensor_map& inputs, tensor_allocator& out) override {
+    auto a = inputs.find("audio");
+    if (a == inputs.end())
+      return bad("missing input tensor 'audio' (int16 mono 16 kHz PCM)");
+    const auto& audio = a->second;
+    if (auto r = inputs.find("sample_rate"); r != inputs.end()) {
+      int64_t rate = 0;
+      if (r->second.element_count() != 1)
+        return bad("'sample_rate' must be one number");
+      if (auto v32 = r->second.values<int32_t>())
+        rate = (*v32)[0];
+      else if (auto v64 = r->second.values<int64_t>())
+        rate = (*v64)[0];
+      else
+        return bad("'sample_rate' must be int32 or int64");
+      if (rate != sample_rate)
+        return bad("audio at " + std::to_string(rate) + " Hz; this model needs 16000 Hz (resample first)");
+    }
+    if (audio.type() != dtype::i16)
+      return bad("'audio' is " + to_string(audio.type()) + "; it must be int16 PCM");
+    if (audio.rank() == 2 && audio.shape()[0] != 1)
+      return bad("'audio' " + audio.describe() + " has " + std::to_string(audio.shape()[0]) +
+                 " channels; it must be mono ([samples] or [1, samples])");
+    if (audio.rank() != 1 && audio.rank() != 2)
+      return bad("'audio' " + audio.describe() + " must be [samples] or [1, samples]");
+    if (audio.element_count() == 0)
+      return bad("'audio' is empty");
+    auto samples = audio.values<int16_t>();
+    if (!samples)
+      return samples.error();
+    if (ps_start_utt(ps_) < 0)
+      return make_error(errc::infer_failed, "pocketsphinx: cannot start an utterance");
+    if (ps_process_raw(ps_, samples->data(), samples->size(), FALSE, TRUE) < 0) {
+      ps_end_utt(ps_);
+      return make_error(errc::infer_failed, "pocketsphinx: decoding failed");
+    }
+    ps_end_utt(ps_);
+    int32 score = 0;
+    const char* hyp = ps_get_hyp(ps_, &score);
+    std::string text = hyp != nullptr ? hyp : "";
+    std::string words;
+    std::vector<float> times;
+    auto* lmath = ps_get_logmath(ps_);
+    for (auto* seg = ps_seg_iter(ps_); seg != nullptr; seg = ps_seg_next(seg)) {
+      const char* w = ps_seg_word(seg);
+      if (w == nullptr || is_filler(w))
+        continue;
+      int sf = 0, ef = 0;
+      ps_seg_frames(seg, &sf, &ef);
+      int32 ascr = 0, lscr = 0, lback = 0;
+      auto prob = ps_seg_prob(seg, &ascr, &lscr, &lback);
+      words += w;
+      words += '\n';
+      times.push_back(static_cast<float>(sf * frame_seconds));
+      times.push_back(static_cast<float>((ef + 1) * frame_seconds));
+      // logmath's fixed-point rounding can land a hair above 1.
+      times.push_back(static_cast<float>(std::min(1.0, logmath_exp(lmath, prob))));
+    }
+    auto bytes = [&](const std::string& s) -> caf::expected<tensor> {
+      auto t = out.allocate(dtype::u8, {static_cast<int64_t>(s.size())});
+      if (t && !s.empty())
+        std::memcpy(t->mutable_data(), s.data(), s.size());
+      return t;
+    };
+    auto text_t = bytes(text);
+    auto words_t = bytes(words);
+    auto times_t = out.allocate(dtype::f32, {static_cast<int64_t>(times.size() / 3), 3});
+    if (!text_t || !words_t || !times_t)
+      return make_error(errc::out_of_memory, "pocketsphinx: cannot allocate outputs");
+    if (!times.empty())
+      std::memcpy(times_t->mutable_data(), times.data(), times.size() * sizeof(float));
+    return tensor_map{{"text", *text_t}, {"words", *words_t}, {"word_times", *times_t}};
+  }
+
+  uint64_t memory_bytes() const override { return bytes_; }
+  model_capabilities capabilities() const override { return {false, true, false}; }
+  std::string describe() const override { return describe_; }
+
+private:
+  ps_decoder_t* ps_;
+  cmd_ln_t* config_;
+  uint64_t bytes_;
+  std::string describe_;
+};
+
+/// pocketsphinx's own initialisation is not safe to run twice at once.
+std::mutex init_mutex;
+
+} // namespace
+
+void add_pocketsphinx_backend(backend_registry& registry) {
+  registry.add("pocketsphinx", [](const model_spec& spec) -> caf::expected<model_ptr> {
+    auto hmm = param_string(spec, "hmm", default_hmm);
+    auto lm = param_string(spec, "lm", default_lm);
+    auto dict = param_string(spec, "dict", default_dict);
+    for (const auto& [what, path] : {std::pair{"hmm", hmm}, {"lm", lm}, {"dict", dict}})
+      if (::access(path.c_str(), R_OK) != 0)
+        return make_error(errc::load_failed, std::string{"pocketsphinx: "} + what + " '" + path +
+                                               "' is not readable (install pocketsphinx-en-us?)");
+    std::lock_guard guard{init_mutex};
+    auto before = resident_bytes();
+    cmd_ln_t* config = cmd_ln_init(nullptr, ps_args(), TRUE, "-hmm", hmm.c_str(), "-lm", lm.c_str(),
+                                   "-dict", dict.c_str(), "-logfn", "/dev/null", nullptr);
+    if (config == nullptr)
+      return make_error(errc::load_failed, "pocketsphinx: bad configuration");
+    ps_decoder_t* ps = ps_init(config);
+    if (ps == nullptr) {
+      cmd_ln_free_r(config);
+      return make_error(errc::load_failed, "pocketsphinx: cannot load the model from " + hmm);
+    }
+    auto after = resident_bytes();
+    return std::make_shared<pocketsphinx_model>(ps, config, after > before ? after - before : 0,
+                                                "pocketsphinx(" + lm.substr(lm.rfind('/') + 1) + ")");
+  });
+}
+
+bool have_pocketsphinx() noexcept {
+  return true;
+}
+
+} // namespace modelreg
+
+#else
+
+namespace modelreg {
+
+void add_pocketsphinx_backend(backend_registry&) {}
+
+bool have_pocketsphinx() noexcept {
+  return false;
+}
+
+} // namespace modelreg
+
+#endif
