@@ -48,6 +48,7 @@ bench: build
 	@$(BUILD_DIR)/bin/modelreg bench registry
 	@$(BUILD_DIR)/bin/modelreg bench transport
 	@for n in 1 4 8; do $(BUILD_DIR)/bin/modelreg bench serve --clients $$n; done
+	@$(BUILD_DIR)/bin/modelreg bench serve --clients 8 --in-flight 64
 	@for n in 4 8; do $(BUILD_DIR)/bin/modelreg bench memory --clients $$n; done
 
 clean:
