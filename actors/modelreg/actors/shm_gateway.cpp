@@ -4,6 +4,7 @@
 #include <unordered_map>
 
 #include <caf/actor_system.hpp>
+#include <caf/sec.hpp>
 #include <caf/send.hpp>
 #include <caf/stateful_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
@@ -176,6 +177,10 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
                             : caf::infinite;
   flight f{self};
   auto on_error = [f, link, id](caf::error& err) {
+    // A model actor that died under a direct request: the caller should
+    // reload, not reconnect.
+    if (err == caf::sec::request_receiver_down)
+      err = make_error(errc::model_crashed, "the model actor is down; the next load reloads it");
     respond_error(*link, id, err);
     f.done();
   };
