@@ -40,7 +40,7 @@ test-sanitize: deps
 	@cmake -S . -B $(SANITIZE_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
 	  -DMODELREG_SANITIZE=ON -DMODELREG_FUZZ=ON \
-	  -DMODELREG_BUILD_EXAMPLES=OFF > /dev/null
+	  -DMODELREG_BUILD_EXAMPLES=OFF -DMODELREG_BUILD_PYTHON=OFF > /dev/null
 	@cmake --build $(SANITIZE_DIR) -j $(JOBS) --target modelreg_tests modelreg_cli frame_fuzz
 	@cd $(SANITIZE_DIR) && ctest --output-on-failure -j $(JOBS) -E "^cli\\."
 

@@ -1,0 +1,376 @@
+// The C++ side of the Python package: the process-local registry for Python
+// objects. Python code sees it through python/modelreg/__init__.py.
+//
+// GIL rules: every call that may wait (get_or_load, metrics, unload, ...)
+// releases the GIL first; loaders run on the registry's loader threads and
+// take the GIL themselves; Python objects are only ever dropped with the GIL
+// held. At interpreter exit, `_shutdown` (registered with atexit) releases
+// every handle, stops every registry and the actor system with the GIL
+// released, so no actor thread waits for a GIL the exiting thread holds.
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+
+#include <pybind11/pybind11.h>
+
+#include <caf/actor_system.hpp>
+
+#include "modelreg/messages/error.hpp"
+#include "modelreg/messages/system_config.hpp"
+#include "modelreg/registry.hpp"
+
+namespace py = pybind11;
+
+namespace modelreg::python {
+
+namespace {
+
+/// A Python error raised as modelreg.ModelRegError (or a subclass), with the
+/// modelreg code name.
+struct error : std::runtime_error {
+  error(std::string code, const std::string& what) : std::runtime_error(what), code(std::move(code)) {}
+  std::string code;
+};
+
+struct load_error : error {
+  using error::error;
+};
+
+[[noreturn]] void raise(const caf::error& err) {
+  errc code = errc::unavailable;
+  to_errc(err, code);
+  if (code == errc::load_failed || code == errc::load_timeout)
+    throw load_error{to_string(code), describe(err)};
+  throw error{to_string(code), describe(err)};
+}
+
+/// A Python object dropped only with the GIL held (its owner may die on any
+/// thread).
+struct gil_object {
+  explicit gil_object(py::object o) : obj(std::move(o)) {}
+  ~gil_object() {
+    if (!Py_IsInitialized()) {
+      obj.release(); // the interpreter is gone: leak rather than crash
+      return;
+    }
+    py::gil_scoped_acquire gil;
+    obj = py::object{};
+  }
+  py::object obj;
+};
+
+/// A Python object as a registry model: the registry shares and evicts it;
+/// Python code uses it directly through its handle (`handle.model`).
+class py_model final : public model {
+public:
+  py_model(py::object obj, uint64_t bytes, std::string describe)
+    : obj_(std::make_shared<gil_object>(std::move(obj))), bytes_(bytes), describe_(std::move(describe)) {}
+
+  caf::expected<tensor_map> infer(const tensor_map&, tensor_allocator&) override {
+    return make_error(errc::unsupported, "a Python model is called through handle.model");
+  }
+  uint64_t memory_bytes() const override { return bytes_; }
+  std::string describe() const override { return describe_; }
+
+  const std::shared_ptr<gil_object>& object() const { return obj_; }
+
+private:
+  std::shared_ptr<gil_object> obj_;
+  uint64_t bytes_;
+  std::string describe_;
+};
+
+/// The actor system all registries of this process share.
+struct runtime {
+  system_config cfg;
+  std::unique_ptr<caf::actor_system> sys = std::make_unique<caf::actor_system>(cfg);
+};
+
+class handle_wrapper;
+class registry_wrapper;
+
+std::mutex live_mutex;
+std::shared_ptr<runtime> the_runtime;
+std::set<handle_wrapper*> live_handles;
+std::set<registry_wrapper*> live_registries;
+
+std::shared_ptr<runtime> get_runtime() {
+  std::lock_guard guard{live_mutex};
+  if (!the_runtime)
+    the_runtime = std::make_shared<runtime>();
+  return the_runtime;
+}
+
+/// A handle: the lease plus the Python object it keeps loaded.
+class handle_wrapper {
+public:
+  handle_wrapper(model_handle h, std::shared_ptr<gil_object> obj)
+    : handle_(std::move(h)), obj_(std::move(obj)) {
+    std::lock_guard guard{live_mutex};
+    live_handles.insert(this);
+  }
+  ~handle_wrapper() {
+    {
+      std::lock_guard guard{live_mutex};
+      live_handles.erase(this);
+    }
+    drop();
+  }
+
+  py::object model() const {
+    std::lock_guard guard{mutex_};
+    if (!obj_ || !handle_.valid())
+      throw error{"handle_released", "the handle for '" + key_unlocked() + "' was released"};
+    return obj_->obj;
+  }
+  std::string key() const {
+    std::lock_guard guard{mutex_};
+    return key_unlocked();
+  }
+  bool valid() const {
+    std::lock_guard guard{mutex_};
+    return obj_ && handle_.valid();
+  }
+  uint64_t generation() const {
+    std::lock_guard guard{mutex_};
+    return handle_.generation();
+  }
+  uint64_t memory_bytes() const {
+    std::lock_guard guard{mutex_};
+    return handle_.memory_bytes();
+  }
+  /// Gives the lease back; false if it was already.
+  bool release() {
+    std::lock_guard guard{mutex_};
+    bool had = obj_ != nullptr && handle_.release();
+    obj_.reset();
+    return had;
+  }
+  /// At exit: forget everything without touching Python (GIL released).
+  void drop() {
+    std::lock_guard guard{mutex_};
+    handle_.release();
+    handle_ = model_handle{};
+    if (obj_) {
+      // Keep the object's last reference out of this thread if it has no GIL.
+      obj_.reset();
+    }
+  }
+
+private:
+  std::string key_unlocked() const { return key_.empty() ? handle_.key() : key_; }
+  mutable std::mutex mutex_;
+  model_handle handle_;
+  std::shared_ptr<gil_object> obj_;
+  std::string key_;
+};
+
+class registry_wrapper {
+public:
+  registry_wrapper(double ttl_seconds, uint64_t max_memory_bytes, size_t max_models,
+                   size_t max_concurrent_loads, double load_timeout_seconds)
+    : rt_(get_runtime()) {
+    registry_config cfg;
+    cfg.idle_ttl = std::chrono::milliseconds{static_cast<int64_t>(ttl_seconds * 1000)};
+    cfg.ttl_sweep = ttl_seconds > 0;
+    cfg.max_memory_bytes = max_memory_bytes;
+    cfg.max_models = max_models;
+    cfg.max_concurrent_loads = max_concurrent_loads;
+    if (load_timeout_seconds > 0)
+      cfg.load_timeout = std::chrono::milliseconds{static_cast<int64_t>(load_timeout_seconds * 1000)};
+    reg_ = std::make_unique<registry>(*rt_->sys, cfg);
+    std::lock_guard guard{live_mutex};
+    live_registries.insert(this);
+  }
+  ~registry_wrapper() {
+    {
+      std::lock_guard guard{live_mutex};
+      live_registries.erase(this);
+    }
+    close();
+  }
+
+  /// Stops the registry (its models are dropped on actor threads, which take
+  /// the GIL: the caller must not hold it).
+  void close() {
+    std::unique_ptr<registry> r;
+    {
+      std::lock_guard guard{mutex_};
+      r = std::move(reg_);
+    }
+    r.reset();
+  }
+
+  registry& get() {
+    std::lock_guard guard{mutex_};
+    if (!reg_)
+      throw error{"shutting_down", "the registry was closed"};
+    return *reg_;
+  }
+
+  std::unique_ptr<handle_wrapper> get_or_load(const std::string& key, py::function loader) {
+    auto fn = std::make_shared<gil_object>(std::move(loader));
+    auto& reg = get();
+    loader_fn load = [fn, key, objs = objects_]() -> caf::expected<model_ptr> {
+      py::gil_scoped_acquire gil;
+      try {
+        py::object obj = fn->obj();
+        uint64_t bytes = 0;
+        if (py::hasattr(obj, "nbytes"))
+          bytes = obj.attr("nbytes").cast<uint64_t>();
+        else
+          bytes = py::module_::import("sys").attr("getsizeof")(obj).cast<uint64_t>();
+        auto name = py::str(obj.get_type().attr("__name__")).cast<std::string>();
+        auto m = std::make_shared<py_model>(std::move(obj), bytes, name);
+        std::lock_guard guard{objs->mutex};
+        objs->by_key[key] = m;
+        return m;
+      } catch (py::error_already_set& e) {
+        // The whole traceback travels in the error: every waiter raises it.
+        auto tb = py::module_::import("traceback")
+                    .attr("format_exception")(e.type(), e.value(), e.trace());
+        auto text = py::str("").attr("join")(tb).cast<std::string>();
+        return make_error(errc::load_failed, "loader for '" + key + "' raised:\n" + text);
+      } catch (const std::exception& e) {
+        return make_error(errc::load_failed, "loader for '" + key + "' failed: " + e.what());
+      }
+    };
+    caf::expected<model_handle> h{model_handle{}};
+    {
+      py::gil_scoped_release nogil;
+      h = reg.get_or_load(key, std::move(load));
+    }
+    if (!h)
+      raise(h.error());
+    auto obj = object_of(*h);
+    if (!obj)
+      throw error{"model_crashed", "the model under '" + key + "' is gone"};
+    return std::make_unique<handle_wrapper>(std::move(*h), std::move(obj));
+  }
+
+  std::string metrics_json() {
+    auto& reg = get();
+    caf::expected<registry_snapshot> snap{registry_snapshot{}};
+    {
+      py::gil_scoped_release nogil;
+      snap = reg.metrics();
+    }
+    if (!snap)
+      raise(snap.error());
+    return to_json(*snap);
+  }
+
+  py::tuple evict_expired() {
+    auto& reg = get();
+    caf::expected<eviction_report> rep{eviction_report{}};
+    {
+      py::gil_scoped_release nogil;
+      rep = reg.evict_expired();
+    }
+    if (!rep)
+      raise(rep.error());
+    return py::make_tuple(rep->count, rep->freed_bytes);
+  }
+
+  py::tuple unload(const std::string& key) {
+    auto& reg = get();
+    caf::expected<eviction_report> rep{eviction_report{}};
+    {
+      py::gil_scoped_release nogil;
+      rep = reg.unload(key);
+    }
+    if (!rep)
+      raise(rep.error());
+    return py::make_tuple(rep->count, rep->freed_bytes);
+  }
+
+private:
+  /// The Python object a handle's model holds. One model per key is loaded
+  /// while a handle on it lives, so the latest load under the key is it.
+  std::shared_ptr<gil_object> object_of(const model_handle& h) {
+    std::lock_guard guard{objects_->mutex};
+    auto i = objects_->by_key.find(h.key());
+    if (i == objects_->by_key.end())
+      return nullptr;
+    auto m = i->second.lock();
+    return m ? m->object() : nullptr;
+  }
+
+  /// Loaded Python models by key (written by loader threads).
+  struct objects {
+    std::mutex mutex;
+    std::map<std::string, std::weak_ptr<py_model>> by_key;
+  };
+
+  std::shared_ptr<runtime> rt_;
+  std::mutex mutex_;
+  std::unique_ptr<registry> reg_;
+  std::shared_ptr<objects> objects_ = std::make_shared<objects>();
+};
+
+/// At interpreter exit (atexit): handles, registries, then the actor system,
+/// all with the GIL released.
+void shutdown() {
+  std::vector<handle_wrapper*> handles;
+  std::vector<registry_wrapper*> registries;
+  std::shared_ptr<runtime> rt;
+  {
+    std::lock_guard guard{live_mutex};
+    handles.assign(live_handles.begin(), live_handles.end());
+    registries.assign(live_registries.begin(), live_registries.end());
+    rt = std::move(the_runtime);
+  }
+  py::gil_scoped_release nogil;
+  for (auto* h : handles)
+    h->drop();
+  for (auto* r : registries)
+    r->close();
+  rt.reset();
+}
+
+} // namespace
+
+} // namespace modelreg::python
+
+PYBIND11_MODULE(_modelreg, m) {
+  using namespace modelreg::python;
+  m.doc() = "modelreg: load each model once and share it (C++ core)";
+  static py::exception<error> base_exc(m, "ModelRegError");
+  static py::exception<load_error> load_exc(m, "LoadError", base_exc.ptr());
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p)
+        std::rethrow_exception(p);
+    } catch (const load_error& e) {
+      py::object exc = py::handle(load_exc.ptr())(e.what());
+      exc.attr("code") = e.code;
+      PyErr_SetObject(load_exc.ptr(), exc.ptr());
+    } catch (const error& e) {
+      py::object exc = py::handle(base_exc.ptr())(e.what());
+      exc.attr("code") = e.code;
+      PyErr_SetObject(base_exc.ptr(), exc.ptr());
+    }
+  });
+  py::class_<handle_wrapper>(m, "Handle")
+    .def_property_readonly("model", &handle_wrapper::model)
+    .def_property_readonly("key", &handle_wrapper::key)
+    .def_property_readonly("generation", &handle_wrapper::generation)
+    .def_property_readonly("memory_bytes", &handle_wrapper::memory_bytes)
+    .def_property_readonly("valid", &handle_wrapper::valid)
+    .def("release", &handle_wrapper::release);
+  py::class_<registry_wrapper>(m, "Registry")
+    .def(py::init<double, uint64_t, size_t, size_t, double>(), py::arg("ttl") = 30.0,
+         py::arg("max_memory_bytes") = 0, py::arg("max_models") = 0,
+         py::arg("max_concurrent_loads") = 2, py::arg("load_timeout") = 0.0)
+    .def("get_or_load", &registry_wrapper::get_or_load, py::arg("key"), py::arg("loader"))
+    .def("metrics_json", &registry_wrapper::metrics_json)
+    .def("evict_expired", &registry_wrapper::evict_expired)
+    .def("unload", &registry_wrapper::unload)
+    .def("close", [](registry_wrapper& r) {
+      py::gil_scoped_release nogil;
+      r.close();
+    });
+  m.def("_shutdown", &shutdown);
+}

@@ -1,0 +1,145 @@
+"""modelreg: load each model once and share it.
+
+In one process::
+
+    import modelreg
+    h = modelreg.get_or_load("whisper-base", load_whisper)   # one load, any number of threads
+    with h:                                                    # the lease ends with the block
+        h.model.transcribe(audio)
+
+``Registry`` gives TTL, byte budget and LRU eviction, metrics and listing;
+``get_or_load`` uses one default registry. Loaders run on the registry's loader
+threads; callers wait with the GIL released; an exception raised by a loader
+is raised in every waiter as ``LoadError``, with the loader's traceback in its
+message. See docs/python.md.
+"""
+import atexit
+import json
+import threading
+
+from . import _modelreg
+from ._modelreg import LoadError, ModelRegError
+
+__all__ = ["Registry", "Handle", "get_or_load", "LoadError", "ModelRegError", "default_registry"]
+
+
+class Handle:
+    """A lease on a loaded model: while it lives, the model is never evicted.
+
+    Use ``handle.model``; release with ``release()``, a ``with`` block, or by
+    dropping the last reference (from any thread).
+    """
+
+    __slots__ = ("_h",)
+
+    def __init__(self, h):
+        self._h = h
+
+    @property
+    def model(self):
+        return self._h.model
+
+    @property
+    def key(self):
+        return self._h.key
+
+    @property
+    def generation(self):
+        return self._h.generation
+
+    @property
+    def memory_bytes(self):
+        return self._h.memory_bytes
+
+    @property
+    def valid(self):
+        return self._h.valid
+
+    def release(self):
+        """Gives the lease back now; False if it already was."""
+        return self._h.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._h.release()
+        return False
+
+    def __repr__(self):
+        return f"<modelreg.Handle {self.key!r} generation={self.generation} valid={self.valid}>"
+
+
+class Registry:
+    """A process-local model registry.
+
+    ttl: unload a model idle (no handles) this many seconds (0: never).
+    max_memory_bytes: byte budget for all models (LRU eviction; 0: none).
+    max_models: most models at once (0: unlimited).
+    A model's size is its ``nbytes`` attribute if it has one, else
+    ``sys.getsizeof``.
+    """
+
+    def __init__(self, ttl=30.0, max_memory_bytes=0, max_models=0, max_concurrent_loads=2,
+                 load_timeout=0.0):
+        self._r = _modelreg.Registry(float(ttl), int(max_memory_bytes), int(max_models),
+                                     int(max_concurrent_loads), float(load_timeout))
+
+    def get_or_load(self, key, loader):
+        """The model under ``key``, loading it with ``loader()`` if absent.
+
+        Concurrent callers of one key share one call of ``loader``.
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"key must be a str, not {type(key).__name__}")
+        if not callable(loader):
+            raise TypeError("loader must be callable")
+        return Handle(self._r.get_or_load(key, loader))
+
+    def metrics(self):
+        """Models, their counters and the totals, as a dict."""
+        return json.loads(self._r.metrics_json())
+
+    def list(self):
+        """The loaded models (dicts: key, state, handles, memory_bytes, ...)."""
+        return self.metrics()["models"]
+
+    def evict_expired(self):
+        """Unloads every model idle for longer than the TTL: (count, freed_bytes)."""
+        return self._r.evict_expired()
+
+    def unload(self, key):
+        """Unloads an idle model now: (count, freed_bytes); ModelRegError 'busy' if held."""
+        return self._r.unload(key)
+
+    def close(self):
+        """Stops the registry (its models are dropped)."""
+        self._r.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+_default = None
+_default_lock = threading.Lock()
+
+
+def default_registry():
+    """The registry ``get_or_load`` uses (created on first use)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Registry()
+        return _default
+
+
+def get_or_load(key, loader):
+    """``default_registry().get_or_load(key, loader)``."""
+    return default_registry().get_or_load(key, loader)
+
+
+atexit.register(_modelreg._shutdown)

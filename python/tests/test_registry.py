@@ -1,0 +1,145 @@
+"""The process-local registry for Python objects: one load however many
+threads ask, loader errors in every waiter, leases, eviction."""
+import threading
+import time
+
+import pytest
+
+import modelreg
+
+
+class Weights:
+    def __init__(self, nbytes):
+        self.nbytes = nbytes
+
+
+def eventually(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return pred()
+
+
+def test_fifty_threads_share_one_load_of_a_slow_loader():
+    with modelreg.Registry() as reg:
+        calls = []
+
+        def slow_loader():
+            calls.append(threading.get_ident())
+            time.sleep(0.3)  # the callers wait with the GIL released meanwhile
+            return Weights(1000)
+
+        results = [None] * 50
+        start = threading.Barrier(50)
+
+        def worker(i):
+            start.wait()
+            results[i] = reg.get_or_load("asr", slow_loader)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(calls) == 1
+        first = results[0].model
+        assert all(r.model is first for r in results)
+        m = reg.metrics()
+        assert m["totals"]["loads"] == 1
+        assert m["models"][0]["handles"] == 50
+        for r in results:
+            r.release()
+        assert eventually(lambda: reg.list()[0]["handles"] == 0)
+
+
+def test_a_loader_that_raises_reaches_every_waiter_with_its_traceback():
+    with modelreg.Registry() as reg:
+        calls = []
+
+        def broken_loader():
+            calls.append(1)
+            time.sleep(0.2)
+            raise ValueError("weights file is corrupt")
+
+        errors = []
+        lock = threading.Lock()
+
+        def worker():
+            try:
+                reg.get_or_load("bad", broken_loader)
+            except modelreg.LoadError as e:
+                with lock:
+                    errors.append(e)
+
+        threads = [threading.Thread(target=worker) for _ in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(calls) == 1
+        assert len(errors) == 10
+        for e in errors:
+            assert e.code == "load_failed"
+            text = str(e)
+            assert "ValueError: weights file is corrupt" in text
+            assert "broken_loader" in text  # the loader's own frame
+        # A failed load leaves nothing behind: the next call loads again.
+        h = reg.get_or_load("bad", lambda: Weights(1))
+        assert h.model.nbytes == 1
+        h.release()
+
+
+def test_handles_are_leases_released_by_with_release_or_dropping():
+    with modelreg.Registry() as reg:
+        with reg.get_or_load("m", lambda: Weights(10)) as h:
+            assert h.valid and h.key == "m" and h.memory_bytes == 10
+            with pytest.raises(modelreg.ModelRegError) as busy:
+                reg.unload("m")
+            assert busy.value.code == "busy"
+        assert not h.valid
+        with pytest.raises(modelreg.ModelRegError) as released:
+            h.model
+        assert released.value.code == "handle_released"
+        h2 = reg.get_or_load("m", lambda: Weights(10))
+        del h2  # the last reference: released (from whichever thread drops it)
+        assert eventually(lambda: reg.list()[0]["handles"] == 0)
+        assert reg.unload("m") == (1, 10)
+        assert reg.list() == []
+
+
+def test_idle_models_expire_and_the_budget_evicts_the_least_recently_used():
+    with modelreg.Registry(ttl=0.05) as reg:
+        reg.get_or_load("short", lambda: Weights(5)).release()
+        assert eventually(lambda: reg.list() == [])
+        assert reg.metrics()["totals"]["evictions"]["ttl"] == 1
+    with modelreg.Registry(ttl=0, max_memory_bytes=1000) as reg:
+        reg.get_or_load("a", lambda: Weights(600)).release()
+        reg.get_or_load("b", lambda: Weights(600)).release()
+        assert [m["key"] for m in reg.list()] == ["b"]
+        assert reg.metrics()["totals"]["evictions"]["budget"] == 1
+        assert reg.evict_expired() == (0, 0)  # TTL 0: nothing expires
+
+
+def test_bad_arguments_raise_clear_python_errors():
+    with modelreg.Registry() as reg:
+        with pytest.raises(TypeError):
+            reg.get_or_load(42, lambda: 1)
+        with pytest.raises(TypeError):
+            reg.get_or_load("k", "not callable")
+        with pytest.raises(modelreg.ModelRegError) as missing:
+            reg.unload("nothing")
+        assert missing.value.code == "model_not_found"
+    reg.close()
+    with pytest.raises(modelreg.ModelRegError) as closed:
+        reg.get_or_load("k", lambda: 1)
+    assert closed.value.code == "shutting_down"
+
+
+def test_module_level_get_or_load_uses_one_default_registry():
+    a = modelreg.get_or_load("shared-key", lambda: Weights(3))
+    b = modelreg.get_or_load("shared-key", lambda: Weights(4))
+    assert a.model is b.model
+    assert modelreg.default_registry() is modelreg.default_registry()
+    # Left held on purpose: interpreter exit must release it cleanly.
