@@ -13,9 +13,18 @@
 #include <set>
 #include <string>
 
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <caf/actor_system.hpp>
+#include <caf/scoped_actor.hpp>
+#include <caf/send.hpp>
+
+#include "modelreg/actors/remote_registry.hpp"
+#include "modelreg/tensor/dlpack.hpp"
+
+#include <dlpack/dlpack.h>
 
 #include "modelreg/messages/error.hpp"
 #include "modelreg/messages/system_config.hpp"
@@ -310,6 +319,271 @@ private:
   std::shared_ptr<objects> objects_ = std::make_shared<objects>();
 };
 
+
+// -- the client of a node: tensors as NumPy arrays, DLPack out -------------
+
+/// NumPy's type string for a dtype ("<f4", "|u1", ...).
+std::string typestr(dtype t) {
+  switch (t) {
+    case dtype::f16: return "<f2";
+    case dtype::f32: return "<f4";
+    case dtype::f64: return "<f8";
+    case dtype::i8: return "|i1";
+    case dtype::i16: return "<i2";
+    case dtype::i32: return "<i4";
+    case dtype::i64: return "<i8";
+    case dtype::u8: return "|u1";
+    case dtype::u16: return "<u2";
+    case dtype::u32: return "<u4";
+    case dtype::u64: return "<u8";
+    case dtype::boolean: return "|b1";
+  }
+  return "|V1";
+}
+
+/// The dtype of a NumPy array, or a TypeError naming what is unsupported.
+dtype dtype_of_array(const py::array& a) {
+  auto kind = a.dtype().kind();
+  auto size = a.dtype().itemsize();
+  if (!a.dtype().attr("isnative").cast<bool>())
+    throw py::type_error("non-native byte order is not supported");
+  if (kind == 'f' && size == 2) return dtype::f16;
+  if (kind == 'f' && size == 4) return dtype::f32;
+  if (kind == 'f' && size == 8) return dtype::f64;
+  if (kind == 'i' && size == 1) return dtype::i8;
+  if (kind == 'i' && size == 2) return dtype::i16;
+  if (kind == 'i' && size == 4) return dtype::i32;
+  if (kind == 'i' && size == 8) return dtype::i64;
+  if (kind == 'u' && size == 1) return dtype::u8;
+  if (kind == 'u' && size == 2) return dtype::u16;
+  if (kind == 'u' && size == 4) return dtype::u32;
+  if (kind == 'u' && size == 8) return dtype::u64;
+  if (kind == 'b' && size == 1) return dtype::boolean;
+  throw py::type_error("unsupported dtype " + py::str(a.dtype()).cast<std::string>() +
+                       " (numeric or bool only)");
+}
+
+/// A tensor from a worker, for Python: read-only, zero-copy through the array
+/// interface and DLPack; its memory stays the worker's until the last
+/// reference (array, DLPack consumer or this object) is gone.
+struct tensor_wrapper {
+  tensor t;
+
+  py::dict array_interface() const {
+    py::dict d;
+    py::tuple shape(t.rank());
+    py::tuple strides(t.rank());
+    for (size_t i = 0; i < t.rank(); ++i) {
+      shape[i] = t.shape()[i];
+      strides[i] = t.strides()[i] * static_cast<int64_t>(itemsize(t.type()));
+    }
+    d["shape"] = shape;
+    d["strides"] = strides;
+    d["typestr"] = typestr(t.type());
+    d["data"] = py::make_tuple(reinterpret_cast<uintptr_t>(t.data()), !t.writable());
+    d["version"] = 3;
+    return d;
+  }
+
+  py::object dlpack(py::object /*stream*/) const {
+    auto* managed = to_dlpack(t);
+    auto destructor = [](PyObject* capsule) {
+      // Called when the capsule dies; consumed capsules are renamed.
+      if (PyCapsule_IsValid(capsule, "dltensor")) {
+        auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule, "dltensor"));
+        if (m != nullptr && m->deleter != nullptr)
+          m->deleter(m);
+      }
+    };
+    return py::reinterpret_steal<py::object>(PyCapsule_New(managed, "dltensor", destructor));
+  }
+};
+
+/// Arrays handed out by Client.empty(): their data pointer -> the shared-memory tensor.
+struct shm_arrays {
+  std::mutex mutex;
+  std::map<const std::byte*, std::weak_ptr<const void>> by_data;
+  std::map<const std::byte*, tensor> tensors;
+};
+
+class client_wrapper {
+public:
+  explicit client_wrapper(const std::string& uri) : rt_(get_runtime()) {
+    caf::expected<registry_actor> r{caf::error{}};
+    {
+      py::gil_scoped_release nogil;
+      r = connect(*rt_->sys, uri);
+    }
+    if (!r)
+      raise(r.error());
+    reg_ = *r;
+  }
+  ~client_wrapper() { close(); }
+
+  void close() {
+    std::map<std::string, model_handle> held;
+    {
+      std::lock_guard guard{mutex_};
+      held.swap(loaded_);
+    }
+    for (auto& [k, h] : held)
+      h.release();
+    if (reg_)
+      caf::anon_send(reg_, shutdown_atom::value);
+    reg_ = nullptr;
+  }
+
+  template <class T, class... Ts>
+  T ask(Ts&&... xs) {
+    if (!reg_)
+      throw error{"shutting_down", "the client was closed"};
+    caf::expected<T> out{caf::error{}};
+    {
+      py::gil_scoped_release nogil;
+      caf::scoped_actor self{*rt_->sys};
+      self->request(reg_, std::chrono::minutes{5}, std::forward<Ts>(xs)...)
+        .receive([&](T& x) { out = std::move(x); }, [&](caf::error& e) { out = std::move(e); });
+    }
+    if (!out)
+      raise(out.error());
+    return std::move(*out);
+  }
+
+  std::string status() {
+    if (!reg_)
+      throw error{"shutting_down", "the client was closed"};
+    caf::expected<std::string> s{caf::error{}};
+    {
+      py::gil_scoped_release nogil;
+      s = remote_status_json(*rt_->sys, reg_);
+    }
+    if (!s)
+      raise(s.error());
+    return *s;
+  }
+
+  /// Loads catalog model `name` and keeps a lease on it for this client.
+  uint64_t load(const std::string& name) {
+    auto h = ask<model_handle>(get_or_load_atom::value, name, model_spec{});
+    auto bytes = h.memory_bytes();
+    std::lock_guard guard{mutex_};
+    loaded_[name] = std::move(h);
+    return bytes;
+  }
+
+  py::tuple unload(const std::string& name) {
+    {
+      std::lock_guard guard{mutex_};
+      if (auto i = loaded_.find(name); i != loaded_.end()) {
+        i->second.release();
+        loaded_.erase(i);
+      }
+    }
+    auto rep = ask<eviction_report>(unload_atom::value, name);
+    return py::make_tuple(rep.count, rep.freed_bytes);
+  }
+
+  /// A NumPy array living in shared memory: input written into it crosses
+  /// to the worker with no copy.
+  py::array empty(std::vector<int64_t> shape, py::object dtype_like) {
+    auto np = py::module_::import("numpy");
+    py::array probe = np.attr("empty")(0, dtype_like);
+    auto type = dtype_of_array(probe);
+    caf::expected<tensor> t{caf::error{}};
+    {
+      py::gil_scoped_release nogil;
+      t = allocate_input(*rt_->sys, reg_, type, shape);
+    }
+    if (!t)
+      raise(t.error());
+    auto* holder = new tensor(*t);
+    py::capsule base(holder, "modelreg.tensor", [](PyObject* c) {
+      delete static_cast<tensor*>(PyCapsule_GetPointer(c, "modelreg.tensor"));
+    });
+    std::vector<py::ssize_t> dims(shape.begin(), shape.end());
+    return py::array(probe.dtype(), dims, static_cast<void*>(holder->mutable_data()), base);
+  }
+
+  py::dict infer(const std::string& model, py::dict inputs) {
+    // Loads on first use and keeps a lease: the node then routes this
+    // client's requests straight to the model actor.
+    bool held;
+    {
+      std::lock_guard guard{mutex_};
+      held = loaded_.count(model) > 0 && loaded_[model].valid();
+    }
+    if (!held)
+      load(model);
+    tensor_map in;
+    for (auto item : inputs) {
+      auto name = py::str(item.first).cast<std::string>();
+      if (!py::isinstance<py::array>(item.second))
+        throw py::type_error("input '" + name + "' must be a NumPy array");
+      auto arr = py::reinterpret_borrow<py::array>(item.second);
+      if (!(arr.flags() & py::array::c_style))
+        throw py::value_error("input '" + name + "' is not C-contiguous (use numpy.ascontiguousarray)");
+      auto type = dtype_of_array(arr);
+      tensor_layout layout;
+      layout.type = type;
+      for (py::ssize_t i = 0; i < arr.ndim(); ++i)
+        layout.shape.push_back(arr.shape(i));
+      // An array from empty(): its shared-memory tensor goes by reference.
+      if (py::isinstance<py::capsule>(arr.base())) {
+        auto cap = py::reinterpret_borrow<py::capsule>(arr.base());
+        if (std::string{cap.name() ? cap.name() : ""} == "modelreg.tensor") {
+          auto* t = cap.get_pointer<tensor>();
+          auto view = tensor::wrap(t->owner(), t->storage_base(), t->storage_capacity(),
+                                   tensor_layout{type, layout.shape, {},
+                                                 static_cast<size_t>(static_cast<const std::byte*>(arr.data()) - t->storage_base())},
+                                   true);
+          if (!view)
+            raise(view.error());
+          in[name] = *view;
+          continue;
+        }
+      }
+      // An ordinary array: viewed here, copied into shared memory once on send.
+      auto owner = std::shared_ptr<const void>(new gil_object(arr), [](const void* p) {
+        delete static_cast<const gil_object*>(p);
+      });
+      auto view = tensor::wrap(owner, static_cast<const std::byte*>(arr.data()),
+                               static_cast<size_t>(arr.nbytes()), layout);
+      if (!view)
+        raise(view.error());
+      in[name] = *view;
+    }
+    auto out = ask<tensor_map>(infer_atom::value, model, std::move(in));
+    py::dict result;
+    for (auto& [name, t] : out)
+      result[py::str(name)] = tensor_wrapper{t};
+    return result;
+  }
+
+  py::dict counters() {
+    if (!reg_)
+      throw error{"shutting_down", "the client was closed"};
+    caf::expected<remote_stats> s{caf::error{}};
+    {
+      py::gil_scoped_release nogil;
+      s = stats_of(*rt_->sys, reg_);
+    }
+    if (!s)
+      raise(s.error());
+    py::dict d;
+    d["connected"] = s->connected;
+    d["shared_memory"] = s->shared_memory;
+    d["zero_copy_tensors"] = s->zero_copy_tensors;
+    d["copied_bytes"] = s->copied_bytes;
+    return d;
+  }
+
+private:
+  std::shared_ptr<runtime> rt_;
+  registry_actor reg_;
+  std::mutex mutex_;
+  std::map<std::string, model_handle> loaded_;
+};
+
 /// At interpreter exit (atexit): handles, registries, then the actor system,
 /// all with the GIL released.
 void shutdown() {
@@ -372,5 +646,24 @@ PYBIND11_MODULE(_modelreg, m) {
       py::gil_scoped_release nogil;
       r.close();
     });
+  py::class_<tensor_wrapper>(m, "Tensor")
+    .def_property_readonly("__array_interface__", &tensor_wrapper::array_interface)
+    .def("__dlpack__", &tensor_wrapper::dlpack, py::arg("stream") = py::none())
+    .def("__dlpack_device__", [](const tensor_wrapper&) { return py::make_tuple(1, 0); })
+    .def_property_readonly("shape", [](const tensor_wrapper& w) { return w.t.shape(); })
+    .def_property_readonly("dtype", [](const tensor_wrapper& w) { return to_string(w.t.type()); })
+    .def_property_readonly("nbytes", [](const tensor_wrapper& w) { return w.t.nbytes(); })
+    .def_property_readonly("data_ptr", [](const tensor_wrapper& w) {
+      return reinterpret_cast<uintptr_t>(w.t.data());
+    });
+  py::class_<client_wrapper>(m, "Client")
+    .def(py::init<const std::string&>())
+    .def("status_json", &client_wrapper::status)
+    .def("load", &client_wrapper::load)
+    .def("unload", &client_wrapper::unload)
+    .def("empty", &client_wrapper::empty)
+    .def("infer", &client_wrapper::infer)
+    .def("counters", &client_wrapper::counters)
+    .def("close", &client_wrapper::close);
   m.def("_shutdown", &shutdown);
 }

@@ -11,7 +11,12 @@ In one process::
 ``get_or_load`` uses one default registry. Loaders run on the registry's loader
 threads; callers wait with the GIL released; an exception raised by a loader
 is raised in every waiter as ``LoadError``, with the loader's traceback in its
-message. See docs/python.md.
+message.
+
+Across processes, ``connect("unix:PATH")`` returns a ``Client`` of a node
+(``modelreg serve``): NumPy inputs in shared memory, outputs as ``Tensor``
+objects read through DLPack or the array interface without a copy. See
+docs/python.md.
 """
 import atexit
 import json
@@ -20,7 +25,10 @@ import threading
 from . import _modelreg
 from ._modelreg import LoadError, ModelRegError
 
-__all__ = ["Registry", "Handle", "get_or_load", "LoadError", "ModelRegError", "default_registry"]
+__all__ = ["Registry", "Handle", "get_or_load", "LoadError", "ModelRegError", "default_registry",
+           "connect", "Client", "Tensor"]
+
+Tensor = _modelreg.Tensor
 
 
 class Handle:
@@ -140,6 +148,63 @@ def default_registry():
 def get_or_load(key, loader):
     """``default_registry().get_or_load(key, loader)``."""
     return default_registry().get_or_load(key, loader)
+
+
+class Client:
+    """A client of a node (``modelreg serve``); see ``connect``."""
+
+    def __init__(self, uri):
+        self._c = _modelreg.Client(uri)
+
+    def infer(self, model, inputs):
+        """Runs catalog model ``model`` on ``inputs`` (dict of NumPy arrays),
+        loading it on first use (this client then holds a lease on it).
+
+        Arrays from ``empty()`` cross by reference; other C-contiguous arrays
+        are copied into shared memory once. Returns a dict of ``Tensor``: the
+        worker's memory, read-only, for ``numpy.asarray`` / ``numpy.from_dlpack``
+        / ``torch.from_dlpack`` without a copy.
+        """
+        if not isinstance(inputs, dict):
+            raise TypeError("inputs must be a dict of name -> numpy array")
+        return self._c.infer(model, inputs)
+
+    def empty(self, shape, dtype):
+        """A NumPy array in shared memory: input written into it is not copied."""
+        if isinstance(shape, int):
+            shape = (shape,)
+        return self._c.empty([int(d) for d in shape], dtype)
+
+    def load(self, name):
+        """Loads catalog model ``name`` (held for this client); its memory bytes."""
+        return self._c.load(name)
+
+    def unload(self, name):
+        """Unloads ``name`` now: (count, freed_bytes)."""
+        return self._c.unload(name)
+
+    def status(self):
+        """The node's status: models, totals, connections, transport counters."""
+        return json.loads(self._c.status_json())
+
+    def counters(self):
+        """This connection's counters: zero-copy tensors, copied bytes."""
+        return self._c.counters()
+
+    def close(self):
+        self._c.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def connect(uri):
+    """Connects to a node: ``connect("unix:/run/user/1000/modelreg/modelreg.sock")``."""
+    return Client(uri)
 
 
 atexit.register(_modelreg._shutdown)
