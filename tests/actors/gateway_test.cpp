@@ -43,15 +43,7 @@ protected:
     return client->call([&](outgoing_frame&, wire::Request::Builder req) -> caf::error {
       auto g = req.initGetOrLoad();
       g.setKey(key);
-      auto s = g.initSpec();
-      s.setBackend(spec.backend);
-      auto params = s.initParams(static_cast<uint32_t>(spec.params.size()));
-      uint32_t i = 0;
-      for (const auto& [k, v] : spec.params) {
-        params[i].setKey(k);
-        params[i].setValue(v);
-        ++i;
-      }
+      put_spec(g.initSpec(), spec);
       return {};
     });
   }

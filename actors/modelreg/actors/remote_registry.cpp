@@ -18,6 +18,7 @@
 #include "modelreg/actors/shm_gateway.hpp"
 #include "modelreg/log.hpp"
 #include "modelreg/messages/error.hpp"
+#include "modelreg/transport/rpc.hpp"
 
 namespace modelreg {
 
@@ -291,11 +292,6 @@ void disconnected(proxy_ptr self, const std::string& why, bool by_caller = false
   schedule_reconnect(self);
 }
 
-caf::error error_of(wire::Error::Reader e) {
-  auto code = static_cast<errc>(e.getCode());
-  return make_error(code, e.getMessage());
-}
-
 void on_frame(proxy_ptr self, const frame_ptr& frame) {
   auto& st = self->state;
   auto root = frame->root();
@@ -308,7 +304,7 @@ void on_frame(proxy_ptr self, const frame_ptr& frame) {
       auto p = std::move(i->second);
       st.pending_requests.erase(i);
       if (resp.isError())
-        return p.on_error(error_of(resp.getError()));
+        return p.on_error(transport::error_of(resp.getError()));
       return p.on_response(frame, resp);
     }
     case wire::Frame::EVENT: {
@@ -326,6 +322,24 @@ void on_frame(proxy_ptr self, const frame_ptr& frame) {
     default:
       return;
   }
+}
+
+/// Asks the node for its status JSON (list and the raw status share it).
+void ask_status(proxy_ptr self, std::function<void(std::string)> on_json,
+                std::function<void(const caf::error&)> on_error) {
+  call(
+    self,
+    [](outgoing_frame&, wire::Request::Builder r) {
+      r.setStatus();
+      return caf::error{};
+    },
+    pending{[on_json, on_error](const frame_ptr&, wire::Response::Reader resp) {
+              if (resp.isStatusJson())
+                on_json(resp.getStatusJson());
+              else
+                on_error(make_error(errc::malformed_frame, "expected a status"));
+            },
+            std::move(on_error)});
 }
 
 /// A model actor that forwards to the remote registry by key.
@@ -353,17 +367,6 @@ model_handle make_handle(proxy_ptr self, wire::Handle::Reader h) {
   block->handles.store(1); // the lease below
   self->state.handles[h.getLease()] = block;
   return model_handle{std::make_shared<detail::lease>(block)};
-}
-
-void put_spec(wire::ModelSpec::Builder s, const model_spec& spec) {
-  s.setBackend(spec.backend);
-  auto params = s.initParams(static_cast<uint32_t>(spec.params.size()));
-  uint32_t i = 0;
-  for (const auto& [k, v] : spec.params) {
-    params[i].setKey(k);
-    params[i].setValue(v);
-    ++i;
-  }
 }
 
 caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_options options,
@@ -447,12 +450,11 @@ caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_optio
         [&](outgoing_frame&, wire::Request::Builder r) {
           auto g = r.initGetOrLoad();
           g.setKey(key);
-          put_spec(g.initSpec(), spec);
+          transport::put_spec(g.initSpec(), spec);
           return caf::error{};
         },
         pending{[self, rp](const frame_ptr&, wire::Response::Reader resp) mutable -> void {
-                  if (!resp.isHandle())
-                    {
+                  if (!resp.isHandle()) {
                     rp.deliver(make_error(errc::malformed_frame, "expected a handle"));
                     return;
                   }
@@ -476,14 +478,12 @@ caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_optio
           return f.put_tensors(in.initInputs(static_cast<uint32_t>(inputs.size())), inputs);
         },
         pending{[rp](const frame_ptr& frame, wire::Response::Reader resp) mutable -> void {
-                  if (!resp.isOutputs())
-                    {
+                  if (!resp.isOutputs()) {
                     rp.deliver(make_error(errc::malformed_frame, "expected outputs"));
                     return;
                   }
                   auto out = frame->tensors(resp.getOutputs());
-                  if (!out)
-                    {
+                  if (!out) {
                     rp.deliver(out.error());
                     return;
                   }
@@ -529,41 +529,19 @@ caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_optio
     },
     [self](list_atom) -> caf::result<registry_snapshot> {
       auto rp = self->make_response_promise<registry_snapshot>();
-      call(
-        self,
-        [](outgoing_frame&, wire::Request::Builder r) {
-          r.setStatus();
-          return caf::error{};
-        },
-        pending{[rp](const frame_ptr&, wire::Response::Reader resp) mutable -> void {
-                  registry_snapshot snap;
-                  if (!resp.isStatusJson() || !from_json(resp.getStatusJson(), snap))
-                    {
-                    rp.deliver(make_error(errc::malformed_frame, "expected a status"));
-                    return;
-                  }
-                  rp.deliver(std::move(snap));
-                },
-                [rp](const caf::error& err) mutable { rp.deliver(err); }});
+      ask_status(self, [rp](std::string json) mutable {
+        registry_snapshot snap;
+        if (from_json(json, snap))
+          rp.deliver(std::move(snap));
+        else
+          rp.deliver(make_error(errc::malformed_frame, "the status is not a snapshot"));
+      }, [rp](const caf::error& err) mutable { rp.deliver(err); });
       return rp;
     },
     [self](raw_status_atom) -> caf::result<std::string> {
       auto rp = self->make_response_promise<std::string>();
-      call(
-        self,
-        [](outgoing_frame&, wire::Request::Builder r) {
-          r.setStatus();
-          return caf::error{};
-        },
-        pending{[rp](const frame_ptr&, wire::Response::Reader resp) mutable -> void {
-                  if (!resp.isStatusJson())
-                    {
-                    rp.deliver(make_error(errc::malformed_frame, "expected a status"));
-                    return;
-                  }
-                  rp.deliver(std::string{resp.getStatusJson()});
-                },
-                [rp](const caf::error& err) mutable { rp.deliver(err); }});
+      ask_status(self, [rp](std::string json) mutable { rp.deliver(std::move(json)); },
+                 [rp](const caf::error& err) mutable { rp.deliver(err); });
       return rp;
     },
     [](evict_expired_atom) -> caf::result<eviction_report> {

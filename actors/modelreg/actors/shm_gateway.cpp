@@ -14,6 +14,7 @@
 #include "modelreg/actors/detail/wire_bytes.hpp"
 #include "modelreg/log.hpp"
 #include "modelreg/messages/error.hpp"
+#include "modelreg/transport/rpc.hpp"
 
 namespace modelreg {
 
@@ -105,11 +106,7 @@ void respond_error(peer_link& link, uint64_t id, const caf::error& err) {
   auto frame = link.new_frame();
   auto resp = frame.root().initResponse();
   resp.setId(id);
-  auto e = resp.initError();
-  errc code = errc::unavailable; // CAF's own errors (timeouts, dead actors)
-  to_errc(err, code);
-  e.setCode(static_cast<uint8_t>(code));
-  e.setMessage(describe(err));
+  transport::put_error(resp.initError(), err);
   link.send(frame);
 }
 
@@ -129,14 +126,6 @@ void respond_ok(peer_link& link, uint64_t id) {
   resp.setId(id);
   resp.setOk();
   link.send(frame);
-}
-
-model_spec spec_of(wire::ModelSpec::Reader r) {
-  model_spec spec;
-  spec.backend = r.getBackend();
-  for (auto p : r.getParams())
-    spec.params[p.getKey()] = p.getValue();
-  return spec;
 }
 
 void maybe_quit(gateway_ptr self) {
@@ -188,7 +177,7 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
     case wire::Request::GET_OR_LOAD: {
       auto r = request.getGetOrLoad();
       std::string key = r.getKey();
-      self->request(st.registry, timeout, get_or_load_atom::value, key, spec_of(r.getSpec()))
+      self->request(st.registry, timeout, get_or_load_atom::value, key, transport::spec_of(r.getSpec()))
         .then(
           [self, f, link, peer_id, id](model_handle& h) {
             auto& st = self->state;

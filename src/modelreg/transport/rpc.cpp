@@ -6,15 +6,41 @@
 
 namespace modelreg::transport {
 
-void respond_error(const connection_ptr& conn, uint64_t id, const caf::error& err) {
-  auto frame = conn->new_frame();
-  auto resp = frame.root().initResponse();
-  resp.setId(id);
-  auto e = resp.initError();
+void put_error(wire::Error::Builder e, const caf::error& err) {
   errc code = errc::unavailable; // CAF's own errors (timeouts, dead actors)
   to_errc(err, code);
   e.setCode(static_cast<uint8_t>(code));
   e.setMessage(describe(err));
+}
+
+caf::error error_of(wire::Error::Reader e) {
+  return make_error(static_cast<errc>(e.getCode()), e.getMessage());
+}
+
+void put_spec(wire::ModelSpec::Builder s, const model_spec& spec) {
+  s.setBackend(spec.backend);
+  auto params = s.initParams(static_cast<uint32_t>(spec.params.size()));
+  uint32_t i = 0;
+  for (const auto& [k, v] : spec.params) {
+    params[i].setKey(k);
+    params[i].setValue(v);
+    ++i;
+  }
+}
+
+model_spec spec_of(wire::ModelSpec::Reader r) {
+  model_spec spec;
+  spec.backend = r.getBackend();
+  for (auto p : r.getParams())
+    spec.params[p.getKey()] = p.getValue();
+  return spec;
+}
+
+void respond_error(const connection_ptr& conn, uint64_t id, const caf::error& err) {
+  auto frame = conn->new_frame();
+  auto resp = frame.root().initResponse();
+  resp.setId(id);
+  put_error(resp.initError(), err);
   conn->send(frame);
 }
 

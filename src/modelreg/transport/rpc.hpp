@@ -15,9 +15,21 @@
 #include <memory>
 #include <mutex>
 
+#include "modelreg/messages/model_spec.hpp"
 #include "modelreg/transport/endpoint.hpp"
 
 namespace modelreg::transport {
+
+/// Writes `err` into `e`: its modelreg code (CAF's own errors, such as
+/// timeouts and dead actors, as `unavailable`) and its text.
+void put_error(wire::Error::Builder e, const caf::error& err);
+
+/// The error a peer sent.
+caf::error error_of(wire::Error::Reader e);
+
+/// A model spec in and out of its wire form.
+void put_spec(wire::ModelSpec::Builder s, const model_spec& spec);
+model_spec spec_of(wire::ModelSpec::Reader r);
 
 /// Answers request `id` on `conn` with `err` (its modelreg code and text).
 void respond_error(const connection_ptr& conn, uint64_t id, const caf::error& err);
