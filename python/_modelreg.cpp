@@ -91,25 +91,39 @@ private:
   std::string describe_;
 };
 
-/// The actor system all registries of this process share.
+/// An actor system of this process. Registries and Unix-socket clients
+/// share one; TCP clients share one with CAF's middleman; TLS clients share
+/// one per set of certificate files (CAF configures TLS per actor system).
 struct runtime {
+  runtime(const std::string& uri, const tls_files& tls) {
+    configure_for_connect(cfg, uri, tls);
+    sys = std::make_unique<caf::actor_system>(cfg);
+  }
   system_config cfg;
-  std::unique_ptr<caf::actor_system> sys = std::make_unique<caf::actor_system>(cfg);
+  std::unique_ptr<caf::actor_system> sys;
 };
 
 class handle_wrapper;
 class registry_wrapper;
 
+class client_wrapper;
+
 std::mutex live_mutex;
-std::shared_ptr<runtime> the_runtime;
+std::map<std::string, std::shared_ptr<runtime>> the_runtimes;
 std::set<handle_wrapper*> live_handles;
 std::set<registry_wrapper*> live_registries;
+std::set<client_wrapper*> live_clients;
 
-std::shared_ptr<runtime> get_runtime() {
+/// The actor system for talking to `uri` (or for local registries).
+std::shared_ptr<runtime> get_runtime(const std::string& uri = {}, const tls_files& tls = {}) {
+  std::string kind = "local";
+  if (uri.rfind("tcp://", 0) == 0)
+    kind = tls.any() ? "tls\n" + tls.cert + "\n" + tls.key + "\n" + tls.ca : "tcp";
   std::lock_guard guard{live_mutex};
-  if (!the_runtime)
-    the_runtime = std::make_shared<runtime>();
-  return the_runtime;
+  auto& rt = the_runtimes[kind];
+  if (!rt)
+    rt = std::make_shared<runtime>(uri, tls);
+  return rt;
 }
 
 /// A handle: the lease plus the Python object it keeps loaded.
@@ -345,7 +359,9 @@ std::string typestr(dtype t) {
 dtype dtype_of_array(const py::array& a) {
   auto kind = a.dtype().kind();
   auto size = a.dtype().itemsize();
-  if (!a.dtype().attr("isnative").cast<bool>())
+  // '=' native, '|' not applicable, '<' little-endian (native here).
+  auto order = py::detail::array_descriptor_proxy(a.dtype().ptr())->byteorder;
+  if (order == '>')
     throw py::type_error("non-native byte order is not supported");
   if (kind == 'f' && size == 2) return dtype::f16;
   if (kind == 'f' && size == 4) return dtype::f32;
@@ -408,17 +424,32 @@ struct shm_arrays {
 
 class client_wrapper {
 public:
-  explicit client_wrapper(const std::string& uri) : rt_(get_runtime()) {
+  client_wrapper(const std::string& uri, const tls_files& tls) {
+    bool tcp = uri.rfind("tcp://", 0) == 0;
+    if (tls.any() && !tcp)
+      throw py::value_error("TLS files are for tcp:// nodes, not " + uri);
+    if (tls.any())
+      if (auto why = check_tls(tls); !why.empty())
+        throw error{"invalid_argument", why};
     caf::expected<registry_actor> r{caf::error{}};
     {
       py::gil_scoped_release nogil;
+      rt_ = get_runtime(uri, tls);
       r = connect(*rt_->sys, uri);
     }
     if (!r)
       raise(r.error());
     reg_ = *r;
+    std::lock_guard guard{live_mutex};
+    live_clients.insert(this);
   }
-  ~client_wrapper() { close(); }
+  ~client_wrapper() {
+    {
+      std::lock_guard guard{live_mutex};
+      live_clients.erase(this);
+    }
+    close();
+  }
 
   void close() {
     std::map<std::string, model_handle> held;
@@ -428,34 +459,71 @@ public:
     }
     for (auto& [k, h] : held)
       h.release();
-    if (reg_)
-      caf::anon_send(reg_, shutdown_atom::value);
-    reg_ = nullptr;
+    registry_actor reg;
+    std::vector<std::unique_ptr<caf::scoped_actor>> callers;
+    {
+      std::lock_guard guard{callers_mutex_};
+      std::swap(reg, reg_);
+      callers.swap(idle_callers_);
+    }
+    callers.clear();
+    if (reg)
+      caf::anon_send(reg, shutdown_atom::value);
   }
 
   template <class T, class... Ts>
   T ask(Ts&&... xs) {
-    if (!reg_)
-      throw error{"shutting_down", "the client was closed"};
+    auto reg = current();
     caf::expected<T> out{caf::error{}};
     {
       py::gil_scoped_release nogil;
-      caf::scoped_actor self{*rt_->sys};
-      self->request(reg_, std::chrono::minutes{5}, std::forward<Ts>(xs)...)
+      auto self = take_caller();
+      (*self)->request(reg, std::chrono::minutes{5}, std::forward<Ts>(xs)...)
         .receive([&](T& x) { out = std::move(x); }, [&](caf::error& e) { out = std::move(e); });
+      // A caller whose request failed may still get a late answer: it is
+      // not reused.
+      if (out)
+        give_back(std::move(self));
     }
     if (!out)
       raise(out.error());
     return std::move(*out);
   }
 
-  std::string status() {
+  /// The node's proxy; `shutting_down` once closed.
+  registry_actor current() {
+    std::lock_guard guard{callers_mutex_};
     if (!reg_)
       throw error{"shutting_down", "the client was closed"};
+    return reg_;
+  }
+
+  /// A blocking actor to make one request with (reused: creating and
+  /// destroying one costs about 20 us, a sixth of a small round trip).
+  std::unique_ptr<caf::scoped_actor> take_caller() {
+    {
+      std::lock_guard guard{callers_mutex_};
+      if (!idle_callers_.empty()) {
+        auto self = std::move(idle_callers_.back());
+        idle_callers_.pop_back();
+        return self;
+      }
+    }
+    return std::make_unique<caf::scoped_actor>(*rt_->sys);
+  }
+
+  void give_back(std::unique_ptr<caf::scoped_actor> self) {
+    std::lock_guard guard{callers_mutex_};
+    if (reg_ && idle_callers_.size() < max_idle_callers)
+      idle_callers_.push_back(std::move(self));
+  }
+
+  std::string status() {
+    auto reg = current();
     caf::expected<std::string> s{caf::error{}};
     {
       py::gil_scoped_release nogil;
-      s = remote_status_json(*rt_->sys, reg_);
+      s = remote_status_json(*rt_->sys, reg);
     }
     if (!s)
       raise(s.error());
@@ -489,10 +557,11 @@ public:
     auto np = py::module_::import("numpy");
     py::array probe = np.attr("empty")(0, dtype_like);
     auto type = dtype_of_array(probe);
+    auto reg = current();
     caf::expected<tensor> t{caf::error{}};
     {
       py::gil_scoped_release nogil;
-      t = allocate_input(*rt_->sys, reg_, type, shape);
+      t = allocate_input(*rt_->sys, reg, type, shape);
     }
     if (!t)
       raise(t.error());
@@ -510,7 +579,8 @@ public:
     bool held;
     {
       std::lock_guard guard{mutex_};
-      held = loaded_.count(model) > 0 && loaded_[model].valid();
+      auto i = loaded_.find(model);
+      held = i != loaded_.end() && i->second.valid();
     }
     if (!held)
       load(model);
@@ -560,12 +630,11 @@ public:
   }
 
   py::dict counters() {
-    if (!reg_)
-      throw error{"shutting_down", "the client was closed"};
+    auto reg = current();
     caf::expected<remote_stats> s{caf::error{}};
     {
       py::gil_scoped_release nogil;
-      s = stats_of(*rt_->sys, reg_);
+      s = stats_of(*rt_->sys, reg);
     }
     if (!s)
       raise(s.error());
@@ -578,30 +647,40 @@ public:
   }
 
 private:
+  static constexpr size_t max_idle_callers = 8;
+
   std::shared_ptr<runtime> rt_;
-  registry_actor reg_;
+  registry_actor reg_; // null once closed (guarded by callers_mutex_ after construction)
+  std::mutex callers_mutex_;
+  std::vector<std::unique_ptr<caf::scoped_actor>> idle_callers_;
   std::mutex mutex_;
   std::map<std::string, model_handle> loaded_;
 };
 
-/// At interpreter exit (atexit): handles, registries, then the actor system,
-/// all with the GIL released.
+/// At interpreter exit (atexit): handles, registries, clients (their leases
+/// go back to the node), then the actor systems, all with the GIL released.
+/// An actor system a live client object still refers to is stopped when
+/// that object goes, if ever; the process exits either way.
 void shutdown() {
   std::vector<handle_wrapper*> handles;
   std::vector<registry_wrapper*> registries;
-  std::shared_ptr<runtime> rt;
+  std::vector<client_wrapper*> clients;
+  std::map<std::string, std::shared_ptr<runtime>> runtimes;
   {
     std::lock_guard guard{live_mutex};
     handles.assign(live_handles.begin(), live_handles.end());
     registries.assign(live_registries.begin(), live_registries.end());
-    rt = std::move(the_runtime);
+    clients.assign(live_clients.begin(), live_clients.end());
+    runtimes.swap(the_runtimes);
   }
   py::gil_scoped_release nogil;
   for (auto* h : handles)
     h->drop();
   for (auto* r : registries)
     r->close();
-  rt.reset();
+  for (auto* c : clients)
+    c->close();
+  runtimes.clear();
 }
 
 } // namespace
@@ -657,7 +736,11 @@ PYBIND11_MODULE(_modelreg, m) {
       return reinterpret_cast<uintptr_t>(w.t.data());
     });
   py::class_<client_wrapper>(m, "Client")
-    .def(py::init<const std::string&>())
+    .def(py::init([](const std::string& uri, const std::string& cert, const std::string& key,
+                     const std::string& ca) {
+           return std::make_unique<client_wrapper>(uri, modelreg::tls_files{cert, key, ca});
+         }),
+         py::arg("uri"), py::arg("tls_cert") = "", py::arg("tls_key") = "", py::arg("tls_ca") = "")
     .def("status_json", &client_wrapper::status)
     .def("load", &client_wrapper::load)
     .def("unload", &client_wrapper::unload)
@@ -666,4 +749,5 @@ PYBIND11_MODULE(_modelreg, m) {
     .def("counters", &client_wrapper::counters)
     .def("close", &client_wrapper::close);
   m.def("_shutdown", &shutdown);
+  m.def("default_socket_path", &modelreg::default_socket_path);
 }

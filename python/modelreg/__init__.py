@@ -15,8 +15,9 @@ message.
 
 Across processes, ``connect("unix:PATH")`` returns a ``Client`` of a node
 (``modelreg serve``): NumPy inputs in shared memory, outputs as ``Tensor``
-objects read through DLPack or the array interface without a copy. See
-docs/python.md.
+objects read through DLPack (NumPy, PyTorch) or the array interface without a
+copy. ``connect("tcp://HOST:PORT", tls_cert=..., tls_key=..., tls_ca=...)``
+reaches a node on another host. See docs/python.md.
 """
 import atexit
 import json
@@ -26,7 +27,7 @@ from . import _modelreg
 from ._modelreg import LoadError, ModelRegError
 
 __all__ = ["Registry", "Handle", "get_or_load", "LoadError", "ModelRegError", "default_registry",
-           "connect", "Client", "Tensor"]
+           "connect", "default_uri", "Client", "Tensor"]
 
 Tensor = _modelreg.Tensor
 
@@ -153,8 +154,9 @@ def get_or_load(key, loader):
 class Client:
     """A client of a node (``modelreg serve``); see ``connect``."""
 
-    def __init__(self, uri):
-        self._c = _modelreg.Client(uri)
+    def __init__(self, uri, tls_cert="", tls_key="", tls_ca=""):
+        self.uri = uri
+        self._c = _modelreg.Client(uri, tls_cert or "", tls_key or "", tls_ca or "")
 
     def infer(self, model, inputs):
         """Runs catalog model ``model`` on ``inputs`` (dict of NumPy arrays),
@@ -202,9 +204,22 @@ class Client:
         return False
 
 
-def connect(uri):
-    """Connects to a node: ``connect("unix:/run/user/1000/modelreg/modelreg.sock")``."""
-    return Client(uri)
+def default_uri():
+    """Where ``modelreg serve`` listens by default: ``unix:`` + $MODELREG_SOCKET,
+    else $XDG_RUNTIME_DIR/modelreg/modelreg.sock, else /tmp/modelreg-UID/modelreg.sock."""
+    return "unix:" + _modelreg.default_socket_path()
+
+
+def connect(uri=None, *, tls_cert=None, tls_key=None, tls_ca=None):
+    """Connects to a node and returns a ``Client``.
+
+    ``uri``: ``"unix:PATH"`` (same host: tensors in shared memory, no copy) or
+    ``"tcp://HOST:PORT"`` (another host: tensors travel in the messages);
+    default ``default_uri()``. For a node serving TCP with mutual TLS, give
+    ``tls_cert``, ``tls_key`` and ``tls_ca`` (PEM files); they are checked
+    here. Raises ``ModelRegError`` (``unavailable``) when no node answers.
+    """
+    return Client(uri or default_uri(), tls_cert, tls_key, tls_ca)
 
 
 atexit.register(_modelreg._shutdown)

@@ -44,10 +44,68 @@ def test_inputs_in_shared_memory_cross_without_a_copy_and_outputs_are_views(node
             a[0, 0] = 1.0
         d = np.from_dlpack(t)  # the same memory, no copy
         assert d.__array_interface__["data"][0] == t.data_ptr == a.__array_interface__["data"][0]
+        # ... inside the worker's shared-memory segment, mapped read-only here.
+        path, perms = mapping_of(t.data_ptr)
+        assert "memfd:modelreg" in path and perms.startswith("r--s"), (path, perms)
         np.testing.assert_array_equal(d, a)
         assert not d.flags.writeable
         with pytest.raises(ValueError):
             d[0, 0] = 1.0
+
+
+def mapping_of(address):
+    """The path and permissions of the mapping of this process holding `address`."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            lo, hi = (int(v, 16) for v in fields[0].split("-"))
+            if lo <= address < hi:
+                return (fields[5].strip() if len(fields) > 5 else ""), fields[1]
+    return "", ""
+
+
+def test_torch_from_dlpack_sees_the_workers_memory(node):
+    import torch  # Debian's python3-torch (scripts/install-deps.sh)
+
+    with modelreg.connect(node) as c:
+        x = c.empty((4, 256), np.float32)
+        x[:] = np.arange(1024, dtype=np.float32).reshape(4, 256)
+        before = c.counters()["copied_bytes"]
+        out = c.infer("gain", {"audio": x})
+        assert c.counters()["copied_bytes"] == before
+        t = torch.from_dlpack(out["audio"])
+        assert t.data_ptr() == out["audio"].data_ptr
+        assert t.dtype == torch.float32 and tuple(t.shape) == (4, 256) and t.device.type == "cpu"
+        assert torch.equal(t, torch.arange(1024, dtype=torch.float32).reshape(4, 256) * 0.5)
+        path, perms = mapping_of(t.data_ptr())
+        assert "memfd:modelreg" in path and perms.startswith("r--s"), (path, perms)
+        # The tensor outlives the capsule and the Tensor object it came from.
+        del out
+        gc.collect()
+        assert float(t[3, 255]) == 1023 * 0.5
+
+
+TORCH_WRITER = """
+import sys, numpy as np, torch, modelreg
+c = modelreg.connect(sys.argv[1])
+t = torch.from_dlpack(c.infer("gain", {"audio": np.ones(8, np.float32)})["audio"])
+print("got", float(t[0]), flush=True)
+t[0] = 5.0  # PyTorch has no read-only tensors: the read-only mapping stops it
+print("wrote", flush=True)
+"""
+
+
+def test_writing_through_torch_cannot_change_the_workers_memory(node):
+    # PyTorch cannot mark a tensor read-only, so the write is stopped by the
+    # page protection of the mapping (SIGSEGV), never reaching the worker.
+    child = subprocess.run([sys.executable, "-c", TORCH_WRITER, node], capture_output=True,
+                           text=True, timeout=60)
+    assert "got 0.5" in child.stdout
+    assert "wrote" not in child.stdout
+    assert child.returncode == -signal.SIGSEGV
+    with modelreg.connect(node) as c:  # the node is unharmed
+        out = np.asarray(c.infer("gain", {"audio": np.ones(8, np.float32)})["audio"])
+        np.testing.assert_array_equal(out, np.full(8, 0.5, np.float32))
 
 
 def test_ordinary_arrays_are_copied_once(node):
@@ -126,3 +184,95 @@ def test_a_python_client_killed_with_sigkill_leaks_nothing_on_the_worker(node):
         child.wait()
         assert eventually(lambda: c.status()["connections"] == base["connections"]
                           and c.status()["transport"]["loans_outstanding"] == 0)
+
+
+def test_connect_without_a_uri_uses_the_default_socket(node):
+    env = dict(os.environ, MODELREG_SOCKET=node[len("unix:"):])
+    code = "import modelreg; c = modelreg.connect(); print(c.uri, c.status()['catalog'][:1])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(node + " ")
+
+
+# -- another host: tcp://, with mutual TLS -----------------------------------
+
+def start_node(*args):
+    p = subprocess.Popen([os.environ["MODELREG_CLI"], "serve", *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    ready = p.stdout.readline()
+    assert ready.startswith("ready"), p.stderr.read()
+    return p, ready.split()
+
+
+def stop_node(p):
+    p.terminate()
+    p.wait(timeout=10)
+
+
+def test_tcp_client_gets_the_same_answers_with_tensors_in_the_messages():
+    d = tempfile.mkdtemp(prefix="modelreg-py-tcp-")
+    p, ready = start_node("--socket", os.path.join(d, "n.sock"), "--tcp", "127.0.0.1:0")
+    try:
+        uri = [w for w in ready if w.startswith("tcp://")][0]
+        with modelreg.connect(uri) as c:
+            x = c.empty((3,), np.float32)  # over TCP: an ordinary array
+            x[:] = [1, 2, 3]
+            out = c.infer("gain", {"audio": x})
+            np.testing.assert_array_equal(np.from_dlpack(out["audio"]), [0.5, 1.0, 1.5])
+            counters = c.counters()
+            assert counters["connected"] and not counters["shared_memory"]
+            assert counters["copied_bytes"] >= x.nbytes
+            assert "gain" in c.status()["catalog"]
+            with pytest.raises(modelreg.ModelRegError) as unknown:
+                c.infer("no-such-model", {"audio": x})
+            assert unknown.value.code == "model_not_found"
+    finally:
+        stop_node(p)
+
+
+def make_pki(d, name):
+    def sh(*cmd):
+        subprocess.run(cmd, check=True, capture_output=True)
+    p = os.path.join(d, name)
+    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+       f"/CN={name}-ca", "-keyout", p + "-ca.key", "-out", p + "-ca.pem")
+    for who in ("server", "client"):
+        w = f"{p}-{who}"
+        sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={who}", "-keyout",
+           w + ".key", "-out", w + ".csr")
+        sh("openssl", "x509", "-req", "-in", w + ".csr", "-CA", p + "-ca.pem", "-CAkey",
+           p + "-ca.key", "-CAcreateserial", "-days", "2", "-out", w + ".pem")
+    return p
+
+
+def test_tls_client_with_the_right_ca_works_and_bad_files_raise():
+    d = tempfile.mkdtemp(prefix="modelreg-py-tls-")
+    good = make_pki(d, "good")
+    p, ready = start_node("--socket", os.path.join(d, "n.sock"), "--tcp", "127.0.0.1:0",
+                          "--tls-cert", good + "-server.pem", "--tls-key", good + "-server.key",
+                          "--tls-ca", good + "-ca.pem")
+    try:
+        uri = [w for w in ready if w.startswith("tcp://")][0]
+        with modelreg.connect(uri, tls_cert=good + "-client.pem", tls_key=good + "-client.key",
+                              tls_ca=good + "-ca.pem") as c:
+            out = c.infer("gain", {"audio": np.ones(4, np.float32)})
+            np.testing.assert_array_equal(np.asarray(out["audio"]), np.full(4, 0.5, np.float32))
+        # Files that cannot work are refused here, not when CAF first uses them.
+        with pytest.raises(modelreg.ModelRegError) as missing:
+            modelreg.connect(uri, tls_cert=d + "/none.pem", tls_key=good + "-client.key",
+                             tls_ca=good + "-ca.pem")
+        assert missing.value.code == "invalid_argument" and "none.pem" in str(missing.value)
+        with pytest.raises(modelreg.ModelRegError) as mismatched:
+            modelreg.connect(uri, tls_cert=good + "-client.pem", tls_key=good + "-server.key",
+                             tls_ca=good + "-ca.pem")
+        assert "does not match" in str(mismatched.value)
+        with pytest.raises(ValueError):
+            modelreg.connect("unix:" + d + "/n.sock", tls_cert=good + "-client.pem",
+                             tls_key=good + "-client.key", tls_ca=good + "-ca.pem")
+        # Plain TCP to the TLS port gets no answer.
+        with pytest.raises(modelreg.ModelRegError) as plain:
+            modelreg.connect(uri)
+        assert plain.value.code == "unavailable"
+    finally:
+        stop_node(p)

@@ -67,14 +67,6 @@ std::vector<std::string> take_all(std::vector<std::string>& args, const std::str
   return out;
 }
 
-std::string default_socket() {
-  if (const char* s = std::getenv("MODELREG_SOCKET"); s != nullptr && *s != '\0')
-    return s;
-  if (const char* d = std::getenv("XDG_RUNTIME_DIR"); d != nullptr && *d != '\0')
-    return std::string{d} + "/modelreg/modelreg.sock";
-  return "/tmp/modelreg-" + std::to_string(::getuid()) + "/modelreg.sock";
-}
-
 std::string self_path() {
   char buf[4096];
   auto n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
@@ -86,17 +78,17 @@ namespace {
 /// Where a command connects, and with which TLS files.
 struct node_options {
   std::string uri;
-  std::string tls_cert, tls_key, tls_ca;
+  tls_files tls;
 };
 
 node_options take_node_options(std::vector<std::string>& args) {
   node_options o;
   auto socket = take_option(args, "--socket");
   auto uri = take_option(args, "--connect");
-  o.uri = uri ? *uri : "unix:" + socket.value_or(default_socket());
-  o.tls_cert = take_option(args, "--tls-cert").value_or("");
-  o.tls_key = take_option(args, "--tls-key").value_or("");
-  o.tls_ca = take_option(args, "--tls-ca").value_or("");
+  o.uri = uri ? *uri : "unix:" + socket.value_or(default_socket_path());
+  o.tls.cert = take_option(args, "--tls-cert").value_or("");
+  o.tls.key = take_option(args, "--tls-key").value_or("");
+  o.tls.ca = take_option(args, "--tls-ca").value_or("");
   return o;
 }
 
@@ -105,15 +97,7 @@ struct client_system {
   explicit client_system(const node_options& o) : cfg(), sys(prepare(cfg, o)) {}
 
   static caf::actor_system_config& prepare(system_config& cfg, const node_options& o) {
-    if (o.uri.rfind("tcp://", 0) == 0) {
-      cfg.load<caf::io::middleman>();
-      if (!o.tls_cert.empty() || !o.tls_key.empty() || !o.tls_ca.empty()) {
-        cfg.load<caf::openssl::manager>();
-        cfg.openssl_certificate = o.tls_cert;
-        cfg.openssl_key = o.tls_key;
-        cfg.openssl_cafile = o.tls_ca;
-      }
-    }
+    configure_for_connect(cfg, o.uri, o.tls);
     return cfg;
   }
 

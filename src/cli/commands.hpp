@@ -26,10 +26,6 @@ std::optional<std::string> take_option(std::vector<std::string>& args, const std
 /// Every value of a repeatable option.
 std::vector<std::string> take_all(std::vector<std::string>& args, const std::string& name);
 
-/// $MODELREG_SOCKET, else $XDG_RUNTIME_DIR/modelreg/modelreg.sock, else
-/// /tmp/modelreg-$UID/modelreg.sock.
-std::string default_socket();
-
 /// This executable's path (for child processes).
 std::string self_path();
 

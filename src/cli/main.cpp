@@ -4,6 +4,7 @@
 //
 // Exit codes: 0 success, 1 the command failed, 2 usage error.
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -20,6 +21,7 @@
 
 #ifdef MODELREG_WITH_BENCH
 #include "bench/asr_demo.hpp"
+#include "bench/python_bench.hpp"
 #include "bench/registry_bench.hpp"
 #include "bench/serve_bench.hpp"
 #include "bench/transport_bench.hpp"
@@ -62,6 +64,9 @@ benchmarks:
   bench serve [--clients N] [--json] [--quick]
                  N client processes against one `modelreg serve` node:
                  requests/s, latency p50/p99, errors
+  bench python [--json] [--quick] [--python PATH] [--model NAME] [--sizes B,..]
+                 round trips of 1 MiB and 64 MiB tensors from a C++ and a
+                 Python client to one worker: what Python adds
   bench registry [--json] [--quick]
                  measure the in-process registry: facade hits, actor round
                  trips, inference throughput, single-flight loading
@@ -151,6 +156,60 @@ int bench_serve(std::vector<std::string> args) {
                 j["latency_us_p50"].get<double>(), j["latency_us_p99"].get<double>());
   }
   return j.contains("error") || j["errors"].get<uint64_t>() > 0 ? exit_failed : exit_ok;
+}
+
+int bench_python(std::vector<std::string> args) {
+  modelreg::bench::python_bench_options opts;
+  opts.self_path = self_path();
+#ifdef MODELREG_PYTHON_BUILD_DIR
+  // The package as `make` built it; an installed one is found without it.
+  if (std::filesystem::exists(MODELREG_PYTHON_BUILD_DIR "/modelreg/__init__.py"))
+    opts.python_path = MODELREG_PYTHON_BUILD_DIR;
+#endif
+  bool json = take_flag(args, "--json");
+  if (take_flag(args, "--quick")) {
+    opts.min_round_trips = 4;
+    opts.max_round_trips = 20;
+  }
+  if (auto v = take_option(args, "--python"))
+    opts.python = *v;
+  if (auto v = take_option(args, "--pythonpath"))
+    opts.python_path = *v;
+  if (auto v = take_option(args, "--model"))
+    opts.model = *v;
+  if (auto v = take_option(args, "--sizes")) {
+    opts.sizes.clear();
+    try {
+      for (size_t at = 0; at <= v->size();) {
+        auto comma = std::min(v->find(',', at), v->size());
+        opts.sizes.push_back(std::stoull(v->substr(at, comma - at)));
+        at = comma + 1;
+      }
+    } catch (const std::exception&) {
+      return usage_error("bench python: --sizes takes byte counts, e.g. 1048576,67108864");
+    }
+    for (auto b : opts.sizes)
+      if (b < sizeof(float))
+        return usage_error("bench python: each size is at least 4 bytes");
+  }
+  if (!args.empty())
+    return usage_error("unknown option for bench python: " + args.front());
+  auto result = modelreg::bench::run_python_bench(opts);
+  auto j = nlohmann::json::parse(result);
+  if (json) {
+    std::cout << result << std::endl;
+  } else if (j.contains("error")) {
+    std::cerr << "bench python: " << j["error"].get<std::string>() << "\n";
+  } else {
+    std::printf("python benchmark: C++ and Python clients of one worker, model '%s'\n",
+                opts.model.c_str());
+    std::printf("%12s %14s %14s %10s\n", "bytes", "C++ p50 us", "Python p50 us", "overhead");
+    for (const auto& r : j)
+      std::printf("%12llu %14.0f %14.0f %10.3f\n", r["bytes"].get<unsigned long long>(),
+                  r["cpp_rtt_us_p50"].get<double>(), r["python_rtt_us_p50"].get<double>(),
+                  r["overhead"].get<double>());
+  }
+  return j.contains("error") ? exit_failed : exit_ok;
 }
 
 /// A catalog name resolved in the built-in catalog.
@@ -323,6 +382,8 @@ int main(int argc, char** argv) {
         return bench_serve(std::move(args));
       if (subject == "memory")
         return bench_memory(std::move(args));
+      if (subject == "python")
+        return bench_python(std::move(args));
 #endif
       return top_usage_error("unknown benchmark: " + subject);
     }

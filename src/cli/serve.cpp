@@ -8,8 +8,6 @@
 #include <unistd.h>
 
 #include <arpa/inet.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
@@ -21,6 +19,7 @@
 
 #include "cli/commands.hpp"
 #include "cli/default_catalog.hpp"
+#include "modelreg/actors/remote_registry.hpp"
 #include "modelreg/actors/shm_gateway.hpp"
 #include "modelreg/log.hpp"
 #include "modelreg/messages/error.hpp"
@@ -30,35 +29,6 @@
 namespace modelreg::cli {
 
 namespace {
-
-struct tls_files {
-  std::string cert;
-  std::string key;
-  std::string ca;
-  bool any() const { return !cert.empty() || !key.empty() || !ca.empty(); }
-};
-
-/// Loads the files the way CAF will, so a bad path or a key that does not
-/// match fails now, not when the first peer connects.
-std::string check_tls(const tls_files& tls) {
-  if (tls.cert.empty() || tls.key.empty() || tls.ca.empty())
-    return "TLS needs --tls-cert, --tls-key and --tls-ca (mutual TLS)";
-  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx{SSL_CTX_new(TLS_method()), SSL_CTX_free};
-  auto why = [](const std::string& what) {
-    char buf[256];
-    ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
-    return what + " (" + buf + ")";
-  };
-  if (SSL_CTX_use_certificate_chain_file(ctx.get(), tls.cert.c_str()) != 1)
-    return why("cannot load certificate " + tls.cert);
-  if (SSL_CTX_use_PrivateKey_file(ctx.get(), tls.key.c_str(), SSL_FILETYPE_PEM) != 1)
-    return why("cannot load private key " + tls.key);
-  if (SSL_CTX_check_private_key(ctx.get()) != 1)
-    return why("private key " + tls.key + " does not match " + tls.cert);
-  if (SSL_CTX_load_verify_locations(ctx.get(), tls.ca.c_str(), nullptr) != 1)
-    return why("cannot load CA file " + tls.ca);
-  return {};
-}
 
 bool is_loopback(const std::string& host) {
   if (host == "localhost")
@@ -106,7 +76,7 @@ int serve(std::vector<std::string> args) {
     std::cout << serve_usage;
     return exit_ok;
   }
-  auto socket = take_option(args, "--socket").value_or(default_socket());
+  auto socket = take_option(args, "--socket").value_or(default_socket_path());
   auto catalog_file = take_option(args, "--catalog");
   auto uids = take_all(args, "--allow-uid");
   auto tcp = take_option(args, "--tcp");

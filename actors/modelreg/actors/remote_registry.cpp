@@ -1,11 +1,19 @@
 #include "modelreg/actors/remote_registry.hpp"
 
+#include <cstdlib>
 #include <map>
+#include <memory>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <unistd.h>
 
 #include <caf/actor_registry.hpp>
 #include <caf/actor_system.hpp>
 #include <caf/event_based_actor.hpp>
 #include <caf/io/middleman.hpp>
+#include <caf/openssl/manager.hpp>
 #include <caf/openssl/remote_actor.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
@@ -215,10 +223,18 @@ link_result open_link(caf::actor_system& sys, const target& where, const std::st
     return r;
   }
   caf::expected<wire_actor> server{caf::error{}};
-  if (sys.has_openssl_manager())
+  if (sys.has_openssl_manager()) {
+    // CAF aborts the process on unusable files: check them first.
+    const auto& cfg = sys.config();
+    if (auto why = check_tls({cfg.openssl_certificate, cfg.openssl_key, cfg.openssl_cafile});
+        !why.empty()) {
+      r.error = make_error(errc::invalid_argument, why);
+      return r;
+    }
     server = caf::openssl::remote_actor<wire_actor>(sys, where.host, where.port);
-  else
+  } else {
     server = sys.middleman().remote_actor<wire_actor>(where.host, where.port);
+  }
   if (!server)
     r.error = make_error(errc::unavailable, "cannot reach " + uri + ": " + sys.render(server.error()));
   else
@@ -658,6 +674,50 @@ caf::expected<std::string> remote_status_json(caf::actor_system& sys,
     .receive([&](std::string& s) { out = std::move(s); },
              [&](caf::error& err) { out = std::move(err); });
   return out;
+}
+
+std::string default_socket_path() {
+  if (const char* s = std::getenv("MODELREG_SOCKET"); s != nullptr && *s != '\0')
+    return s;
+  if (const char* d = std::getenv("XDG_RUNTIME_DIR"); d != nullptr && *d != '\0')
+    return std::string{d} + "/modelreg/modelreg.sock";
+  return "/tmp/modelreg-" + std::to_string(::getuid()) + "/modelreg.sock";
+}
+
+std::string check_tls(const tls_files& tls) {
+  if (tls.cert.empty() || tls.key.empty() || tls.ca.empty())
+    return "TLS needs a certificate, its key and a CA file (mutual TLS)";
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx{SSL_CTX_new(TLS_method()), SSL_CTX_free};
+  auto why = [](const std::string& what) {
+    char buf[256];
+    ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
+    return what + " (" + buf + ")";
+  };
+  if (SSL_CTX_use_certificate_chain_file(ctx.get(), tls.cert.c_str()) != 1)
+    return why("cannot load certificate " + tls.cert);
+  if (SSL_CTX_use_PrivateKey_file(ctx.get(), tls.key.c_str(), SSL_FILETYPE_PEM) != 1) {
+    if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH)
+      return why("private key " + tls.key + " does not match " + tls.cert);
+    return why("cannot load private key " + tls.key);
+  }
+  if (SSL_CTX_check_private_key(ctx.get()) != 1)
+    return why("private key " + tls.key + " does not match " + tls.cert);
+  if (SSL_CTX_load_verify_locations(ctx.get(), tls.ca.c_str(), nullptr) != 1)
+    return why("cannot load CA file " + tls.ca);
+  return {};
+}
+
+void configure_for_connect(caf::actor_system_config& cfg, const std::string& uri,
+                           const tls_files& tls) {
+  if (uri.rfind("tcp://", 0) != 0)
+    return;
+  cfg.load<caf::io::middleman>();
+  if (tls.any()) {
+    cfg.load<caf::openssl::manager>();
+    cfg.openssl_certificate = tls.cert;
+    cfg.openssl_key = tls.key;
+    cfg.openssl_cafile = tls.ca;
+  }
 }
 
 } // namespace modelreg

@@ -33,6 +33,7 @@
 #include <memory>
 #include <string>
 
+#include <caf/actor_system_config.hpp>
 #include <caf/allowed_unsafe_message_type.hpp>
 #include <caf/expected.hpp>
 
@@ -50,6 +51,29 @@ struct connect_options {
   /// The shared-memory endpoint to connect through; null: one of its own.
   std::shared_ptr<transport::endpoint> endpoint;
 };
+
+/// Where a node listens unless told otherwise: $MODELREG_SOCKET, else
+/// $XDG_RUNTIME_DIR/modelreg/modelreg.sock, else /tmp/modelreg-UID/modelreg.sock.
+std::string default_socket_path();
+
+/// PEM files for mutual TLS over tcp://.
+struct tls_files {
+  std::string cert;
+  std::string key;
+  std::string ca;
+  bool any() const { return !cert.empty() || !key.empty() || !ca.empty(); }
+};
+
+/// Loads `tls` the way CAF's OpenSSL module will, so that a bad path or a key
+/// that does not match the certificate fails now (CAF would abort the process
+/// at the first connection). Empty if usable, else why not.
+std::string check_tls(const tls_files& tls);
+
+/// Prepares an actor system's configuration for `connect(sys, uri)`: loads
+/// the middleman for "tcp://", and OpenSSL with `tls` if any file is given.
+/// Call before the actor system is created.
+void configure_for_connect(caf::actor_system_config& cfg, const std::string& uri,
+                           const tls_files& tls = {});
 
 /// Connects to a served registry ("unix:PATH" or "tcp://HOST:PORT"). Fails
 /// with `invalid_argument` (bad URI) or `unavailable` (nobody answers).
