@@ -50,6 +50,7 @@ bench: build
 	@for n in 1 4 8; do $(BUILD_DIR)/bin/modelreg bench serve --clients $$n; done
 	@$(BUILD_DIR)/bin/modelreg bench serve --clients 8 --in-flight 64
 	@for n in 4 8; do $(BUILD_DIR)/bin/modelreg bench memory --clients $$n; done
+	@$(BUILD_DIR)/bin/modelreg bench python
 
 clean:
 	rm -rf $(BUILD_DIR) $(SANITIZE_DIR)

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <vector>
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -55,17 +56,60 @@ struct load_error : error {
   throw error{to_string(code), describe(err)};
 }
 
-/// A Python object dropped only with the GIL held (its owner may die on any
-/// thread).
+/// References to drop on the main thread: the last owner of a Python object
+/// may be an actor thread, which must not take the GIL (at interpreter exit
+/// Python ends such a thread with pthread_exit, and the unwinding through a
+/// destructor aborts the process). Py_AddPendingCall needs no GIL; the main
+/// thread drops them at its next chance.
+struct deferred_decrefs {
+  std::mutex mutex;
+  std::vector<PyObject*> objects;
+  bool scheduled = false;
+};
+
+deferred_decrefs& pending_decrefs() {
+  static auto* d = new deferred_decrefs; // never destroyed: used until exit
+  return *d;
+}
+
+int drain_decrefs(void*) {
+  std::vector<PyObject*> objects;
+  {
+    auto& d = pending_decrefs();
+    std::lock_guard guard{d.mutex};
+    objects.swap(d.objects);
+    d.scheduled = false;
+  }
+  for (auto* o : objects)
+    Py_DECREF(o);
+  return 0;
+}
+
+void decref_later(PyObject* o) {
+  auto& d = pending_decrefs();
+  std::lock_guard guard{d.mutex};
+  d.objects.push_back(o);
+  // The queue of pending calls is short: schedule once per batch, and try
+  // again with the next object if it is full.
+  if (!d.scheduled && Py_AddPendingCall(drain_decrefs, nullptr) == 0)
+    d.scheduled = true;
+}
+
+/// A Python object whose owner may die on any thread: dropped at once when
+/// the dying thread holds the GIL, else on the main thread (above); leaked
+/// when the interpreter is gone.
 struct gil_object {
   explicit gil_object(py::object o) : obj(std::move(o)) {}
   ~gil_object() {
-    if (!Py_IsInitialized()) {
-      obj.release(); // the interpreter is gone: leak rather than crash
+    if (!Py_IsInitialized() || _Py_IsFinalizing()) {
+      obj.release(); // the interpreter is (going) away: leak rather than crash
       return;
     }
-    py::gil_scoped_acquire gil;
-    obj = py::object{};
+    if (PyGILState_Check()) {
+      obj = py::object{};
+      return;
+    }
+    decref_later(obj.release().ptr());
   }
   py::object obj;
 };

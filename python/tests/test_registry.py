@@ -143,3 +143,27 @@ def test_module_level_get_or_load_uses_one_default_registry():
     assert a.model is b.model
     assert modelreg.default_registry() is modelreg.default_registry()
     # Left held on purpose: interpreter exit must release it cleanly.
+
+
+EXIT_WITH_MODELS = """
+import modelreg
+registries = [modelreg.Registry(ttl=60) for _ in range(3)]
+held = []
+for r in registries:
+    for i in range(20):
+        h = r.get_or_load(f"m{i}", lambda: {"weights": bytearray(1000)})
+        held.append(h) if i % 2 else h.release()
+print("loaded", flush=True)
+"""
+
+
+def test_exit_with_loaded_models_and_held_handles_is_clean():
+    # Actor threads drop the models while the interpreter exits; they must
+    # never take the GIL then (Python would end them mid-destructor and the
+    # process would abort). Repeated: the race it guards against is narrow.
+    import subprocess
+    import sys
+    for _ in range(10):
+        out = subprocess.run([sys.executable, "-c", EXIT_WITH_MODELS], capture_output=True,
+                             text=True, timeout=60)
+        assert (out.returncode, out.stdout, out.stderr) == (0, "loaded\n", "")
