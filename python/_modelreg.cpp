@@ -95,13 +95,21 @@ void decref_later(PyObject* o) {
     d.scheduled = true;
 }
 
+bool finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing() != 0;
+#else
+  return _Py_IsFinalizing() != 0;
+#endif
+}
+
 /// A Python object whose owner may die on any thread: dropped at once when
 /// the dying thread holds the GIL, else on the main thread (above); leaked
 /// when the interpreter is gone.
 struct gil_object {
   explicit gil_object(py::object o) : obj(std::move(o)) {}
   ~gil_object() {
-    if (!Py_IsInitialized() || _Py_IsFinalizing()) {
+    if (!Py_IsInitialized() || finalizing()) {
       obj.release(); // the interpreter is (going) away: leak rather than crash
       return;
     }
@@ -149,7 +157,6 @@ struct runtime {
 
 class handle_wrapper;
 class registry_wrapper;
-
 class client_wrapper;
 
 std::mutex live_mutex;
