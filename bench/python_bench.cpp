@@ -2,9 +2,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <iostream>
+#include <map>
+#include <memory>
 
 #include <stdlib.h>
 
@@ -23,9 +27,8 @@ namespace modelreg::bench {
 
 namespace {
 
-/// The Python client: the same calls a user makes (client.empty once,
-/// client.infer and numpy.from_dlpack per round trip). Reads "BYTES N"
-/// lines; answers each with the N round-trip times in microseconds.
+/// The Python client: the calls a user makes (client.empty once per size;
+/// client.infer and numpy.from_dlpack per round trip).
 constexpr const char* python_client = R"PY(
 import json, sys, time
 import numpy as np
@@ -63,7 +66,7 @@ int64_t now_ns() {
     .count();
 }
 
-double percentile(std::vector<uint32_t> v, double q) {
+double percentile(std::vector<double> v, double q) {
   if (v.empty())
     return 0;
   auto k = static_cast<size_t>(q * static_cast<double>(v.size() - 1));
@@ -75,7 +78,91 @@ std::string error_json(const std::string& why) {
   return nlohmann::json{{"error", why}}.dump();
 }
 
+/// Asks a client process for `n` round trips of `bytes`; their times.
+std::string run_round(child_process& client, uint64_t bytes, uint64_t n,
+                      std::vector<double>& lat) {
+  client.write_line(std::to_string(bytes) + " " + std::to_string(n));
+  auto line = client.read_line(std::chrono::minutes{5});
+  auto j = nlohmann::json::parse(line, nullptr, false);
+  if (!j.is_array())
+    return "failed: " + line;
+  for (auto& v : j)
+    lat.push_back(v.get<double>());
+  return {};
+}
+
 } // namespace
+
+int run_rtt_client(const std::string& uri, const std::string& model) {
+  system_config cfg;
+  caf::actor_system sys{cfg};
+  connect_options copts;
+  copts.reconnect = false;
+  auto reg = connect(sys, uri, copts);
+  if (!reg) {
+    std::printf("{\"error\":\"%s\"}\n", describe(reg.error()).c_str());
+    return 1;
+  }
+  // A synchronous caller, as a pipeline node written against connect()
+  // would be: one blocking actor for all its requests.
+  caf::scoped_actor self{sys};
+  model_handle handle;
+  caf::error failure;
+  self->request(*reg, std::chrono::minutes{2}, get_or_load_atom::value, model, model_spec{})
+    .receive([&](model_handle& h) { handle = std::move(h); },
+             [&](caf::error& err) { failure = std::move(err); });
+  if (failure) {
+    std::printf("{\"error\":\"%s\"}\n", describe(failure).c_str());
+    return 1;
+  }
+  std::printf("ready\n");
+  std::fflush(stdout);
+  std::map<uint64_t, tensor> inputs;
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    uint64_t bytes = 0, n = 0;
+    if (std::sscanf(line.c_str(), "%lu %lu", &bytes, &n) != 2 || bytes < sizeof(float))
+      break;
+    auto& input = inputs[bytes];
+    if (!input.data()) {
+      auto elements = static_cast<int64_t>(bytes / sizeof(float));
+      auto t = allocate_input(sys, *reg, dtype::f32, {elements});
+      if (!t) {
+        std::printf("{\"error\":\"%s\"}\n", describe(t.error()).c_str());
+        return 1;
+      }
+      auto values = t->mutable_values<float>();
+      for (int64_t i = 0; i < elements; ++i)
+        (*values)[static_cast<size_t>(i)] = static_cast<float>(i) * 0.5f;
+      input = *t;
+    }
+    nlohmann::json lat = nlohmann::json::array();
+    std::string wrong;
+    for (uint64_t i = 0; i < n && wrong.empty(); ++i) {
+      auto t0 = now_ns();
+      self->request(*reg, std::chrono::minutes{1}, infer_atom::value, model,
+                    tensor_map{{"x", input}})
+        .receive(
+          [&](tensor_map& out) {
+            lat.push_back((now_ns() - t0) / 1000);
+            auto y = out.find("x");
+            auto last = input.nbytes() - sizeof(float);
+            if (y == out.end() || y->second.nbytes() != input.nbytes() ||
+                std::memcmp(y->second.data() + last, input.data() + last, sizeof(float)) != 0)
+              wrong = "wrong answer";
+          },
+          [&](caf::error& err) { wrong = describe(err); });
+    }
+    if (!wrong.empty())
+      std::printf("%s\n", nlohmann::json{{"error", wrong}}.dump().c_str());
+    else
+      std::printf("%s\n", lat.dump().c_str());
+    std::fflush(stdout);
+  }
+  handle.release();
+  caf::anon_send(*reg, shutdown_atom::value);
+  return 0;
+}
 
 std::string run_python_bench(const python_bench_options& opts) {
   char tmpl[] = "/tmp/modelreg-bench-python-XXXXXX";
@@ -88,110 +175,70 @@ std::string run_python_bench(const python_bench_options& opts) {
   child_process node{{opts.self_path, "serve", "--socket", dir + "/node.sock"}};
   if (node.read_line().rfind("ready", 0) != 0)
     return error_json("the node did not start");
-
   if (!opts.python_path.empty()) {
     std::string path = opts.python_path;
     if (const char* old = std::getenv("PYTHONPATH"); old != nullptr && *old != '\0')
       path += std::string{":"} + old;
     ::setenv("PYTHONPATH", path.c_str(), 1);
   }
-  child_process py{{opts.python, "-c", python_client, uri, opts.model}};
-  if (auto line = py.read_line(std::chrono::seconds{60}); line != "ready")
-    return error_json("the Python client did not start (" + opts.python + "): " + line);
 
-  system_config cfg;
-  caf::actor_system sys{cfg};
-  connect_options copts;
-  copts.reconnect = false;
-  auto reg = connect(sys, uri, copts);
-  if (!reg)
-    return error_json("connect: " + describe(reg.error()));
-  caf::scoped_actor self{sys};
-  model_handle handle;
-  caf::error failure;
-  self->request(*reg, std::chrono::minutes{2}, get_or_load_atom::value, opts.model, model_spec{})
-    .receive([&](model_handle& h) { handle = std::move(h); },
-             [&](caf::error& err) { failure = std::move(err); });
-  if (failure)
-    return error_json("load: " + describe(failure));
-
-  nlohmann::json results = nlohmann::json::array();
-  for (auto bytes : opts.sizes) {
-    auto elements = static_cast<int64_t>(bytes / sizeof(float));
-    auto input = allocate_input(sys, *reg, dtype::f32, {elements});
-    if (!input)
-      return error_json("allocate_input: " + describe(input.error()));
-    auto values = input->mutable_values<float>();
-    for (int64_t i = 0; i < elements; ++i)
-      (*values)[static_cast<size_t>(i)] = static_cast<float>(i) * 0.5f;
-    auto total = std::clamp<uint64_t>(opts.budget_bytes / bytes, opts.min_round_trips,
-                                      opts.max_round_trips);
-    auto per_round = std::min(opts.round_trips_per_round, total);
-    auto rounds = (total + per_round - 1) / per_round;
-    // The C++ client: a synchronous caller, as a pipeline node written
-    // against connect() would be.
-    auto cpp_round = [&](uint64_t n, std::vector<uint32_t>& lat) -> std::string {
-      for (uint64_t i = 0; i < n; ++i) {
-        std::string wrong;
-        auto t0 = now_ns();
-        self->request(*reg, std::chrono::minutes{1}, infer_atom::value, opts.model,
-                      tensor_map{{"x", *input}})
-          .receive(
-            [&](tensor_map& out) {
-              lat.push_back(static_cast<uint32_t>((now_ns() - t0) / 1000));
-              auto y = out.find("x");
-              if (y == out.end() || y->second.nbytes() != input->nbytes() ||
-                  std::memcmp(y->second.data() + input->nbytes() - sizeof(float),
-                              input->data() + input->nbytes() - sizeof(float), sizeof(float)) != 0)
-                wrong = "wrong answer";
-            },
-            [&](caf::error& err) { wrong = describe(err); });
-        if (!wrong.empty())
-          return wrong;
+  struct per_size {
+    std::vector<double> cpp_p50, python_p50, overhead, cpp_all, python_all;
+  };
+  std::map<uint64_t, per_size> results;
+  for (int s = 0; s < opts.sessions; ++s) {
+    child_process cpp{{opts.self_path, "__bench-rtt-client", uri, opts.model}};
+    child_process py{{opts.python, "-c", python_client, uri, opts.model}};
+    if (auto line = cpp.read_line(std::chrono::seconds{60}); line != "ready")
+      return error_json("the C++ client did not start: " + line);
+    if (auto line = py.read_line(std::chrono::seconds{60}); line != "ready")
+      return error_json("the Python client did not start (" + opts.python + "): " + line);
+    for (auto bytes : opts.sizes) {
+      auto total = std::clamp<uint64_t>(opts.budget_bytes / bytes, opts.min_round_trips,
+                                        opts.max_round_trips);
+      auto per_round = std::min(opts.round_trips_per_round, total);
+      std::vector<double> warm, a, b;
+      if (auto e = run_round(cpp, bytes, 3, warm); !e.empty())
+        return error_json("C++ client " + e);
+      if (auto e = run_round(py, bytes, 3, warm); !e.empty())
+        return error_json("Python client " + e);
+      for (uint64_t done = 0; done < total; done += per_round) {
+        if (auto e = run_round(cpp, bytes, per_round, a); !e.empty())
+          return error_json("C++ client " + e);
+        if (auto e = run_round(py, bytes, per_round, b); !e.empty())
+          return error_json("Python client " + e);
       }
-      return {};
-    };
-    auto python_round = [&](uint64_t n, std::vector<uint32_t>& lat) -> std::string {
-      py.write_line(std::to_string(bytes) + " " + std::to_string(n));
-      auto line = py.read_line(std::chrono::minutes{5});
-      auto j = nlohmann::json::parse(line, nullptr, false);
-      if (!j.is_array())
-        return "the Python client failed: " + line;
-      for (auto& v : j)
-        lat.push_back(v.get<uint32_t>());
-      return {};
-    };
-    std::vector<uint32_t> warm, cpp, python;
-    if (auto e = cpp_round(3, warm); !e.empty())
-      return error_json("C++ client: " + e);
-    if (auto e = python_round(3, warm); !e.empty())
-      return error_json("Python client: " + e);
-    // Alternate, so both see the same machine.
-    for (uint64_t r = 0; r < rounds; ++r) {
-      if (auto e = cpp_round(per_round, cpp); !e.empty())
-        return error_json("C++ client: " + e);
-      if (auto e = python_round(per_round, python); !e.empty())
-        return error_json("Python client: " + e);
+      auto& r = results[bytes];
+      auto pa = percentile(a, 0.5), pb = percentile(b, 0.5);
+      r.cpp_p50.push_back(pa);
+      r.python_p50.push_back(pb);
+      r.overhead.push_back(pa > 0 ? (pb - pa) / pa : 0.0);
+      r.cpp_all.insert(r.cpp_all.end(), a.begin(), a.end());
+      r.python_all.insert(r.python_all.end(), b.begin(), b.end());
     }
-    auto a = percentile(cpp, 0.5);
-    auto b = percentile(python, 0.5);
-    results.push_back({{"bytes", bytes},
-                       {"cpp_rtt_us_p50", a},
-                       {"python_rtt_us_p50", b},
-                       {"overhead", a > 0 ? (b - a) / a : 0.0},
-                       {"cpp_rtt_us_p99", percentile(cpp, 0.99)},
-                       {"python_rtt_us_p99", percentile(python, 0.99)},
-                       {"overhead_us", b - a},
-                       {"round_trips", cpp.size()},
-                       {"model", opts.model}});
+    cpp.close_stdin();
+    py.close_stdin();
+    cpp.wait_for_exit(std::chrono::seconds{10});
+    py.wait_for_exit(std::chrono::seconds{10});
   }
-  py.close_stdin();
-  py.wait_for_exit(std::chrono::seconds{10});
-  handle.release();
-  caf::anon_send(*reg, shutdown_atom::value);
   node.kill(SIGTERM);
   node.wait_for_exit(std::chrono::seconds{10});
-  return results.dump();
+
+  nlohmann::json out = nlohmann::json::array();
+  for (auto bytes : opts.sizes) {
+    auto& r = results[bytes];
+    out.push_back({{"bytes", bytes},
+                   {"cpp_rtt_us_p50", percentile(r.cpp_p50, 0.5)},
+                   {"python_rtt_us_p50", percentile(r.python_p50, 0.5)},
+                   {"overhead", percentile(r.overhead, 0.5)},
+                   {"overhead_per_session", r.overhead},
+                   {"cpp_rtt_us_p99", percentile(r.cpp_all, 0.99)},
+                   {"python_rtt_us_p99", percentile(r.python_all, 0.99)},
+                   {"round_trips_per_client", r.cpp_all.size()},
+                   {"sessions", opts.sessions},
+                   {"model", opts.model}});
+  }
+  return out.dump();
 }
 
 } // namespace modelreg::bench

@@ -1,7 +1,7 @@
 // The benchmark behind `modelreg bench python`: what the Python client adds
-// to a round trip. One node; a C++ client (this process) and a Python client
-// (a /usr/bin/python3 child) take turns against the same worker with the
-// same shared-memory input.
+// to a round trip. One node; a C++ client process and a Python client
+// process (/usr/bin/python3) take turns against the same worker with the
+// same kind of shared-memory input.
 #pragma once
 
 #include <cstdint>
@@ -11,7 +11,7 @@
 namespace modelreg::bench {
 
 struct python_bench_options {
-  /// This executable (it starts itself as the node).
+  /// This executable (the node and the C++ client are started from it).
   std::string self_path;
   /// The interpreter of the Python client.
   std::string python = "/usr/bin/python3";
@@ -20,23 +20,36 @@ struct python_bench_options {
   std::string python_path;
   /// Tensor sizes in bytes (f32 elements = bytes / 4).
   std::vector<uint64_t> sizes = {1ull << 20, 64ull << 20};
-  /// Round trips per client and size: 2 GiB worth, within these bounds.
-  /// They are made in short alternating rounds (C++, Python, C++, ...), so
-  /// both clients see the same machine: on a shared 2-core machine the
-  /// round-trip time drifts by 2x over seconds.
-  uint64_t budget_bytes = 2ull << 30;
-  uint64_t min_round_trips = 40;
-  uint64_t max_round_trips = 600;
-  /// Round trips per round.
-  uint64_t round_trips_per_round = 10;
+  /// Sessions: each starts a fresh pair of client processes, so that where
+  /// the kernel happens to place their threads (on 2 cores this alone moves
+  /// a round trip by tens of microseconds) averages out. Figures are the
+  /// medians over sessions.
+  int sessions = 9;
+  /// Round trips per client, size and session: 512 MiB worth, within these
+  /// bounds. The clients alternate (C++, Python, C++, ...), so both see the
+  /// same moment of the machine; each round trip starts from an idle client,
+  /// as in a pipeline that sends one request per frame (back-to-back calls
+  /// from a hot loop would favour whichever client has the shorter gap
+  /// between calls, because idle threads fall asleep).
+  uint64_t budget_bytes = 512ull << 20;
+  uint64_t min_round_trips = 20;
+  uint64_t max_round_trips = 400;
+  uint64_t round_trips_per_round = 1;
   /// Catalog model: `echo` returns its input, so the round trip is the
   /// transport and nothing else.
   std::string model = "echo";
 };
 
 /// Runs it; a JSON array with one object per size: bytes, cpp_rtt_us_p50,
-/// python_rtt_us_p50, overhead, plus p99s and round counts; or an object
-/// with "error".
+/// python_rtt_us_p50, overhead (medians over sessions), the per-session
+/// overheads, round trips; or an object with "error".
 std::string run_python_bench(const python_bench_options& opts);
+
+/// The C++ client process: connects to `uri`, loads `model`, prints "ready",
+/// then answers each "BYTES N" line on stdin with the N round-trip times
+/// (microseconds, a JSON array) of a synchronous caller sending a
+/// shared-memory f32 tensor of BYTES bytes. The Python client speaks the
+/// same protocol.
+int run_rtt_client(const std::string& uri, const std::string& model);
 
 } // namespace modelreg::bench

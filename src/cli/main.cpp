@@ -64,7 +64,8 @@ benchmarks:
   bench serve [--clients N] [--json] [--quick]
                  N client processes against one `modelreg serve` node:
                  requests/s, latency p50/p99, errors
-  bench python [--json] [--quick] [--python PATH] [--model NAME] [--sizes B,..]
+  bench python [--json] [--quick] [--sessions N] [--python PATH] [--model NAME]
+               [--sizes B,..]
                  round trips of 1 MiB and 64 MiB tensors from a C++ and a
                  Python client to one worker: what Python adds
   bench registry [--json] [--quick]
@@ -168,8 +169,15 @@ int bench_python(std::vector<std::string> args) {
 #endif
   bool json = take_flag(args, "--json");
   if (take_flag(args, "--quick")) {
+    opts.sessions = 1;
     opts.min_round_trips = 4;
     opts.max_round_trips = 20;
+  }
+  try {
+    if (auto v = take_option(args, "--sessions"))
+      opts.sessions = std::max(1, std::stoi(*v));
+  } catch (const std::exception&) {
+    return usage_error("bench python: bad --sessions");
   }
   if (auto v = take_option(args, "--python"))
     opts.python = *v;
@@ -201,8 +209,9 @@ int bench_python(std::vector<std::string> args) {
   } else if (j.contains("error")) {
     std::cerr << "bench python: " << j["error"].get<std::string>() << "\n";
   } else {
-    std::printf("python benchmark: C++ and Python clients of one worker, model '%s'\n",
-                opts.model.c_str());
+    std::printf("python benchmark: C++ and Python client processes of one worker, model '%s',\n"
+                "%d sessions (medians over sessions)\n",
+                opts.model.c_str(), opts.sessions);
     std::printf("%12s %14s %14s %10s\n", "bytes", "C++ p50 us", "Python p50 us", "overhead");
     for (const auto& r : j)
       std::printf("%12llu %14.0f %14.0f %10.3f\n", r["bytes"].get<unsigned long long>(),
@@ -330,6 +339,8 @@ int main(int argc, char** argv) {
 #endif
     if (command == "__caf-echo-server")
       return modelreg::bench::run_caf_echo_server();
+    if (command == "__bench-rtt-client" && args.size() == 2)
+      return modelreg::bench::run_rtt_client(args[0], args[1]);
     if (command == "__bench-serve-client" && args.size() == 6)
       return modelreg::bench::run_serve_bench_client(args[0], args[1], std::stoull(args[2]),
                                                      std::stoul(args[3]), std::stoul(args[4]),
