@@ -49,6 +49,8 @@ struct load_error : error {
 };
 
 [[noreturn]] void raise(const caf::error& err) {
+  if (err == caf::sec::request_timeout)
+    throw error{"timeout", "no answer within the timeout (the request may still run on the node)"};
   errc code = errc::unavailable;
   to_errc(err, code);
   if (code == errc::load_failed || code == errc::load_timeout)
@@ -522,14 +524,22 @@ public:
       caf::anon_send(reg, shutdown_atom::value);
   }
 
+  /// How long a request may take when the caller gives no timeout.
+  static constexpr std::chrono::seconds default_timeout{300};
+
   template <class T, class... Ts>
   T ask(Ts&&... xs) {
+    return ask_within<T>(default_timeout, std::forward<Ts>(xs)...);
+  }
+
+  template <class T, class... Ts>
+  T ask_within(caf::timespan timeout, Ts&&... xs) {
     auto reg = current();
     caf::expected<T> out{caf::error{}};
     {
       py::gil_scoped_release nogil;
       auto self = take_caller();
-      (*self)->request(reg, std::chrono::minutes{5}, std::forward<Ts>(xs)...)
+      (*self)->request(reg, timeout, std::forward<Ts>(xs)...)
         .receive([&](T& x) { out = std::move(x); }, [&](caf::error& e) { out = std::move(e); });
       // A caller whose request failed may still get a late answer: it is
       // not reused.
@@ -582,8 +592,9 @@ public:
   }
 
   /// Loads catalog model `name` and keeps a lease on it for this client.
-  uint64_t load(const std::string& name) {
-    auto h = ask<model_handle>(get_or_load_atom::value, name, model_spec{});
+  uint64_t load(const std::string& name, double timeout_s) {
+    auto h = ask_within<model_handle>(timeout_of(timeout_s), get_or_load_atom::value, name,
+                                      model_spec{});
     auto bytes = h.memory_bytes();
     std::lock_guard guard{mutex_};
     loaded_[name] = std::move(h);
@@ -624,7 +635,14 @@ public:
     return py::array(probe.dtype(), dims, static_cast<void*>(holder->mutable_data()), base);
   }
 
-  py::dict infer(const std::string& model, py::dict inputs) {
+  /// Seconds from Python (<= 0: the default) as a CAF timeout.
+  static caf::timespan timeout_of(double seconds) {
+    if (!(seconds > 0))
+      return default_timeout;
+    return std::chrono::duration_cast<caf::timespan>(std::chrono::duration<double>{seconds});
+  }
+
+  py::dict infer(const std::string& model, py::dict inputs, double timeout_s) {
     // Loads on first use and keeps a lease: the node then routes this
     // client's requests straight to the model actor.
     bool held;
@@ -634,7 +652,7 @@ public:
       held = i != loaded_.end() && i->second.valid();
     }
     if (!held)
-      load(model);
+      load(model, timeout_s);
     tensor_map in;
     for (auto item : inputs) {
       auto name = py::str(item.first).cast<std::string>();
@@ -673,7 +691,7 @@ public:
         raise(view.error());
       in[name] = *view;
     }
-    auto out = ask<tensor_map>(infer_atom::value, model, std::move(in));
+    auto out = ask_within<tensor_map>(timeout_of(timeout_s), infer_atom::value, model, std::move(in));
     py::dict result;
     for (auto& [name, t] : out)
       result[py::str(name)] = tensor_wrapper{t};
@@ -793,10 +811,11 @@ PYBIND11_MODULE(_modelreg, m) {
          }),
          py::arg("uri"), py::arg("tls_cert") = "", py::arg("tls_key") = "", py::arg("tls_ca") = "")
     .def("status_json", &client_wrapper::status)
-    .def("load", &client_wrapper::load)
+    .def("load", &client_wrapper::load, py::arg("name"), py::arg("timeout") = 0.0)
     .def("unload", &client_wrapper::unload)
     .def("empty", &client_wrapper::empty)
-    .def("infer", &client_wrapper::infer)
+    .def("infer", &client_wrapper::infer, py::arg("model"), py::arg("inputs"),
+         py::arg("timeout") = 0.0)
     .def("counters", &client_wrapper::counters)
     .def("close", &client_wrapper::close);
   m.def("_shutdown", &shutdown);

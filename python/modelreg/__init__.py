@@ -158,9 +158,13 @@ class Client:
         self.uri = uri
         self._c = _modelreg.Client(uri, tls_cert or "", tls_key or "", tls_ca or "")
 
-    def infer(self, model, inputs):
+    def infer(self, model, inputs, timeout=None):
         """Runs catalog model ``model`` on ``inputs`` (dict of NumPy arrays),
         loading it on first use (this client then holds a lease on it).
+
+        ``timeout``: seconds to wait for the answer (default 300); past it,
+        ``ModelRegError`` with code ``timeout`` (the node may still finish
+        the request; its answer is dropped).
 
         Arrays from ``empty()`` cross by reference; other C-contiguous arrays
         are copied into shared memory once. Returns a dict of ``Tensor``: the
@@ -169,7 +173,7 @@ class Client:
         """
         if not isinstance(inputs, dict):
             raise TypeError("inputs must be a dict of name -> numpy array")
-        return self._c.infer(model, inputs)
+        return self._c.infer(model, inputs, float(timeout or 0))
 
     def empty(self, shape, dtype):
         """A NumPy array in shared memory: input written into it is not copied."""
@@ -177,9 +181,10 @@ class Client:
             shape = (shape,)
         return self._c.empty([int(d) for d in shape], dtype)
 
-    def load(self, name):
-        """Loads catalog model ``name`` (held for this client); its memory bytes."""
-        return self._c.load(name)
+    def load(self, name, timeout=None):
+        """Loads catalog model ``name`` (held for this client); its memory bytes.
+        ``timeout``: seconds (default 300), as for ``infer``."""
+        return self._c.load(name, float(timeout or 0))
 
     def unload(self, name):
         """Unloads ``name`` now: (count, freed_bytes)."""

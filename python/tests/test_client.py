@@ -144,6 +144,20 @@ def test_bad_input_raises_clear_errors(node):
     assert nobody.value.code == "unavailable"
 
 
+def test_a_request_past_its_timeout_raises_and_the_client_goes_on(node):
+    with modelreg.connect(node) as c:
+        c.load("slow-infer")  # answers after 300 ms
+        x = np.ones(4, np.float32)
+        with pytest.raises(modelreg.ModelRegError) as late:
+            c.infer("slow-infer", {"x": x}, timeout=0.05)
+        assert late.value.code == "timeout"
+        out = c.infer("slow-infer", {"x": x}, timeout=30)
+        np.testing.assert_array_equal(np.asarray(out["x"]), x)
+        del out
+        # The late answer to the first request was dropped, and its memory returned.
+        assert eventually(lambda: c.status()["transport"]["loans_outstanding"] == 0)
+
+
 def eventually(pred, timeout=10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
