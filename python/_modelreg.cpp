@@ -8,6 +8,7 @@
 // every handle, stops every registry and the actor system with the GIL
 // released, so no actor thread waits for a GIL the exiting thread holds.
 #include <map>
+#include <optional>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -493,6 +494,10 @@ public:
     if (!r)
       raise(r.error());
     reg_ = *r;
+    {
+      py::gil_scoped_release nogil;
+      caller_.emplace(*rt_->sys, reg_);
+    }
     std::lock_guard guard{live_mutex};
     live_clients.insert(this);
   }
@@ -691,9 +696,19 @@ public:
         raise(view.error());
       in[name] = *view;
     }
-    auto out = ask_within<tensor_map>(timeout_of(timeout_s), infer_atom::value, model, std::move(in));
+    current(); // shutting_down once closed
+    caf::expected<tensor_map> out{caf::error{}};
+    {
+      // On a Unix link this thread sends the request itself and is woken by
+      // the connection's thread (blocking_client).
+      py::gil_scoped_release nogil;
+      out = caller_->infer(model, in, timeout_of(timeout_s));
+      in.clear(); // ordinary arrays' views are dropped here, without the GIL
+    }
+    if (!out)
+      raise(out.error());
     py::dict result;
-    for (auto& [name, t] : out)
+    for (auto& [name, t] : *out)
       result[py::str(name)] = tensor_wrapper{t};
     return result;
   }
@@ -722,6 +737,7 @@ private:
   registry_actor reg_; // null once closed (guarded by callers_mutex_ after construction)
   std::mutex callers_mutex_;
   std::vector<std::unique_ptr<caf::scoped_actor>> idle_callers_;
+  std::optional<blocking_client> caller_; // infer's path
   std::mutex mutex_;
   std::map<std::string, model_handle> loaded_;
 };

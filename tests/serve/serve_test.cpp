@@ -317,6 +317,75 @@ TEST_F(serve_test, KilledWorkerFailsEveryCallerAtOnceAndIsReconnectedWhenBack) {
   EXPECT_GE(st->reconnects, 1u);
 }
 
+TEST_F(serve_test, BlockingClientTakesTheDirectPathAndFailsLikeTheProxy) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  client c;
+  auto reg = c.connect(uri());
+  ASSERT_TRUE(reg);
+  ASSERT_TRUE(c.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"gain"}, model_spec{}));
+  auto h = c.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"slow-infer"}, model_spec{});
+  ASSERT_TRUE(h) << describe(h.error());
+  blocking_client caller{*c.sys, *reg};
+  ASSERT_TRUE(caller.direct());
+  // Threads on the direct path and requests through the proxy at once: every
+  // answer is its own caller's.
+  std::vector<std::future<int>> workers;
+  for (int t = 0; t < 4; ++t)
+    workers.push_back(std::async(std::launch::async, [&, t] {
+      int wrong = 0;
+      for (int i = 0; i < 200; ++i) {
+        auto v = static_cast<float>(t * 1000 + i);
+        auto x = *tensor::from_values<float>({v, v + 0.5f});
+        auto out = t % 2 == 0
+                     ? caller.infer("gain", tensor_map{{"audio", x}}, 30s)
+                     : c.ask<tensor_map>(*reg, infer_atom::value, std::string{"gain"},
+                                         tensor_map{{"audio", x}});
+        if (!out || out->count("audio") == 0)
+          ++wrong;
+        else if (auto y = out->at("audio").values<float>(); !y || (*y)[0] != 2 * v || (*y)[1] != 2 * v + 1)
+          ++wrong;
+      }
+      return wrong;
+    }));
+  for (auto& w : workers)
+    EXPECT_EQ(w.get(), 0);
+  // Bad input gets the node's error; a short timeout, CAF's request_timeout.
+  auto bad = caller.infer("gain", tensor_map{{"audio", *tensor::from_values<int32_t>({1})}}, 30s);
+  ASSERT_FALSE(bad);
+  EXPECT_TRUE(is(bad.error(), errc::invalid_argument)) << describe(bad.error());
+  auto x = *tensor::from_values<float>({1.f});
+  auto late = caller.infer("slow-infer", tensor_map{{"x", x}}, 50ms);
+  ASSERT_FALSE(late);
+  EXPECT_EQ(late.error(), caf::sec::request_timeout);
+  // Callers waiting when the worker dies fail at once; new calls too.
+  std::vector<std::future<caf::expected<tensor_map>>> calls;
+  for (int i = 0; i < 4; ++i)
+    calls.push_back(std::async(std::launch::async, [&] {
+      return caller.infer("slow-infer", tensor_map{{"x", x}}, 60s);
+    }));
+  std::this_thread::sleep_for(100ms);
+  node->kill(SIGKILL);
+  for (auto& f : calls) {
+    ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+    auto r = f.get();
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(is(r.error(), errc::unavailable)) << describe(r.error());
+  }
+  auto refused = caller.infer("gain", tensor_map{{"audio", x}}, 30s);
+  ASSERT_FALSE(refused);
+  EXPECT_TRUE(is(refused.error(), errc::unavailable)) << describe(refused.error());
+  node->wait_for_exit(5s);
+  // The proxy reconnects; the same blocking client works again.
+  ASSERT_TRUE(start_node()) << ready_line;
+  EXPECT_TRUE(eventually([&] {
+    (void) c.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"gain"}, model_spec{});
+    return static_cast<bool>(caller.infer("gain", tensor_map{{"audio", x}}, 30s));
+  }));
+  auto st = stats_of(*c.sys, *reg);
+  ASSERT_TRUE(st);
+  EXPECT_EQ(st->requests_in_flight, 0u);
+}
+
 TEST_F(serve_test, KilledClientsLeasesAndMemoryAreReclaimed) {
   ASSERT_TRUE(start_node()) << ready_line;
   client c;

@@ -1,8 +1,11 @@
 #include "modelreg/actors/remote_registry.hpp"
 
 #include <cstdlib>
+#include <atomic>
+#include <condition_variable>
 #include <map>
 #include <memory>
+#include <mutex>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -42,6 +45,7 @@ using reconnect_atom = caf::atom_constant<caf::atom("reconnect")>;
 using allocate_atom = caf::atom_constant<caf::atom("allocate")>;
 using stats_atom = caf::atom_constant<caf::atom("stats")>;
 using raw_status_atom = caf::atom_constant<caf::atom("rawstatus")>;
+using direct_atom = caf::atom_constant<caf::atom("direct")>;
 
 struct target {
   bool unix_socket = true;
@@ -92,9 +96,145 @@ struct link_result {
 };
 
 } // namespace
+
+namespace detail {
+
+/// The proxy's Unix link as synchronous callers use it (blocking_client):
+/// they send on the connection themselves and wait here; the connection's
+/// thread hands their answers over directly instead of through the proxy.
+/// The proxy attaches and detaches the connection as its link comes and
+/// goes. Request ids come from one counter for both paths.
+struct direct_link {
+  struct waiter {
+    uint64_t generation = 0;
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool done = false;
+    frame_ptr frame;
+    caf::error error;
+
+    void finish(frame_ptr f, caf::error err) {
+      {
+        std::lock_guard guard{mutex};
+        frame = std::move(f);
+        error = std::move(err);
+        done = true;
+      }
+      cv.notify_one();
+    }
+  };
+
+  std::atomic<uint64_t> next_id{1};
+  std::mutex mutex;
+  connection_ptr conn; // null while there is no link
+  uint64_t generation = 0;
+  std::string down_reason = "not connected (reconnecting)";
+  std::string uri;
+  std::map<uint64_t, std::shared_ptr<waiter>> waiters;
+
+  void attach(connection_ptr c, uint64_t gen) {
+    std::lock_guard guard{mutex};
+    conn = std::move(c);
+    generation = gen;
+  }
+
+  /// No new calls; calls in flight still get their answers (a goodbye).
+  void close_to_new_calls(std::string why) {
+    std::lock_guard guard{mutex};
+    conn = nullptr;
+    down_reason = std::move(why);
+  }
+
+  /// The link is gone: every waiter fails with `err`.
+  void detach(const caf::error& err, std::string why) {
+    std::map<uint64_t, std::shared_ptr<waiter>> failed;
+    {
+      std::lock_guard guard{mutex};
+      conn = nullptr;
+      down_reason = std::move(why);
+      failed.swap(waiters);
+    }
+    for (auto& [id, w] : failed)
+      w->finish(nullptr, err);
+  }
+
+  size_t in_flight() {
+    std::lock_guard guard{mutex};
+    return waiters.size();
+  }
+
+  /// On the connection's thread: true if `f` answers a waiting caller.
+  bool deliver(uint64_t gen, const frame_ptr& f) {
+    auto root = f->root();
+    if (root.which() != wire::Frame::RESPONSE)
+      return false;
+    std::shared_ptr<waiter> w;
+    {
+      std::lock_guard guard{mutex};
+      auto i = waiters.find(root.getResponse().getId());
+      if (i == waiters.end() || i->second->generation != gen)
+        return false;
+      w = std::move(i->second);
+      waiters.erase(i);
+    }
+    w->finish(f, {});
+    return true;
+  }
+
+  caf::expected<tensor_map> infer(const std::string& key, const tensor_map& inputs,
+                                  caf::timespan timeout) {
+    connection_ptr c;
+    auto w = std::make_shared<waiter>();
+    auto id = next_id.fetch_add(1);
+    {
+      std::lock_guard guard{mutex};
+      if (!conn)
+        return make_error(errc::unavailable, "worker unavailable at " + uri + ": " + down_reason);
+      c = conn;
+      w->generation = generation;
+      waiters.emplace(id, w); // before sending: the answer may beat the send's return
+    }
+    auto forget = [&] {
+      std::lock_guard guard{mutex};
+      waiters.erase(id);
+    };
+    auto frame = c->new_frame();
+    auto request = frame.root().initRequest();
+    request.setId(id);
+    auto in = request.initInfer();
+    in.setKey(key);
+    if (auto err = frame.put_tensors(in.initInputs(static_cast<uint32_t>(inputs.size())), inputs)) {
+      forget();
+      return err;
+    }
+    if (auto err = c->send(frame)) {
+      forget();
+      if (is(err, errc::peer_disconnected))
+        return make_error(errc::unavailable, "worker unavailable at " + uri + ": " + describe(err));
+      return err;
+    }
+    std::unique_lock guard{w->mutex};
+    if (!w->cv.wait_for(guard, timeout, [&] { return w->done; })) {
+      guard.unlock();
+      forget();
+      return caf::make_error(caf::sec::request_timeout);
+    }
+    if (w->error)
+      return w->error;
+    auto resp = w->frame->root().getResponse();
+    if (resp.isError())
+      return transport::error_of(resp.getError());
+    if (!resp.isOutputs())
+      return make_error(errc::malformed_frame, "expected outputs");
+    return w->frame->tensors(resp.getOutputs());
+  }
+};
+
+} // namespace detail
 } // namespace modelreg
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(modelreg::link_result)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<modelreg::detail::direct_link>)
 
 namespace modelreg {
 namespace {
@@ -129,7 +269,7 @@ struct proxy_state {
   transport::copy_counters tcp_counters;
 
   std::map<uint64_t, pending> pending_requests;
-  uint64_t next_id = 1;
+  std::shared_ptr<detail::direct_link> direct; // ids for both paths; the Unix link for blocking callers
   std::vector<status_listener> listeners;
   // Handles given out on the current link: lease -> block.
   std::map<uint64_t, std::weak_ptr<detail::entry_block>> handles;
@@ -167,7 +307,7 @@ void call(proxy_ptr self, const std::function<caf::error(outgoing_frame&, wire::
                                                           : "not connected (reconnecting)"));
   auto frame = new_frame(self);
   auto request = frame.root().initRequest();
-  auto id = st.next_id++;
+  auto id = st.direct->next_id.fetch_add(1);
   request.setId(id);
   if (auto err = fill(frame, request))
     return p.on_error(err);
@@ -195,13 +335,15 @@ void schedule_reconnect(proxy_ptr self) {
 /// go to `proxy`, tagged with `generation`.
 link_result open_link(caf::actor_system& sys, const target& where, const std::string& uri,
                       const std::shared_ptr<transport::endpoint>& ep, caf::weak_actor_ptr proxy,
-                      uint64_t generation) {
+                      uint64_t generation, std::shared_ptr<detail::direct_link> direct) {
   link_result r;
   r.generation = generation;
   if (where.unix_socket) {
     auto conn = ep->connect(
       where.path,
-      [proxy, generation](const connection_ptr&, frame_ptr f) {
+      [proxy, generation, direct](const connection_ptr&, frame_ptr f) {
+        if (direct->deliver(generation, f))
+          return; // a blocking caller's answer, handed over directly
         if (auto strong = proxy.lock())
           caf::anon_send(caf::actor_cast<caf::actor>(strong), inbound_atom::value, generation,
                          std::move(f));
@@ -255,6 +397,7 @@ caf::error adopt_link(proxy_ptr self, link_result& r) {
   if (st.where.unix_socket) {
     st.conn = std::move(r.conn);
     *st.conn_box = st.conn;
+    st.direct->attach(st.conn, r.generation);
   } else {
     st.server = std::move(r.server);
     self->monitor(st.server);
@@ -271,9 +414,10 @@ caf::error adopt_link(proxy_ptr self, link_result& r) {
 /// A one-shot detached actor that connects (blocking) and reports back, so
 /// the proxy never blocks a scheduler thread.
 void connector(caf::event_based_actor* self, caf::actor proxy, target where, std::string uri,
-               std::shared_ptr<transport::endpoint> ep, uint64_t generation) {
+               std::shared_ptr<transport::endpoint> ep, uint64_t generation,
+               std::shared_ptr<detail::direct_link> direct) {
   auto r = open_link(self->system(), where, uri, ep, caf::actor_cast<caf::weak_actor_ptr>(proxy),
-                     generation);
+                     generation, std::move(direct));
   self->send(proxy, link_atom::value, std::move(r));
 }
 
@@ -299,6 +443,7 @@ void disconnected(proxy_ptr self, const std::string& why, bool by_caller = false
   auto failed = std::move(st.pending_requests);
   st.pending_requests.clear();
   auto err = unavailable(self, why);
+  st.direct->detach(err, why);
   for (auto& [id, p] : failed)
     p.on_error(err);
   for (auto& [lease, weak] : st.handles)
@@ -334,6 +479,7 @@ void on_frame(proxy_ptr self, const frame_ptr& frame) {
     case wire::Frame::GOODBYE:
       log::get("modelreg.remote")->info("{}: {}", st.uri, std::string{root.getGoodbye()});
       st.server_leaving = true;
+      st.direct->close_to_new_calls("the node is shutting down");
       return;
     default:
       return;
@@ -386,8 +532,10 @@ model_handle make_handle(proxy_ptr self, wire::Handle::Reader h) {
 }
 
 caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_options options,
-                    std::shared_ptr<transport::endpoint> endpoint, bool own_endpoint) {
+                    std::shared_ptr<transport::endpoint> endpoint, bool own_endpoint,
+                    std::shared_ptr<detail::direct_link> direct) {
   auto& st = self->state;
+  st.direct = std::move(direct);
   st.uri = std::move(uri);
   st.where = std::move(where);
   st.options = std::move(options);
@@ -399,7 +547,9 @@ caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_optio
   // Over TCP, CAF registered the proxy so the node could address it; a node
   // that died never says it is done with it, so the proxy removes itself.
   self->attach_functor([ep = st.endpoint, own = st.own_endpoint, box = st.conn_box,
-                        sys = &self->system(), id = self->id()] {
+                        direct = st.direct, uri = st.uri, sys = &self->system(), id = self->id()] {
+    direct->detach(make_error(errc::unavailable, "the connection to " + uri + " was closed"),
+                   "the connection was closed");
     if (*box)
       (*box)->close();
     if (own)
@@ -427,7 +577,7 @@ caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_optio
       if (st.connected)
         return;
       self->spawn<caf::detached>(connector, caf::actor_cast<caf::actor>(self), st.where, st.uri,
-                                 st.endpoint, ++st.link_generation);
+                                 st.endpoint, ++st.link_generation, st.direct);
     },
     [self](link_atom, link_result& r) {
       auto& st = self->state;
@@ -607,8 +757,12 @@ caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_optio
       } else {
         out.copied_bytes = st.tcp_counters.copied_bytes.load();
       }
-      out.requests_in_flight = st.pending_requests.size();
+      out.requests_in_flight = st.pending_requests.size() + st.direct->in_flight();
       return out;
+    },
+    [self](direct_atom) -> std::shared_ptr<detail::direct_link> {
+      auto& st = self->state;
+      return st.where.unix_socket ? st.direct : nullptr;
     },
   };
 }
@@ -626,9 +780,12 @@ caf::expected<registry_actor> connect(caf::actor_system& sys, const std::string&
     endpoint = transport::endpoint::start();
     own_endpoint = true;
   }
-  auto p = sys.spawn(proxy, uri, *where, std::move(options), endpoint, own_endpoint);
+  auto direct = std::make_shared<detail::direct_link>();
+  direct->uri = uri;
+  auto p = sys.spawn(proxy, uri, *where, std::move(options), endpoint, own_endpoint, direct);
   // The first connect runs here: the caller waits for it anyway.
-  auto r = open_link(sys, *where, uri, endpoint, caf::actor_cast<caf::weak_actor_ptr>(p), 1);
+  auto r = open_link(sys, *where, uri, endpoint, caf::actor_cast<caf::weak_actor_ptr>(p), 1,
+                     direct);
   caf::scoped_actor self{sys};
   caf::error failure;
   self->request(p, caf::infinite, adopt_atom::value, std::move(r))
@@ -654,6 +811,26 @@ caf::expected<tensor> allocate_input(caf::actor_system& sys, const registry_acto
                                 "allocate_input needs a registry from connect(): " +
                                   describe(err));
              });
+  return out;
+}
+
+blocking_client::blocking_client(caf::actor_system& sys, registry_actor remote)
+  : sys_(&sys), remote_(std::move(remote)) {
+  caf::scoped_actor self{sys};
+  self->request(caf::actor_cast<caf::actor>(remote_), std::chrono::seconds{30}, direct_atom::value)
+    .receive([&](std::shared_ptr<detail::direct_link>& link) { link_ = std::move(link); },
+             [](caf::error&) {}); // not a proxy from connect(): ordinary requests
+}
+
+caf::expected<tensor_map> blocking_client::infer(const std::string& key, const tensor_map& inputs,
+                                                 caf::timespan timeout) const {
+  if (link_)
+    return link_->infer(key, inputs, timeout);
+  caf::scoped_actor self{*sys_};
+  caf::expected<tensor_map> out{caf::error{}};
+  self->request(remote_, timeout, infer_atom::value, key, inputs)
+    .receive([&](tensor_map& x) { out = std::move(x); },
+             [&](caf::error& err) { out = std::move(err); });
   return out;
 }
 
