@@ -629,7 +629,7 @@ caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_optio
                 [rp](const caf::error& err) mutable { rp.deliver(err); }});
       return rp;
     },
-    [self](get_or_load_atom, const std::string&, const loader_fn&) -> caf::result<model_handle> {
+    [](get_or_load_atom, const std::string&, const loader_fn&) -> caf::result<model_handle> {
       return make_error(errc::unsupported,
                         "a remote registry cannot run an in-process loader: name a catalog "
                         "entry or pass a model spec");
