@@ -1,8 +1,8 @@
 #include "modelreg/actors/remote_registry.hpp"
 
-#include <cstdlib>
 #include <atomic>
 #include <condition_variable>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
