@@ -17,6 +17,7 @@
 #include <caf/send.hpp>
 
 #include "bench/child_process.hpp"
+#include "bench/private_node.hpp"
 #include "modelreg/actors/remote_registry.hpp"
 #include "modelreg/backend/backend_registry.hpp"
 #include "modelreg/messages/error.hpp"
@@ -45,28 +46,6 @@ std::string text_of(const tensor_map& out) {
 double mib(uint64_t b) {
   return static_cast<double>(b) / (1024.0 * 1024.0);
 }
-
-/// A node on a private socket, started from this executable.
-struct demo_node {
-  explicit demo_node(const std::string& self_path) {
-    char tmpl[] = "/tmp/modelreg-demo-XXXXXX";
-    dir = ::mkdtemp(tmpl);
-    socket = dir + "/node.sock";
-    process = std::make_unique<child_process>(
-      std::vector<std::string>{self_path, "serve", "--socket", socket});
-    ready = process->read_line(std::chrono::seconds{30}).rfind("ready", 0) == 0;
-  }
-  ~demo_node() {
-    process->kill(SIGTERM);
-    process->wait_for_exit(std::chrono::seconds{10});
-    std::filesystem::remove_all(dir);
-  }
-  std::string uri() const { return "unix:" + socket; }
-
-  std::string dir, socket;
-  std::unique_ptr<child_process> process;
-  bool ready = false;
-};
 
 nlohmann::json node_status(const std::string& uri) {
   system_config cfg;
@@ -141,14 +120,10 @@ int run_asr_node_client(const std::string& uri, const std::string& model,
   char line[16];
   (void) std::fgets(line, sizeof(line), stdin); // everyone asks at the same moment
   caf::scoped_actor self{sys};
-  model_handle handle;
-  caf::error failure;
   auto asked = std::chrono::steady_clock::now();
-  self->request(*reg, std::chrono::minutes{2}, get_or_load_atom::value, model, model_spec{})
-    .receive([&](model_handle& h) { handle = std::move(h); },
-             [&](caf::error& e) { failure = std::move(e); });
-  if (failure) {
-    std::printf("{\"error\":\"%s\"}\n", describe(failure).c_str());
+  auto handle = get_model(sys, *reg, model);
+  if (!handle) {
+    std::printf("{\"error\":\"%s\"}\n", describe(handle.error()).c_str());
     return 1;
   }
   auto load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - asked).count();
@@ -181,7 +156,7 @@ int run_asr_node_client(const std::string& uri, const std::string& model,
   std::fflush(stdout);
   while (std::fgets(line, sizeof(line), stdin) != nullptr) {
   } // stay alive (holding the model) until the parent has measured
-  handle.release();
+  handle->release();
   caf::anon_send(*reg, shutdown_atom::value);
   return 0;
 }
@@ -219,7 +194,7 @@ int run_demo(const demo_options& opts) {
               opts.nodes, opts.model.c_str());
   std::printf("[%5.1fs] starting a node on a private socket ...\n", elapsed());
   std::fflush(stdout);
-  demo_node node{opts.self_path};
+  private_node node{opts.self_path, "demo"};
   if (!node.ready) {
     std::printf("the node did not start\n");
     return 1;
@@ -336,7 +311,7 @@ int run_demo(const demo_options& opts) {
 
 std::string run_memory_bench(const std::string& self_path, size_t clients, const std::string& model) {
   auto file = default_recordings().front().file;
-  demo_node node{self_path};
+  private_node node{self_path, "demo"};
   if (!node.ready)
     return nlohmann::json{{"clients", clients}, {"error", "the node did not start"}}.dump();
   std::vector<std::unique_ptr<child_process>> procs;

@@ -5,7 +5,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -15,10 +14,10 @@
 #include <nlohmann/json.hpp>
 
 #include <caf/actor_system.hpp>
-#include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 
 #include "bench/child_process.hpp"
+#include "bench/private_node.hpp"
 #include "modelreg/actors/remote_registry.hpp"
 #include "modelreg/messages/error.hpp"
 #include "modelreg/messages/system_config.hpp"
@@ -105,14 +104,9 @@ int run_rtt_client(const std::string& uri, const std::string& model) {
   }
   // A synchronous caller, as a pipeline node written against connect()
   // would be.
-  caf::scoped_actor self{sys};
-  model_handle handle;
-  caf::error failure;
-  self->request(*reg, std::chrono::minutes{2}, get_or_load_atom::value, model, model_spec{})
-    .receive([&](model_handle& h) { handle = std::move(h); },
-             [&](caf::error& err) { failure = std::move(err); });
-  if (failure) {
-    std::printf("{\"error\":\"%s\"}\n", describe(failure).c_str());
+  auto handle = get_model(sys, *reg, model);
+  if (!handle) {
+    std::printf("{\"error\":\"%s\"}\n", describe(handle.error()).c_str());
     return 1;
   }
   // Its fastest path: the request written by this thread, the answer
@@ -161,22 +155,16 @@ int run_rtt_client(const std::string& uri, const std::string& model) {
       std::printf("%s\n", lat.dump().c_str());
     std::fflush(stdout);
   }
-  handle.release();
+  handle->release();
   caf::anon_send(*reg, shutdown_atom::value);
   return 0;
 }
 
 std::string run_python_bench(const python_bench_options& opts) {
-  char tmpl[] = "/tmp/modelreg-bench-python-XXXXXX";
-  std::string dir = ::mkdtemp(tmpl);
-  auto uri = "unix:" + dir + "/node.sock";
-  struct cleanup {
-    std::string dir;
-    ~cleanup() { std::filesystem::remove_all(dir); }
-  } cleanup{dir};
-  child_process node{{opts.self_path, "serve", "--socket", dir + "/node.sock"}};
-  if (node.read_line().rfind("ready", 0) != 0)
+  private_node node{opts.self_path, "bench-python"};
+  if (!node.ready)
     return error_json("the node did not start");
+  auto uri = node.uri();
   if (!opts.python_path.empty()) {
     std::string path = opts.python_path;
     if (const char* old = std::getenv("PYTHONPATH"); old != nullptr && *old != '\0')
@@ -223,9 +211,6 @@ std::string run_python_bench(const python_bench_options& opts) {
     cpp.wait_for_exit(std::chrono::seconds{10});
     py.wait_for_exit(std::chrono::seconds{10});
   }
-  node.kill(SIGTERM);
-  node.wait_for_exit(std::chrono::seconds{10});
-
   nlohmann::json out = nlohmann::json::array();
   for (auto bytes : opts.sizes) {
     auto& r = results[bytes];

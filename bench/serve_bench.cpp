@@ -19,6 +19,7 @@
 #include <caf/send.hpp>
 
 #include "bench/child_process.hpp"
+#include "bench/private_node.hpp"
 #include "modelreg/actors/remote_registry.hpp"
 #include "modelreg/messages/error.hpp"
 #include "modelreg/messages/system_config.hpp"
@@ -121,17 +122,10 @@ int run_serve_bench_client(const std::string& uri, const std::string& model, uin
     std::printf("{\"error\":\"%s\"}\n", describe(reg.error()).c_str());
     return 1;
   }
-  model_handle handle;
-  {
-    caf::scoped_actor self{sys};
-    caf::error failure;
-    self->request(*reg, std::chrono::minutes{2}, get_or_load_atom::value, model, model_spec{})
-      .receive([&](model_handle& h) { handle = std::move(h); },
-               [&](caf::error& err) { failure = std::move(err); });
-    if (failure) {
-      std::printf("{\"error\":\"%s\"}\n", describe(failure).c_str());
-      return 1;
-    }
+  auto handle = get_model(sys, *reg, model);
+  if (!handle) {
+    std::printf("{\"error\":\"%s\"}\n", describe(handle.error()).c_str());
+    return 1;
   }
   // The input lives in shared memory: each request sends a reference.
   auto input = allocate_input(sys, *reg, dtype::f32, {static_cast<int64_t>(elements)});
@@ -164,7 +158,7 @@ int run_serve_bench_client(const std::string& uri, const std::string& model, uin
                       {"start_ns", start},     {"end_ns", end},         {"first_error", out->first_error}};
   std::printf("%s\n", j.dump().c_str());
   std::fflush(stdout);
-  handle.release();
+  handle->release();
   caf::anon_send(*reg, shutdown_atom::value);
   return 0;
 }

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <pybind11/numpy.h>
@@ -57,6 +58,20 @@ struct load_error : error {
   if (code == errc::load_failed || code == errc::load_timeout)
     throw load_error{to_string(code), describe(err)};
   throw error{to_string(code), describe(err)};
+}
+
+/// Runs `f` (which returns a caf::expected) with the GIL released: its value,
+/// or its error raised in Python.
+template <class F>
+auto without_gil(F&& f) {
+  std::optional<std::invoke_result_t<F&>> out;
+  {
+    py::gil_scoped_release nogil;
+    out.emplace(f());
+  }
+  if (!*out)
+    raise(out->error());
+  return std::move(**out);
 }
 
 /// References to drop on the main thread: the last owner of a Python object
@@ -314,53 +329,28 @@ public:
         return make_error(errc::load_failed, "loader for '" + key + "' failed: " + e.what());
       }
     };
-    caf::expected<model_handle> h{model_handle{}};
-    {
-      py::gil_scoped_release nogil;
-      h = reg.get_or_load(key, std::move(load));
-    }
-    if (!h)
-      raise(h.error());
-    auto obj = object_of(*h);
+    auto h = without_gil([&] { return reg.get_or_load(key, std::move(load)); });
+    auto obj = object_of(h);
     if (!obj)
       throw error{"model_crashed", "the model under '" + key + "' is gone"};
-    return std::make_unique<handle_wrapper>(std::move(*h), std::move(obj));
+    return std::make_unique<handle_wrapper>(std::move(h), std::move(obj));
   }
 
   std::string metrics_json() {
     auto& reg = get();
-    caf::expected<registry_snapshot> snap{registry_snapshot{}};
-    {
-      py::gil_scoped_release nogil;
-      snap = reg.metrics();
-    }
-    if (!snap)
-      raise(snap.error());
-    return to_json(*snap);
+    return to_json(without_gil([&] { return reg.metrics(); }));
   }
 
   py::tuple evict_expired() {
     auto& reg = get();
-    caf::expected<eviction_report> rep{eviction_report{}};
-    {
-      py::gil_scoped_release nogil;
-      rep = reg.evict_expired();
-    }
-    if (!rep)
-      raise(rep.error());
-    return py::make_tuple(rep->count, rep->freed_bytes);
+    auto rep = without_gil([&] { return reg.evict_expired(); });
+    return py::make_tuple(rep.count, rep.freed_bytes);
   }
 
   py::tuple unload(const std::string& key) {
     auto& reg = get();
-    caf::expected<eviction_report> rep{eviction_report{}};
-    {
-      py::gil_scoped_release nogil;
-      rep = reg.unload(key);
-    }
-    if (!rep)
-      raise(rep.error());
-    return py::make_tuple(rep->count, rep->freed_bytes);
+    auto rep = without_gil([&] { return reg.unload(key); });
+    return py::make_tuple(rep.count, rep.freed_bytes);
   }
 
 private:
@@ -485,15 +475,10 @@ public:
     if (tls.any())
       if (auto why = check_tls(tls); !why.empty())
         throw error{"invalid_argument", why};
-    caf::expected<registry_actor> r{caf::error{}};
-    {
-      py::gil_scoped_release nogil;
+    reg_ = without_gil([&] {
       rt_ = get_runtime(uri, tls);
-      r = connect(*rt_->sys, uri);
-    }
-    if (!r)
-      raise(r.error());
-    reg_ = *r;
+      return connect(*rt_->sys, uri);
+    });
     {
       py::gil_scoped_release nogil;
       caller_.emplace(*rt_->sys, reg_);
@@ -586,14 +571,7 @@ public:
 
   std::string status() {
     auto reg = current();
-    caf::expected<std::string> s{caf::error{}};
-    {
-      py::gil_scoped_release nogil;
-      s = remote_status_json(*rt_->sys, reg);
-    }
-    if (!s)
-      raise(s.error());
-    return *s;
+    return without_gil([&] { return remote_status_json(*rt_->sys, reg); });
   }
 
   /// Loads catalog model `name` and keeps a lease on it for this client.
@@ -625,14 +603,7 @@ public:
     py::array probe = np.attr("empty")(0, dtype_like);
     auto type = dtype_of_array(probe);
     auto reg = current();
-    caf::expected<tensor> t{caf::error{}};
-    {
-      py::gil_scoped_release nogil;
-      t = allocate_input(*rt_->sys, reg, type, shape);
-    }
-    if (!t)
-      raise(t.error());
-    auto* holder = new tensor(*t);
+    auto* holder = new tensor(without_gil([&] { return allocate_input(*rt_->sys, reg, type, shape); }));
     py::capsule base(holder, "modelreg.tensor", [](PyObject* c) {
       delete static_cast<tensor*>(PyCapsule_GetPointer(c, "modelreg.tensor"));
     });
@@ -697,36 +668,27 @@ public:
       in[name] = *view;
     }
     current(); // shutting_down once closed
-    caf::expected<tensor_map> out{caf::error{}};
-    {
-      // On a Unix link this thread sends the request itself and is woken by
-      // the connection's thread (blocking_client).
-      py::gil_scoped_release nogil;
-      out = caller_->infer(model, in, timeout_of(timeout_s));
+    // On a Unix link this thread sends the request itself and is woken by
+    // the connection's thread (blocking_client).
+    auto out = without_gil([&] {
+      auto r = caller_->infer(model, in, timeout_of(timeout_s));
       in.clear(); // ordinary arrays' views are dropped here, without the GIL
-    }
-    if (!out)
-      raise(out.error());
+      return r;
+    });
     py::dict result;
-    for (auto& [name, t] : *out)
+    for (auto& [name, t] : out)
       result[py::str(name)] = tensor_wrapper{t};
     return result;
   }
 
   py::dict counters() {
     auto reg = current();
-    caf::expected<remote_stats> s{caf::error{}};
-    {
-      py::gil_scoped_release nogil;
-      s = stats_of(*rt_->sys, reg);
-    }
-    if (!s)
-      raise(s.error());
+    auto s = without_gil([&] { return stats_of(*rt_->sys, reg); });
     py::dict d;
-    d["connected"] = s->connected;
-    d["shared_memory"] = s->shared_memory;
-    d["zero_copy_tensors"] = s->zero_copy_tensors;
-    d["copied_bytes"] = s->copied_bytes;
+    d["connected"] = s.connected;
+    d["shared_memory"] = s.shared_memory;
+    d["zero_copy_tensors"] = s.zero_copy_tensors;
+    d["copied_bytes"] = s.copied_bytes;
     return d;
   }
 

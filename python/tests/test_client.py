@@ -6,12 +6,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 import pytest
 
 import modelreg
+from support import eventually
 
 
 @pytest.fixture(scope="module")
@@ -156,15 +156,6 @@ def test_a_request_past_its_timeout_raises_and_the_client_goes_on(node):
         del out
         # The late answer to the first request was dropped, and its memory returned.
         assert eventually(lambda: c.status()["transport"]["loans_outstanding"] == 0)
-
-
-def eventually(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 def test_dropping_the_arrays_returns_the_workers_memory(node):

@@ -6,20 +6,12 @@ import time
 import pytest
 
 import modelreg
+from support import eventually
 
 
 class Weights:
     def __init__(self, nbytes):
         self.nbytes = nbytes
-
-
-def eventually(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
 
 
 def test_fifty_threads_share_one_load_of_a_slow_loader():

@@ -1,0 +1,59 @@
+// What the benchmarks' processes share: a `modelreg serve` node on a private
+// socket, and a client's blocking get-or-load.
+#pragma once
+
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <stdlib.h>
+
+#include <caf/actor_system.hpp>
+#include <caf/scoped_actor.hpp>
+
+#include "bench/child_process.hpp"
+#include "modelreg/actors/registry_actor.hpp"
+
+namespace modelreg::bench {
+
+/// A node on a private socket in a fresh /tmp directory, started from this
+/// executable; stopped (SIGTERM) and its directory removed at the end.
+struct private_node {
+  private_node(const std::string& self_path, const std::string& name) {
+    std::string tmpl = "/tmp/modelreg-" + name + "-XXXXXX";
+    dir = ::mkdtemp(tmpl.data());
+    socket = dir + "/node.sock";
+    process = std::make_unique<child_process>(
+      std::vector<std::string>{self_path, "serve", "--socket", socket});
+    ready = process->read_line(std::chrono::seconds{30}).rfind("ready", 0) == 0;
+  }
+  ~private_node() {
+    process->kill(SIGTERM);
+    process->wait_for_exit(std::chrono::seconds{10});
+    std::filesystem::remove_all(dir);
+  }
+  private_node(const private_node&) = delete;
+  private_node& operator=(const private_node&) = delete;
+
+  std::string uri() const { return "unix:" + socket; }
+
+  std::string dir, socket;
+  std::unique_ptr<child_process> process;
+  bool ready = false;
+};
+
+/// Gets (loading if needed) catalog model `model` from `reg`, blocking.
+inline caf::expected<model_handle> get_model(caf::actor_system& sys, const registry_actor& reg,
+                                             const std::string& model) {
+  caf::scoped_actor self{sys};
+  caf::expected<model_handle> out{caf::error{}};
+  self->request(reg, std::chrono::minutes{2}, get_or_load_atom::value, model, model_spec{})
+    .receive([&](model_handle& h) { out = std::move(h); },
+             [&](caf::error& err) { out = std::move(err); });
+  return out;
+}
+
+} // namespace modelreg::bench
