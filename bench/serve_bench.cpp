@@ -165,15 +165,28 @@ int run_serve_bench_client(const std::string& uri, const std::string& model, uin
 
 std::string run_serve_bench(const serve_bench_options& opts) {
   char tmpl[] = "/tmp/modelreg-bench-serve-XXXXXX";
-  std::string dir = ::mkdtemp(tmpl);
+  if (::mkdtemp(tmpl) == nullptr)
+    return nlohmann::json{{"clients", opts.clients}, {"error", "mkdtemp failed"}}.dump();
+  std::string dir = tmpl;
   auto socket = dir + "/node.sock";
   auto fail = [&](const std::string& why) {
     std::filesystem::remove_all(dir);
     return nlohmann::json{{"clients", opts.clients}, {"error", why}}.dump();
   };
-  child_process node{{opts.self_path, "serve", "--socket", socket}};
+  std::vector<std::string> node_argv{opts.self_path, "serve", "--socket", socket};
+  if (opts.stalled_peer)
+    node_argv.insert(node_argv.end(), {"--peer-timeout", "0"});
+  child_process node{node_argv};
   if (node.read_line().rfind("ready", 0) != 0)
     return fail("the node did not start");
+  std::unique_ptr<child_process> stalled;
+  if (opts.stalled_peer) {
+    stalled = std::make_unique<child_process>(
+      std::vector<std::string>{opts.self_path, "__flood-client", socket, "3000", "64"});
+    if (stalled->read_line(std::chrono::seconds{60}).rfind("sent", 0) != 0)
+      return fail("the stalled peer did not start");
+    stalled->kill(SIGSTOP);
+  }
   std::vector<std::unique_ptr<child_process>> clients;
   for (size_t i = 0; i < opts.clients; ++i) {
     clients.push_back(std::make_unique<child_process>(std::vector<std::string>{
@@ -227,6 +240,10 @@ std::string run_serve_bench(const serve_bench_options& opts) {
       caf::anon_send(*reg, shutdown_atom::value);
     }
   }
+  if (stalled) {
+    stalled->kill(SIGKILL);
+    stalled->kill(SIGCONT);
+  }
   node.kill(SIGTERM);
   node.wait_for_exit(std::chrono::seconds{10});
   std::filesystem::remove_all(dir);
@@ -240,7 +257,8 @@ std::string run_serve_bench(const serve_bench_options& opts) {
                         {"in_flight_per_client", opts.in_flight},
                         {"model", opts.model},
                         {"loads", loads},
-                        {"wrong_answers", wrong}};
+                        {"wrong_answers", wrong},
+                        {"stalled_peer", opts.stalled_peer}};
   if (!first_error.empty())
     out["first_error"] = first_error;
   return out.dump();

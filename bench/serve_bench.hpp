@@ -19,10 +19,15 @@ struct serve_bench_options {
   std::string model = "echo";
   /// Elements (f32) per request tensor.
   size_t elements = 16;
+  /// One extra peer that sends 3000 requests and then never drains its ring
+  /// (frozen with SIGSTOP) for the whole run; the node runs without a peer
+  /// timeout so the stalled peer stays connected.
+  bool stalled_peer = false;
 };
 
 /// Runs the benchmark; one JSON object: clients, requests, errors,
-/// req_per_s, latency_us_p50, latency_us_p99, loads, wrong_answers.
+/// req_per_s, latency_us_p50, latency_us_p99, loads, wrong_answers,
+/// stalled_peer.
 std::string run_serve_bench(const serve_bench_options& opts);
 
 /// One client process: connects to `uri`, gets `model`, prints "ready", waits

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <atomic>
 #include <iostream>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -134,6 +135,38 @@ int run_holding_client(const std::string& path, size_t count, size_t bytes) {
   }
   stop = true;
   stream.join();
+  ep->stop();
+  return 0;
+}
+
+int run_flood_client(const std::string& path, size_t count, size_t bytes) {
+  auto ep = endpoint::start();
+  std::mutex mutex;
+  std::vector<frame_ptr> held;
+  auto conn = ep->connect(path, [&](const connection_ptr&, frame_ptr f) {
+    std::lock_guard guard{mutex};
+    held.push_back(std::move(f));
+  });
+  if (!conn) {
+    std::cerr << "flood: " << describe(conn.error()) << std::endl;
+    return 1;
+  }
+  auto t = (*conn)->allocate_tensor(dtype::u8, {static_cast<int64_t>(bytes)});
+  if (!t) {
+    std::cerr << "flood: " << describe(t.error()) << std::endl;
+    return 1;
+  }
+  size_t sent = 0;
+  for (; sent < count; ++sent) {
+    auto frame = (*conn)->new_frame();
+    auto req = frame.root().initRequest();
+    req.setId(sent + 1);
+    if (frame.put_tensors(req.initEcho(1), {{"x", *t}}) || (*conn)->send(frame))
+      break;
+  }
+  std::cout << "sent " << sent << std::endl;
+  while (std::cin.get() != EOF) {
+  }
   ep->stop();
   return 0;
 }

@@ -34,4 +34,11 @@ int run_echo_server(const std::string& path, bool shared_memory, uint64_t quota_
 /// or stdin closes.
 int run_holding_client(const std::string& path, size_t count, size_t bytes);
 
+/// A client that floods: connects to `path`, sends `count` echo requests
+/// with one `bytes`-byte tensor each without waiting for any answer, prints
+/// "sent N", then holds every answer it gets (never returning a loan) until
+/// stdin closes. Tests freeze (SIGSTOP) or kill it at that point: a peer that
+/// stops draining its ring, or dies with requests in flight.
+int run_flood_client(const std::string& path, size_t count, size_t bytes);
+
 } // namespace modelreg::bench

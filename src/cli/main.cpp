@@ -61,9 +61,10 @@ benchmarks:
   bench memory [--clients N] [--model NAME] [--json]
                  summed PSS of N processes loading a model themselves against
                  N clients of one node holding it
-  bench serve [--clients N] [--json] [--quick]
+  bench serve [--clients N] [--json] [--quick] [--stalled-peer]
                  N client processes against one `modelreg serve` node:
-                 requests/s, latency p50/p99, errors
+                 requests/s, latency p50/p99, errors; --stalled-peer adds a
+                 peer that never drains its ring for the whole run
   bench python [--json] [--quick] [--sessions N] [--python PATH] [--model NAME]
                [--sizes B,..]
                  round trips of 1 MiB and 64 MiB tensors from a C++ and a
@@ -127,6 +128,7 @@ int bench_serve(std::vector<std::string> args) {
   bool json = take_flag(args, "--json");
   if (take_flag(args, "--quick"))
     opts.requests = 2000;
+  opts.stalled_peer = take_flag(args, "--stalled-peer");
   try {
     if (auto v = take_option(args, "--clients"))
       opts.clients = std::stoul(*v);
@@ -366,6 +368,8 @@ int main(int argc, char** argv) {
     }
     if (command == "__hold" && args.size() == 3)
       return modelreg::bench::run_holding_client(args[0], std::stoul(args[1]), std::stoul(args[2]));
+    if (command == "__flood-client" && args.size() == 3)
+      return modelreg::bench::run_flood_client(args[0], std::stoul(args[1]), std::stoul(args[2]));
 #endif
     if (command == "serve")
       return serve(std::move(args));

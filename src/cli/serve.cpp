@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include <pthread.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <arpa/inet.h>
@@ -53,21 +54,43 @@ options:
                          /tmp/modelreg-$UID/modelreg.sock)
   --catalog FILE         model catalog (JSON, see docs/serve.md); default: the
                          built-in catalog
-  --allow-uid UID        also accept peers of this uid (repeatable; default:
-                         only this process's uid)
+  --allow-uid UID        also accept peers of this uid, with the infer role
+                         (repeatable; default: only this process's uid)
+  --admin-uid UID        also accept peers of this uid, with the admin role
+                         (repeatable)
   --tcp HOST:PORT        also listen on TCP (CAF middleman); PORT 0 picks one
   --tls-cert FILE --tls-key FILE --tls-ca FILE
                          mutual TLS on TCP: this node's certificate and key,
                          and the CA that signed its clients' certificates
   --insecure             allow TCP without TLS on a non-loopback address
+  --insecure-admin       give plain-TCP peers the admin role (default: infer)
+  --tls-role ROLE        the role of TLS peers: admin (default) or infer
+  --max-in-flight N      requests one connection may have in flight; more
+                         are answered overloaded (default 1024)
+  --peer-timeout SECONDS close a Unix peer that sent nothing, not even a
+                         heartbeat, this long (default 3; 0: never)
   --max-memory BYTES     byte budget for loaded models (default: unlimited)
   --idle-ttl SECONDS     unload models idle this long (default 300; 0: never)
   --max-batch N          dynamic batching for batchable models (default 8)
   --batch-timeout-ms MS  wait this long to fill a batch (default 10)
 
+Roles: the node's own uid and --admin-uid peers are admins (load any model
+spec, unload); every other peer may infer, hold leases, read status and load
+catalog names. See docs/serve.md, "Access and roles" and "Limits".
+
 Prints "ready" (and the TCP port) on stdout once it serves. SIGINT/SIGTERM
 stop it gracefully: requests in flight are answered, clients are told.
 )";
+
+/// More descriptors: each peer costs a socket, and the node must never run
+/// out before its limits refuse a peer with a clear error.
+void raise_fd_limit() {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &lim);
+  }
+}
 
 } // namespace
 
@@ -79,11 +102,16 @@ int serve(std::vector<std::string> args) {
   auto socket = take_option(args, "--socket").value_or(default_socket_path());
   auto catalog_file = take_option(args, "--catalog");
   auto uids = take_all(args, "--allow-uid");
+  auto admin_uids = take_all(args, "--admin-uid");
   auto tcp = take_option(args, "--tcp");
   tls_files tls{take_option(args, "--tls-cert").value_or(""),
                 take_option(args, "--tls-key").value_or(""),
                 take_option(args, "--tls-ca").value_or("")};
   bool insecure = take_flag(args, "--insecure");
+  bool insecure_admin = take_flag(args, "--insecure-admin");
+  auto tls_role_name = take_option(args, "--tls-role").value_or("admin");
+  size_t max_in_flight = 1024;
+  std::chrono::milliseconds peer_timeout{3000};
   registry_config rcfg;
   rcfg.idle_ttl = std::chrono::seconds{300};
   try {
@@ -95,11 +123,24 @@ int serve(std::vector<std::string> args) {
       rcfg.max_batch = std::max<size_t>(1, std::stoul(*v));
     if (auto v = take_option(args, "--batch-timeout-ms"))
       rcfg.batch_timeout = std::chrono::milliseconds{std::stoull(*v)};
+    if (auto v = take_option(args, "--max-in-flight")) {
+      max_in_flight = std::stoul(*v);
+      if (max_in_flight == 0)
+        return usage_error("serve: --max-in-flight must be at least 1");
+    }
+    if (auto v = take_option(args, "--peer-timeout")) {
+      auto secs = std::stod(*v);
+      if (!(secs >= 0) || secs > 86400)
+        return usage_error("serve: --peer-timeout takes seconds from 0 to 86400, not " + *v);
+      peer_timeout = std::chrono::milliseconds{static_cast<int64_t>(secs * 1000)};
+    }
   } catch (const std::exception&) {
     return usage_error("serve: a numeric option has a bad value");
   }
   if (!args.empty())
     return usage_error("serve: unknown option " + args.front());
+  if (tls_role_name != "admin" && tls_role_name != "infer")
+    return usage_error("serve: --tls-role is admin or infer, not " + tls_role_name);
   rcfg.ttl_sweep = rcfg.idle_ttl.count() > 0;
 
   // -- everything checked before anything starts ---------------------------
@@ -142,14 +183,20 @@ int serve(std::vector<std::string> args) {
     return exit_failed;
   }
   transport::endpoint_options eopts;
+  eopts.peer_timeout = peer_timeout;
+  std::vector<uid_t> admins;
   try {
     for (const auto& u : uids)
       eopts.allowed_uids.push_back(static_cast<uid_t>(std::stoul(u)));
+    for (const auto& u : admin_uids)
+      admins.push_back(static_cast<uid_t>(std::stoul(u)));
   } catch (const std::exception&) {
-    return usage_error("serve: bad --allow-uid");
+    return usage_error("serve: bad --allow-uid or --admin-uid");
   }
+  eopts.allowed_uids.insert(eopts.allowed_uids.end(), admins.begin(), admins.end());
   if (!eopts.allowed_uids.empty())
     eopts.allowed_uids.push_back(::getuid());
+  raise_fd_limit();
 
   // Signals are taken by this thread only (sigwait below).
   sigset_t stop_signals;
@@ -180,8 +227,12 @@ int serve(std::vector<std::string> args) {
   gateway_options gopts;
   gopts.catalog = rcfg.catalog->names();
   gopts.endpoint = ep;
+  gopts.admin_uids = admins;
+  gopts.max_in_flight_per_peer = max_in_flight;
   auto gw = spawn_gateway(sys, registry, gopts);
+  wire_actor door;
   auto stop_all = [&] {
+    close_wire_interface(door);
     caf::anon_send(gw, shutdown_atom::value);
     caf::anon_send(registry, shutdown_atom::value);
     ep->stop();
@@ -193,8 +244,11 @@ int serve(std::vector<std::string> args) {
   }
   std::string tcp_note;
   if (tcp) {
-    auto port = tls.any() ? caf::openssl::publish(wire_interface(gw), tcp_port, tcp_host.c_str(), true)
-                          : sys.middleman().publish(wire_interface(gw), tcp_port, tcp_host.c_str(), true);
+    auto role = tls.any() ? (tls_role_name == "admin" ? peer_role::admin : peer_role::infer)
+                          : (insecure_admin ? peer_role::admin : peer_role::infer);
+    door = wire_interface(sys, gw, role);
+    auto port = tls.any() ? caf::openssl::publish(door, tcp_port, tcp_host.c_str(), true)
+                          : sys.middleman().publish(door, tcp_port, tcp_host.c_str(), true);
     if (!port) {
       std::cerr << "modelreg serve: cannot listen on TCP " << *tcp << ": " << sys.render(port.error())
                 << "\n";
@@ -202,7 +256,8 @@ int serve(std::vector<std::string> args) {
       ::unlink(socket.c_str());
       return exit_failed;
     }
-    tcp_note = " tcp://" + tcp_host + ":" + std::to_string(*port) + (tls.any() ? " (mutual TLS)" : "");
+    tcp_note = " tcp://" + tcp_host + ":" + std::to_string(*port) +
+               (tls.any() ? " (mutual TLS)" : "") + " role " + to_string(role);
   }
   std::cout << "ready unix:" << socket << tcp_note << "\n"
             << "catalog: " << rcfg.catalog->size() << " models" << std::endl;
@@ -219,6 +274,7 @@ int serve(std::vector<std::string> args) {
     self->receive([](const caf::down_msg&) {},
                   caf::after(gopts.drain_timeout + std::chrono::seconds{1}) >> [] {});
   }
+  close_wire_interface(door);
   ep->stop();
   ::unlink(socket.c_str());
   caf::anon_send(registry, shutdown_atom::value);

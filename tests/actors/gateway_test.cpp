@@ -2,6 +2,7 @@
 // ordinary typed requests to the registry, tensors are read in place, and
 // remote leases belong to their connection.
 #include <filesystem>
+#include <future>
 
 #include "actors/registry_fixture.hpp"
 #include "modelreg/actors/shm_gateway.hpp"
@@ -15,13 +16,17 @@ using namespace modelreg::transport;
 
 class gateway_test : public registry_test {
 protected:
+  /// What the gateway under test is started with.
+  virtual gateway_options options() { return {}; }
+
   void SetUp() override {
     char tmpl[] = "/tmp/modelreg-gw-XXXXXX";
-    dir = ::mkdtemp(tmpl);
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir = tmpl;
     path = dir + "/run/registry.sock";
     start();
     server_ep = endpoint::start();
-    auto gw = spawn_shm_gateway(sys, sut->actor(), server_ep, path);
+    auto gw = spawn_shm_gateway(sys, sut->actor(), server_ep, path, options());
     ASSERT_TRUE(gw) << describe(gw.error());
     gateway = *gw;
     client_ep = endpoint::start();
@@ -48,12 +53,15 @@ protected:
     });
   }
 
-  caf::expected<frame_ptr> infer(const std::string& key, const tensor_map& inputs) {
-    return client->call([&](outgoing_frame& f, wire::Request::Builder req) {
-      auto r = req.initInfer();
-      r.setKey(key);
-      return f.put_tensors(r.initInputs(static_cast<uint32_t>(inputs.size())), inputs);
-    });
+  caf::expected<frame_ptr> infer(const std::string& key, const tensor_map& inputs,
+                                 std::chrono::milliseconds timeout = 30s) {
+    return client->call(
+      [&](outgoing_frame& f, wire::Request::Builder req) {
+        auto r = req.initInfer();
+        r.setKey(key);
+        return f.put_tensors(r.initInputs(static_cast<uint32_t>(inputs.size())), inputs);
+      },
+      timeout);
   }
 
   uint64_t handles_of(const std::string& key) {
@@ -128,6 +136,73 @@ TEST_F(gateway_test, RemoteLeasesAreReleasedOnRequestAndWhenTheConnectionCloses)
   client->close();
   EXPECT_TRUE(eventually([&] { return handles_of("m") == 0; }))
     << "a closed connection must release its leases";
+}
+
+uint8_t error_code_of(const caf::expected<frame_ptr>& reply) {
+  if (!reply || !(*reply)->root().getResponse().isError())
+    return 0;
+  return (*reply)->root().getResponse().getError().getCode();
+}
+
+/// This connection's peer is not the node's owner: it gets the infer role.
+class gateway_infer_role_test : public gateway_test {
+protected:
+  gateway_options options() override {
+    gateway_options o;
+    o.owner_uid = ::getuid() + 4242;
+    o.max_in_flight_per_peer = 1;
+    o.max_spec_params = 4;
+    return o;
+  }
+};
+
+TEST_F(gateway_infer_role_test, AnInferPeerMayNotLoadSpecsOrUnloadButMayInfer) {
+  // The node's operator loads the model; the peer only uses it.
+  auto h = sut->get_or_load("m", []() -> caf::expected<model_ptr> {
+    return std::make_shared<counted_model>();
+  });
+  ASSERT_TRUE(h) << describe(h.error());
+  auto spec_load = get_or_load("other", {"identity", {}});
+  EXPECT_EQ(error_code_of(spec_load), static_cast<uint8_t>(errc::permission_denied));
+  auto unload = client->call([&](outgoing_frame&, wire::Request::Builder req) -> caf::error {
+    req.setUnload("m");
+    return {};
+  });
+  EXPECT_EQ(error_code_of(unload), static_cast<uint8_t>(errc::permission_denied));
+  // A catalog name is allowed (this registry has no catalog: not found).
+  auto by_name = get_or_load("not-in-catalog", {});
+  EXPECT_EQ(error_code_of(by_name), static_cast<uint8_t>(errc::model_not_found));
+  auto x = client->connection()->allocate_tensor(dtype::f32, {1});
+  auto out = infer("m", {{"x", *x}});
+  ASSERT_TRUE(out) << describe(out.error());
+  EXPECT_TRUE((*out)->root().getResponse().isOutputs());
+  EXPECT_EQ(snapshot().totals.loads, 1u) << "the refused load must not have run";
+}
+
+TEST_F(gateway_infer_role_test, RequestsOverTheConnectionsInFlightLimitAreOverloaded) {
+  auto g = std::make_shared<gate>();
+  auto model = std::make_shared<counted_model>();
+  model->hold_on(g);
+  auto h = sut->get_or_load("held", [model]() -> caf::expected<model_ptr> { return model; });
+  ASSERT_TRUE(h) << describe(h.error());
+  auto x = client->connection()->allocate_tensor(dtype::f32, {1});
+  auto first = std::async(std::launch::async, [&] { return infer("held", {{"x", *x}}); });
+  // The first waits inside the model; a second is refused at once, not queued.
+  ASSERT_TRUE(eventually([&] { return model->max_concurrent() == 1; }));
+  auto second = infer("held", {{"x", *x}}, 5s);
+  g->open();
+  EXPECT_EQ(error_code_of(second), static_cast<uint8_t>(errc::overloaded));
+  auto r = first.get();
+  ASSERT_TRUE(r) << describe(r.error());
+  EXPECT_TRUE((*r)->root().getResponse().isOutputs());
+}
+
+TEST_F(gateway_infer_role_test, ASpecWithTooManyParametersIsRefusedBeforeItIsRead) {
+  model_spec spec{"", {}};
+  for (int i = 0; i < 5; ++i)
+    spec.params["p" + std::to_string(i)] = "1";
+  auto r = get_or_load("x", spec);
+  EXPECT_EQ(error_code_of(r), static_cast<uint8_t>(errc::invalid_argument));
 }
 
 } // namespace

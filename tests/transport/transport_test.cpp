@@ -36,7 +36,9 @@ class transport_test : public ::testing::Test {
 protected:
   transport_test() {
     char tmpl[] = "/tmp/modelreg-test-XXXXXX";
-    dir = ::mkdtemp(tmpl);
+    if (::mkdtemp(tmpl) == nullptr)
+      throw std::runtime_error{"mkdtemp failed"};
+    dir = tmpl;
     path = dir + "/run/echo.sock";
   }
   ~transport_test() override { std::filesystem::remove_all(dir); }
@@ -291,6 +293,37 @@ TEST_F(transport_test, AServerOverItsPeersQuotaAnswersWithTheTypedError) {
   ep->stop();
 }
 
+TEST_F(transport_test, EveryRequestIsAnsweredWhenTheLoanQuotaRunsOut) {
+  // The server may lend us 256 KiB; we hold every answer, so its loans run
+  // out. The answers past that are errors that need no loan themselves.
+  auto server = start_echo({"--quota-bytes", std::to_string(256 << 10)});
+  auto ep = endpoint::start();
+  auto client = rpc_client::connect(ep, path);
+  ASSERT_TRUE(client);
+  auto x = (*client)->connection()->allocate_tensor(dtype::u8, {64});
+  ASSERT_TRUE(x);
+  std::vector<frame_ptr> held;
+  size_t refused = 0;
+  for (int i = 0; i < 200; ++i) {
+    auto reply = (*client)->call(
+      [&](outgoing_frame& f, wire::Request::Builder req) {
+        return f.put_tensors(req.initEcho(1), {{"x", *x}});
+      },
+      10s);
+    ASSERT_TRUE(reply) << "request " << i << " got no answer: " << describe(reply.error());
+    auto resp = (*reply)->root().getResponse();
+    if (resp.isError()) {
+      EXPECT_EQ(resp.getError().getCode(), static_cast<uint8_t>(errc::quota_exceeded));
+      ++refused;
+    }
+    held.push_back(*reply);
+  }
+  EXPECT_GT(refused, 0u) << "the quota never ran out: the test proves nothing";
+  held.clear();
+  EXPECT_TRUE(echo(**client, *x)) << "the connection must stay usable";
+  ep->stop();
+}
+
 // -- hostile input ------------------------------------------------------------
 
 class hostile_input_test : public transport_test {
@@ -457,6 +490,89 @@ TEST_F(hostile_input_test, RepeatedAndStaleReturnsAreRejected) {
     }
     expect_rejected_and_others_served(bad);
   }
+}
+
+TEST_F(hostile_input_test, APeerThatStopsDrainingIsQueuedForThenClosedAtItsLimit) {
+  // A server whose outbound ring and backlog are small.
+  server->stop();
+  endpoint_options opts;
+  opts.ring_slots = 64;
+  opts.max_backlog = 256;
+  server = endpoint::start(opts);
+  auto* raw = server.get();
+  ASSERT_FALSE(server->listen(
+    path, [raw](const connection_ptr& c, frame_ptr f) { bench::answer_echo(*raw, c, f); },
+    [this](const connection_ptr&, const caf::error& err) {
+      std::lock_guard guard{mutex};
+      errors.push_back(err);
+    }));
+  auto c = rpc_client::connect(good_ep, path);
+  ASSERT_TRUE(c);
+  good = *c;
+  // The bad peer's loop thread blocks in its first frame handler: it never
+  // drains its ring again (a frozen or hostile process looks the same).
+  auto stuck = std::make_shared<gate>();
+  auto bad_ep = endpoint::start();
+  attackers.push_back(bad_ep);
+  auto bad = bad_ep->connect(path, [stuck](const connection_ptr&, frame_ptr) { stuck->wait(30s); });
+  ASSERT_TRUE(bad) << describe(bad.error());
+  auto x = (*bad)->allocate_tensor(dtype::u8, {16});
+  for (int i = 0; i < 600; ++i) {
+    auto frame = (*bad)->new_frame();
+    auto req = frame.root().initRequest();
+    req.setId(static_cast<uint64_t>(i) + 1);
+    ASSERT_FALSE(frame.put_tensors(req.initEcho(1), {{"x", *x}}));
+    if ((*bad)->send(frame))
+      break;
+  }
+  // The server never blocks on it: the good client is served meanwhile, and
+  // the bad peer is closed once its backlog passes the limit.
+  auto t = good->connection()->allocate_tensor(dtype::f32, {256});
+  EXPECT_TRUE(echo(*good, *t));
+  EXPECT_TRUE(eventually([&] {
+    std::lock_guard guard{mutex};
+    return !errors.empty() && is(errors.back(), errc::overloaded);
+  })) << "the peer that does not drain was not closed";
+  EXPECT_GE(server->stats().misbehaving_peers, 1u);
+  EXPECT_TRUE(echo(*good, *t));
+  stuck->open();
+}
+
+TEST_F(hostile_input_test, APeerAnnouncingTooManySegmentsIsClosedWithATypedError) {
+  server->stop();
+  endpoint_options opts;
+  opts.max_peer_segments = 2;
+  server = endpoint::start(opts);
+  auto* raw = server.get();
+  ASSERT_FALSE(server->listen(
+    path, [raw](const connection_ptr& c, frame_ptr f) { bench::answer_echo(*raw, c, f); },
+    [this](const connection_ptr&, const caf::error& err) {
+      std::lock_guard guard{mutex};
+      errors.push_back(err);
+    }));
+  auto c = rpc_client::connect(good_ep, path);
+  ASSERT_TRUE(c);
+  good = *c;
+  auto bad_ep = endpoint::start();
+  attackers.push_back(bad_ep);
+  auto bad = rpc_client::connect(bad_ep, path);
+  ASSERT_TRUE(bad);
+  // Each size class is a segment of its own: the third one is refused.
+  for (int64_t bytes : {int64_t{100}, int64_t{40} << 10, int64_t{512} << 10, int64_t{8} << 20}) {
+    auto t = (*bad)->connection()->allocate_tensor(dtype::u8, {bytes});
+    ASSERT_TRUE(t);
+    if (!(*bad)->call([&](outgoing_frame& f, wire::Request::Builder req) {
+          return f.put_tensors(req.initEcho(1), {{"x", *t}});
+        }, 10s))
+      break;
+  }
+  EXPECT_TRUE(eventually([&] {
+    std::lock_guard guard{mutex};
+    return !errors.empty() && is(errors.back(), errc::quota_exceeded);
+  })) << "the peer over its segment limit was not refused";
+  EXPECT_TRUE(eventually([&] { return !(*bad)->connection()->is_open(); }));
+  auto t = good->connection()->allocate_tensor(dtype::f32, {256});
+  EXPECT_TRUE(echo(*good, *t));
 }
 
 TEST_F(hostile_input_test, PeerOfAnotherUidIsRefused) {

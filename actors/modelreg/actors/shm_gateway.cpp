@@ -1,9 +1,13 @@
 #include "modelreg/actors/shm_gateway.hpp"
 
 #include <map>
+
+#include <unistd.h>
 #include <unordered_map>
 
+#include <caf/actor_companion.hpp>
 #include <caf/actor_system.hpp>
+#include <caf/scoped_execution_unit.hpp>
 #include <caf/sec.hpp>
 #include <caf/send.hpp>
 #include <caf/stateful_actor.hpp>
@@ -77,6 +81,9 @@ struct peer {
   /// lease id -> handle
   std::map<uint64_t, model_handle> leases;
   bool subscribed = false;
+  peer_role role = peer_role::infer;
+  /// Requests of this peer not answered yet.
+  uint64_t in_flight = 0;
 };
 
 struct gateway_state {
@@ -133,15 +140,52 @@ void maybe_quit(gateway_ptr self) {
     self->quit();
 }
 
-/// Counts a registry request in flight until its answer went out.
+/// Counts a registry request in flight (node-wide and for its peer) until
+/// its answer went out.
 struct flight {
   gateway_ptr self;
-  explicit flight(gateway_ptr s) : self(s) { ++self->state.in_flight; }
+  uint64_t peer_id;
+  flight(gateway_ptr s, uint64_t id) : self(s), peer_id(id) {
+    ++self->state.in_flight;
+    ++self->state.peers[peer_id].in_flight;
+  }
   void done() const {
     --self->state.in_flight;
+    if (auto i = self->state.peers.find(peer_id); i != self->state.peers.end())
+      --i->second.in_flight;
     maybe_quit(self);
   }
 };
+
+/// Why `role` may not make `request`, or nothing if it may.
+caf::error authorize(peer_role role, wire::Request::Reader request) {
+  if (role == peer_role::admin)
+    return {};
+  switch (request.which()) {
+    case wire::Request::GET_OR_LOAD:
+      if (request.getGetOrLoad().getSpec().getBackend().size() == 0)
+        return {}; // a catalog name
+      return make_error(errc::permission_denied,
+                        "loading a model spec needs the admin role; this peer may load "
+                        "catalog names only");
+    case wire::Request::UNLOAD:
+      return make_error(errc::permission_denied, "unloading needs the admin role");
+    default:
+      return {};
+  }
+}
+
+/// Checks list lengths before anything walks them.
+caf::error check_limits(const gateway_options& opts, wire::Request::Reader request) {
+  if (request.isGetOrLoad()) {
+    auto params = request.getGetOrLoad().getSpec().getParams().size();
+    if (params > opts.max_spec_params)
+      return make_error(errc::invalid_argument,
+                        "a model spec with " + std::to_string(params) + " parameters (at most " +
+                          std::to_string(opts.max_spec_params) + ")");
+  }
+  return {};
+}
 
 /// The handle this peer holds for `key`, if any (the direct route).
 const model_handle* lease_for(peer& p, const std::string& key) {
@@ -159,12 +203,22 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
   auto id = request.getId();
   if (st.stopping)
     return respond_error(*link, id, make_error(errc::shutting_down, "the node is shutting down"));
+  if (p.in_flight >= st.options.max_in_flight_per_peer)
+    return respond_error(*link, id,
+                         make_error(errc::overloaded,
+                                    std::to_string(p.in_flight) +
+                                      " requests of this connection are in flight (the limit, "
+                                      "max_in_flight_per_peer): wait for answers first"));
+  if (auto err = authorize(p.role, request))
+    return respond_error(*link, id, err);
+  if (auto err = check_limits(st.options, request))
+    return respond_error(*link, id, err);
   // No timer per request unless asked for: a timeout costs a clock event per
   // request, and a dead model actor already answers with an error.
   caf::duration timeout = st.options.request_timeout.count() > 0
                             ? caf::duration{st.options.request_timeout}
                             : caf::infinite;
-  flight f{self};
+  flight f{self, peer_id};
   auto on_error = [f, link, id](caf::error& err) {
     // A model actor that died under a direct request: the caller should
     // reload, not reconnect.
@@ -317,6 +371,15 @@ void drop_peer(gateway_ptr self, uint64_t peer_id, const char* why) {
   log::get("modelreg.gateway")->info("peer {} {}: released {} leases", peer_id, why, n);
 }
 
+peer_role role_of_uid(const gateway_options& opts, uid_t uid) {
+  if (uid == opts.owner_uid)
+    return peer_role::admin;
+  for (auto admin : opts.admin_uids)
+    if (admin == uid)
+      return peer_role::admin;
+  return peer_role::infer;
+}
+
 void tell_goodbye(peer_link& link, const std::string& why) {
   auto frame = link.new_frame();
   frame.root().setGoodbye(why);
@@ -336,15 +399,21 @@ gateway_impl::behavior_type gateway(gateway_ptr self, registry_actor registry,
   });
   return {
     [self](inbound_atom, const connection_ptr& conn, const frame_ptr& frame) {
+      // A frame that raced its connection's end: the peer is retired (or
+      // about to be, by the `closed` message already queued); never revive it.
+      if (!conn->is_open())
+        return;
       auto& p = self->state.peers[conn->id()];
-      if (!p.link)
+      if (!p.link) {
         p.link = std::make_shared<shm_link>(conn);
+        p.role = role_of_uid(self->state.options, conn->peer().uid);
+      }
       on_frame(self, conn->id(), frame);
     },
     [self](closed_atom, const connection_ptr& conn) { drop_peer(self, conn->id(), "closed"); },
-    [self](frame_atom, const std::vector<char>& bytes) {
+    [self](remote_frame_atom, const caf::actor& sender, uint8_t role,
+           const std::vector<char>& bytes) {
       auto& st = self->state;
-      auto sender = caf::actor_cast<caf::actor>(self->current_sender());
       if (!sender)
         return;
       auto i = st.remote_ids.find(sender.address());
@@ -352,8 +421,10 @@ gateway_impl::behavior_type gateway(gateway_ptr self, registry_actor registry,
         if (!st.remote_pool)
           st.remote_pool = shm::pool::create();
         i = st.remote_ids.emplace(sender.address(), st.next_remote_id++).first;
-        st.peers[i->second].link =
-          std::make_shared<remote_link>(sender, st.remote_pool, st.remote_counters);
+        auto& p = st.peers[i->second];
+        p.link = std::make_shared<remote_link>(sender, st.remote_pool, st.remote_counters);
+        p.role = role == static_cast<uint8_t>(peer_role::admin) ? peer_role::admin
+                                                                 : peer_role::infer;
         self->monitor(sender);
       }
       auto frame = detail::from_bytes(bytes, *st.remote_counters);
@@ -414,8 +485,43 @@ caf::error listen_shm(const gateway_actor& gw, const std::shared_ptr<transport::
     });
 }
 
-wire_actor wire_interface(const gateway_actor& gw) {
-  return caf::actor_cast<wire_actor>(gw);
+std::string to_string(peer_role role) {
+  return role == peer_role::admin ? "admin" : "infer";
+}
+
+wire_actor wire_interface(caf::actor_system& sys, const gateway_actor& gw, peer_role role) {
+  // A companion is not a scheduled behaviour: every message, system
+  // messages included, reaches only the callback below, on the thread that
+  // delivers it. So a remote peer can send the node nothing but frames.
+  auto door = sys.spawn<caf::actor_companion>();
+  auto* companion = static_cast<caf::actor_companion*>(caf::actor_cast<caf::abstract_actor*>(door));
+  caf::weak_actor_ptr weak = caf::actor_cast<caf::weak_actor_ptr>(gw);
+  auto code = static_cast<uint8_t>(role);
+  companion->on_enqueue([weak, code](caf::mailbox_element_ptr ptr) {
+    if (!ptr)
+      return;
+    auto& content = ptr->content();
+    auto strong = weak.lock();
+    if (!strong || !ptr->sender || !content.match_elements<frame_atom, std::vector<char>>()) {
+      log::get("modelreg.gateway")->debug("door: dropped a message that is not a frame");
+      return;
+    }
+    caf::anon_send(caf::actor_cast<gateway_actor>(strong), remote_frame_atom::value,
+                   caf::actor_cast<caf::actor>(ptr->sender), code,
+                   content.get_as<std::vector<char>>(1));
+  });
+  return caf::actor_cast<wire_actor>(door);
+}
+
+void close_wire_interface(const wire_actor& door) {
+  if (!door)
+    return;
+  auto* companion = static_cast<caf::actor_companion*>(caf::actor_cast<caf::abstract_actor*>(door));
+  companion->on_enqueue(nullptr);
+  // What CAF's own Qt companion does when its widget goes (0.17 exports no
+  // `disconnect`): terminate it, which also unpublishes it.
+  caf::scoped_execution_unit host{&companion->home_system()};
+  companion->cleanup(caf::error{}, &host);
 }
 
 caf::expected<gateway_actor> spawn_shm_gateway(caf::actor_system& sys, registry_actor registry,

@@ -25,6 +25,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include <caf/typed_actor.hpp>
 
 #include "modelreg/actors/registry_actor.hpp"
@@ -33,6 +35,7 @@
 namespace modelreg {
 
 using inbound_atom = caf::atom_constant<caf::atom("inbound")>;
+using remote_frame_atom = caf::atom_constant<caf::atom("rframe")>;
 using closed_atom = caf::atom_constant<caf::atom("closed")>;
 using frame_atom = caf::atom_constant<caf::atom("frame")>;
 
@@ -40,10 +43,21 @@ using frame_atom = caf::atom_constant<caf::atom("frame")>;
 /// middleman, in both directions: whole frames, tensors inline.
 using wire_actor = caf::typed_actor<caf::reacts_to<frame_atom, std::vector<char>>>;
 
+/// What a peer may ask for (docs/serve.md, "Access and roles").
+enum class peer_role : uint8_t {
+  /// Inference, leases, status, subscriptions, and loads of catalog names.
+  infer = 1,
+  /// Also loads of arbitrary model specs and unloads.
+  admin = 2,
+};
+
+/// "infer" or "admin".
+std::string to_string(peer_role role);
+
 using gateway_actor = caf::typed_actor<
   caf::reacts_to<inbound_atom, transport::connection_ptr, transport::frame_ptr>,
   caf::reacts_to<closed_atom, transport::connection_ptr>,
-  caf::reacts_to<frame_atom, std::vector<char>>,
+  caf::reacts_to<remote_frame_atom, caf::actor, uint8_t, std::vector<char>>, // role
   caf::reacts_to<status_atom, status_event>,
   caf::reacts_to<snapshot_atom, registry_snapshot>,
   caf::reacts_to<shutdown_atom>>;
@@ -59,6 +73,14 @@ struct gateway_options {
   /// The shared-memory endpoint whose counters status answers include
   /// (zero-copy tensors, copied bytes, memory lent to peers); optional.
   std::weak_ptr<transport::endpoint> endpoint;
+  /// Unix peers of `owner_uid` (the node's own uid) and of `admin_uids` are
+  /// admins; every other peer the endpoint lets in has the `infer` role.
+  uid_t owner_uid = ::getuid();
+  std::vector<uid_t> admin_uids;
+  /// Requests one peer may have in flight; more are answered `overloaded`.
+  size_t max_in_flight_per_peer = 1024;
+  /// Parameters a model spec in a request may carry.
+  size_t max_spec_params = 64;
 };
 
 /// Spawns a gateway for `registry` (not yet listening anywhere).
@@ -69,9 +91,16 @@ gateway_actor spawn_gateway(caf::actor_system& sys, registry_actor registry,
 caf::error listen_shm(const gateway_actor& gw, const std::shared_ptr<transport::endpoint>& ep,
                       const std::string& path);
 
-/// The gateway's interface for peers on other hosts: publish this handle
-/// with `caf::io::publish` or `caf::openssl::publish`.
-wire_actor wire_interface(const gateway_actor& gw);
+/// The gateway's door for peers on other hosts: publish this handle with
+/// `caf::io::publish` or `caf::openssl::publish`. Every peer that comes in
+/// through it gets `role`. It forwards `frame_atom` messages and nothing
+/// else: no other message, exit and kill included, acts on the node, whoever
+/// sends it. Close it with `close_wire_interface` (it never exits by
+/// itself, so the actor system would wait for it).
+wire_actor wire_interface(caf::actor_system& sys, const gateway_actor& gw, peer_role role);
+
+/// Stops forwarding and terminates the door (it unpublishes itself).
+void close_wire_interface(const wire_actor& door);
 
 /// spawn_gateway + listen_shm.
 caf::expected<gateway_actor> spawn_shm_gateway(caf::actor_system& sys, registry_actor registry,

@@ -15,6 +15,7 @@ std::string to_string(errc code) {
     case errc::load_failed: return "load_failed";
     case errc::infer_failed: return "infer_failed";
     case errc::handle_released: return "handle_released";
+    case errc::permission_denied: return "permission_denied";
     case errc::overloaded: return "overloaded";
     case errc::out_of_memory: return "out_of_memory";
     case errc::quota_exceeded: return "quota_exceeded";

@@ -24,6 +24,7 @@ enum class errc : uint8_t {
   load_failed = 5,       ///< the loader returned an error or threw
   infer_failed = 6,      ///< the model's infer returned an error or threw
   handle_released = 7,   ///< the handle was released before this call
+  permission_denied = 8, ///< this peer's role does not allow the request
   // -- back off: try again later ------------------------------------------
   overloaded = 20,       ///< too many models or requests (max_models, queues)
   out_of_memory = 21,    ///< the byte budget cannot fit the model

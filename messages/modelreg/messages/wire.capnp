@@ -9,7 +9,7 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("modelreg::wire");
 
-const protocolVersion :UInt32 = 1;
+const protocolVersion :UInt32 = 2; # 2: wake-ups on the socket, heartbeats (no eventfd)
 
 # Capability bits exchanged in the handshake.
 const capSharedMemory :UInt64 = 1;

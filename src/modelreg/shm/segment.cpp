@@ -108,6 +108,10 @@ caf::expected<segment> segment::map_readonly(int fd) {
   result.data_ = static_cast<std::byte*>(p);
   result.size_ = size;
   result.writable_ = false;
+  // The mapping keeps the memory: a received segment costs no descriptor, so
+  // a peer announcing many segments cannot exhaust this process's fds.
+  ::close(result.fd_);
+  result.fd_ = -1;
   return result;
 }
 

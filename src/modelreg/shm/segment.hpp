@@ -32,7 +32,8 @@ public:
   static caf::expected<segment> create(size_t size, const std::string& debug_name);
 
   /// Maps a segment received from another process read-only. Takes ownership
-  /// of `fd`. Fails (and closes `fd`) unless it is a memfd sealed against
+  /// of `fd` and closes it once mapped (`fd()` is then -1: the mapping holds
+  /// the memory). Fails (and closes `fd`) unless it is a memfd sealed against
   /// shrinking, growing and new writable mappings.
   static caf::expected<segment> map_readonly(int fd);
 

@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string_view>
 #include <thread>
 
 #include <fcntl.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -23,7 +23,14 @@ constexpr uint32_t socket_magic = 0x4752454d; // "MERG" little-endian: modelreg
 constexpr size_t max_datagram = 64 * 1024;
 constexpr uint32_t max_ring_slots = 1 << 20;
 
-enum class socket_message : uint32_t { hello = 1, segment = 2, inline_fragment = 3 };
+enum class socket_message : uint32_t {
+  hello = 1,
+  segment = 2,
+  inline_fragment = 3,
+  ping = 4, // answered with a pong: liveness of an idle peer
+  pong = 5,
+  ring = 6, // wake-up: the sender published descriptors while this side slept
+};
 
 /// Every datagram on the socket starts with this header.
 struct socket_header {
@@ -148,13 +155,18 @@ struct endpoint::loop {
   std::mutex mutex;
   std::vector<std::function<void()>> tasks;
   std::vector<std::pair<uv_poll_t*, unique_fd>> listeners;
+  uv_timer_t sweep{};      // heartbeats, hello deadlines
+  uv_timer_t accept_retry{}; // listeners paused after EMFILE
+  std::vector<uv_poll_t*> paused;
+  unique_fd spare_fd;      // given up to accept-and-close when out of fds
   bool stopping = false;
 };
 
 struct connection::state {
   uv_poll_t sock_poll{};
-  uv_poll_t bell_poll{};
-  bool bell_started = false;
+  uv_timer_t flush_timer{}; // runs while the backlog holds something
+  bool flushing = false;
+  std::atomic<bool> rung{false}; // a `ring` datagram came: drain the ring
   bool handshaken = false;
   bool closing = false;
   std::shared_ptr<endpoint::handlers> handlers;
@@ -184,53 +196,160 @@ outgoing_frame connection::new_frame() {
   return outgoing_frame{pool_, shared_memory_, owner_->counters_};
 }
 
+int64_t steady_now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+           std::chrono::steady_clock::now().time_since_epoch())
+    .count();
+}
+
+void connection::touch() noexcept {
+  last_heard_.store(steady_now_ns(), std::memory_order_relaxed);
+}
+
+size_t connection::backlog() const {
+  std::lock_guard guard{send_mutex_};
+  return backlog_.size();
+}
+
+void connection::misbehaved(const caf::error& err) {
+  if (failing_.exchange(true))
+    return;
+  ++owner_->misbehaving_;
+  auto self = shared_from_this();
+  owner_->post([self, err] {
+    if (self->loop_state_)
+      self->owner_->fail(self, self->loop_state_->handlers, err);
+  });
+}
+
+caf::error connection::queue(outbound item) {
+  const auto& opts = owner_->options_;
+  auto bytes = item.is_descriptor ? sizeof(descriptor) : item.bytes.size();
+  if (backlog_.size() >= opts.max_backlog || backlog_bytes_ + bytes > opts.max_backlog_bytes) {
+    auto err = make_error(errc::overloaded, "peer does not drain what it is sent (" +
+                                              std::to_string(backlog_.size()) + " items, " +
+                                              std::to_string(backlog_bytes_) +
+                                              " bytes queued: the limit)");
+    misbehaved(err);
+    return err;
+  }
+  backlog_bytes_ += bytes;
+  backlog_.push_back(std::move(item));
+  if (!flush_scheduled_) {
+    flush_scheduled_ = true;
+    auto self = shared_from_this();
+    owner_->post([self] { self->owner_->start_flushing(self); });
+  }
+  return {};
+}
+
+caf::error connection::put_descriptor(const descriptor& d) {
+  if (backlog_.empty() && writer_.try_push(d)) {
+    pushed_ = true;
+    return {};
+  }
+  outbound item;
+  item.desc = d;
+  return queue(std::move(item));
+}
+
+caf::error connection::put_datagram(std::vector<std::byte> bytes, int fd) {
+  if (backlog_.empty()) {
+    std::vector<int> fds;
+    if (fd >= 0)
+      fds.push_back(fd);
+    auto sent = try_send_datagram(sock_.get(), bytes.data(), bytes.size(), fds);
+    if (!sent)
+      return sent.error();
+    if (*sent)
+      return {};
+  }
+  outbound item;
+  item.is_descriptor = false;
+  item.bytes = std::move(bytes);
+  if (fd >= 0) // a segment of ours: keep a descriptor of it until it goes out
+    item.fd = unique_fd{::fcntl(fd, F_DUPFD_CLOEXEC, 0)};
+  return queue(std::move(item));
+}
+
+caf::error connection::ring_doorbell() {
+  if (!pushed_)
+    return {};
+  pushed_ = false;
+  if (!writer_.peer_armed())
+    return {};
+  // Never waits: if the peer's socket is full, it has unread datagrams and
+  // wakes for those anyway.
+  static const auto ring = make_datagram(socket_message::ring, 0, 0);
+  auto sent = try_send_datagram(sock_.get(), ring.data(), ring.size());
+  return sent ? caf::error{} : sent.error();
+}
+
+bool connection::flush_backlog() {
+  std::lock_guard guard{send_mutex_};
+  while (!backlog_.empty() && open_.load()) {
+    auto& item = backlog_.front();
+    if (item.is_descriptor) {
+      if (!writer_.try_push(item.desc))
+        break;
+      pushed_ = true;
+      backlog_bytes_ -= sizeof(descriptor);
+    } else {
+      std::vector<int> fds;
+      if (item.fd)
+        fds.push_back(item.fd.get());
+      auto sent = try_send_datagram(sock_.get(), item.bytes.data(), item.bytes.size(), fds);
+      if (!sent) {
+        misbehaved(sent.error());
+        break;
+      }
+      if (!*sent)
+        break;
+      backlog_bytes_ -= item.bytes.size();
+    }
+    backlog_.pop_front();
+  }
+  ring_doorbell();
+  if (backlog_.empty() || !open_.load()) {
+    flush_scheduled_ = false;
+    return true;
+  }
+  return false;
+}
+
 caf::error connection::announce_segment(uint32_t id) {
   if (announced_.count(id) > 0)
     return {};
   const auto* seg = pool_->find_segment(id);
   if (seg == nullptr)
     return make_error(errc::invalid_argument, "no segment " + std::to_string(id));
-  auto d = make_datagram(socket_message::segment, id, seg->size());
-  if (auto err = send_datagram(sock_.get(), d.data(), d.size(), {seg->fd()}))
+  if (auto err = put_datagram(make_datagram(socket_message::segment, id, seg->size()), seg->fd()))
     return err;
   announced_.insert(id);
   return {};
 }
 
-caf::error connection::push(const descriptor& d) {
-  // Spin, then yield, while the ring is full; a peer that never drains its
-  // ring is overloaded (or frozen): give up after a few seconds.
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{5};
-  for (int spins = 0; !writer_.try_push(d); ++spins) {
-    if (!open_.load())
-      return make_error(errc::peer_disconnected, "connection closed");
-    if (spins > 64)
-      std::this_thread::yield();
-    if (std::chrono::steady_clock::now() > deadline)
-      return make_error(errc::overloaded, "peer does not drain its ring");
+caf::error connection::send_inline(outgoing_frame& frame) {
+  auto flat = frame.finish_flat();
+  auto total = flat.size() * sizeof(capnp::word);
+  if (total > max_inline_frame_bytes)
+    return make_error(errc::invalid_argument, "frame too large to send inline");
+  const auto* bytes = reinterpret_cast<const std::byte*>(flat.begin());
+  constexpr size_t piece = max_datagram - sizeof(socket_header);
+  for (uint64_t off = 0; off < total; off += piece) {
+    auto n = std::min<uint64_t>(piece, total - off);
+    if (auto err = put_datagram(make_datagram(socket_message::inline_fragment, total, off, bytes + off, n)))
+      return err;
   }
   return {};
 }
 
 caf::error connection::send(outgoing_frame& frame) {
   std::lock_guard guard{send_mutex_};
-  if (!open_.load())
+  if (!open_.load() || failing_.load())
     return make_error(errc::peer_disconnected, "connection closed");
-  if (!shared_memory_) {
-    auto flat = frame.finish_flat();
-    auto total = flat.size() * sizeof(capnp::word);
-    if (total > max_inline_frame_bytes)
-      return make_error(errc::invalid_argument, "frame too large to send inline");
-    const auto* bytes = reinterpret_cast<const std::byte*>(flat.begin());
-    constexpr size_t piece = max_datagram - sizeof(socket_header);
-    for (uint64_t off = 0; off < total; off += piece) {
-      auto n = std::min<uint64_t>(piece, total - off);
-      auto d = make_datagram(socket_message::inline_fragment, total, off, bytes + off, n);
-      if (auto err = send_datagram(sock_.get(), d.data(), d.size()))
-        return err;
-    }
-    return {};
-  }
+  if (!shared_memory_)
+    return send_inline(frame);
   auto finished = frame.finish_in_place();
   if (!finished)
     return finished.error();
@@ -250,6 +369,13 @@ caf::error connection::send(outgoing_frame& frame) {
       err = lend(c);
   if (!err)
     err = lend(control);
+  if (err && frame.referenced().empty()) {
+    // A frame with no tensors (an answer such as `quota_exceeded` itself)
+    // needs no loan: it goes inline, so every request gets its answer.
+    for (const auto& id : lent)
+      pool_->give_back(id_, id);
+    return send_inline(frame);
+  }
   for (const auto& c : frame.referenced())
     if (!err)
       err = announce_segment(c->id().segment);
@@ -257,41 +383,40 @@ caf::error connection::send(outgoing_frame& frame) {
     err = announce_segment(control->id().segment);
   auto cid = control->id();
   if (!err)
-    err = push({static_cast<uint32_t>(descriptor_kind::frame), cid.segment, cid.offset, length,
-                cid.generation});
+    err = put_descriptor({static_cast<uint32_t>(descriptor_kind::frame), cid.segment, cid.offset,
+                          length, cid.generation});
   if (err) {
     for (const auto& id : lent)
       pool_->give_back(id_, id);
     return err;
   }
-  writer_.ring_doorbell();
-  return {};
+  return ring_doorbell();
 }
 
 void connection::give_back(const std::vector<shm::chunk_id>& loans) {
   std::lock_guard guard{send_mutex_};
-  if (!open_.load() || !shared_memory_)
+  if (!open_.load() || failing_.load() || !shared_memory_)
     return;
   for (const auto& id : loans)
-    if (push({static_cast<uint32_t>(descriptor_kind::give_back), id.segment, id.offset, 0,
-              id.generation}))
+    if (put_descriptor({static_cast<uint32_t>(descriptor_kind::give_back), id.segment, id.offset,
+                        0, id.generation}))
       return;
-  writer_.ring_doorbell();
+  ring_doorbell();
 }
 
 caf::error connection::send_raw_descriptor(const descriptor& d) {
   std::lock_guard guard{send_mutex_};
   if (!shared_memory_)
     return make_error(errc::unsupported, "no ring on an inline connection");
-  if (auto err = push(d))
+  if (auto err = put_descriptor(d))
     return err;
-  writer_.ring_doorbell();
-  return {};
+  return ring_doorbell();
 }
 
 caf::error connection::send_raw_datagram(const void* data, size_t size) {
   std::lock_guard guard{send_mutex_};
-  return send_datagram(sock_.get(), data, size);
+  const auto* p = static_cast<const std::byte*>(data);
+  return put_datagram(std::vector<std::byte>(p, p + size));
 }
 
 bool connection::poll() {
@@ -323,6 +448,19 @@ std::shared_ptr<endpoint> endpoint::start(endpoint_options opts) {
     for (auto& t : tasks)
       t();
   });
+  // One timer for every connection's heartbeat and hello deadline.
+  uv_timer_init(&lp.uv, &lp.sweep);
+  lp.sweep.data = ep.get();
+  auto period = std::min(ep->options_.heartbeat_interval.count() > 0
+                           ? ep->options_.heartbeat_interval
+                           : std::chrono::milliseconds{1000},
+                         std::chrono::milliseconds{250});
+  uv_timer_start(
+    &lp.sweep, [](uv_timer_t* t) { static_cast<endpoint*>(t->data)->sweep(); },
+    static_cast<uint64_t>(period.count()), static_cast<uint64_t>(period.count()));
+  uv_timer_init(&lp.uv, &lp.accept_retry);
+  lp.accept_retry.data = ep.get();
+  lp.spare_fd = unique_fd{::open("/dev/null", O_RDONLY | O_CLOEXEC)};
   lp.thread = std::thread{[&lp] {
     uv_run(&lp.uv, UV_RUN_DEFAULT);
     uv_loop_close(&lp.uv);
@@ -366,6 +504,8 @@ void endpoint::stop() {
       }
       for (auto& c : all)
         drop(c);
+      uv_close(reinterpret_cast<uv_handle_t*>(&loop_->sweep), nullptr);
+      uv_close(reinterpret_cast<uv_handle_t*>(&loop_->accept_retry), nullptr);
       uv_close(reinterpret_cast<uv_handle_t*>(&loop_->wake), nullptr);
     });
   }
@@ -419,26 +559,127 @@ caf::error endpoint::listen(const std::string& path, frame_handler on_frame,
 }
 
 void endpoint::accept_pending(int listener, const std::shared_ptr<handlers>& h) {
+  auto log = log::get("modelreg.transport");
   for (;;) {
     auto fd = accept_seqpacket(listener);
-    if (!fd || !*fd)
+    if (!fd) {
+      if (errno != EMFILE && errno != ENFILE) {
+        log->warn("accept: {}", describe(fd.error()));
+        return;
+      }
+      // Out of descriptors: the pending peer would keep the listener
+      // readable and this loop spinning. Give up the spare descriptor to
+      // accept and close it (the peer sees EOF at once), then pause
+      // accepting for a moment.
+      log->warn("out of file descriptors: refusing a connection, pausing accept for 100 ms");
+      loop_->spare_fd = unique_fd{};
+      { auto victim = accept_seqpacket(listener); } // closed at once
+      loop_->spare_fd = unique_fd{::open("/dev/null", O_RDONLY | O_CLOEXEC)};
+      for (auto& [poll, owned] : loop_->listeners) {
+        if (owned.get() == listener) {
+          uv_poll_stop(poll);
+          loop_->paused.push_back(poll);
+        }
+      }
+      uv_timer_start(
+        &loop_->accept_retry,
+        [](uv_timer_t* t) {
+          auto* self = static_cast<endpoint*>(t->data);
+          for (auto* poll : self->loop_->paused)
+            uv_poll_start(poll, UV_READABLE, [](uv_poll_t* p, int status, int) {
+              if (status >= 0)
+                (*static_cast<std::function<void()>*>(p->data))();
+            });
+          self->loop_->paused.clear();
+        },
+        100, 0);
+      return;
+    }
+    if (!*fd)
       return;
     auto cred = peer_of(fd->get());
     if (!cred || !peer_allowed(cred->uid)) {
-      log::get("modelreg.transport")
-        ->warn("refused a connection from uid {}", cred ? static_cast<long>(cred->uid) : -1L);
+      log->warn("refused a connection from uid {}", cred ? static_cast<long>(cred->uid) : -1L);
       continue; // fd closes: the peer sees EOF at once
     }
     auto conn = connection_ptr{new connection(shared_from_this(), next_connection_id(),
                                               std::move(*fd), *cred)};
+    conn->touch();
     adopt(conn, h);
+  }
+}
+
+void endpoint::start_flushing(const connection_ptr& conn) {
+  if (!conn->loop_state_ || conn->loop_state_->closing)
+    return;
+  auto& st = *conn->loop_state_;
+  if (st.flushing)
+    return;
+  if (conn->flush_backlog())
+    return;
+  st.flushing = true;
+  st.flush_timer.data = conn.get();
+  // The ring has no "room again" signal: retry every millisecond while
+  // something waits (the socket's backlog too, simplest the same way).
+  uv_timer_start(
+    &st.flush_timer,
+    [](uv_timer_t* t) {
+      auto* c = static_cast<connection*>(t->data);
+      if (c->flush_backlog() || !c->open_.load()) {
+        c->loop_state_->flushing = false;
+        uv_timer_stop(t);
+      }
+    },
+    1, 1);
+}
+
+void endpoint::sweep() {
+  std::vector<connection_ptr> all;
+  {
+    std::lock_guard guard{connections_mutex_};
+    for (auto& [id, c] : connections_)
+      all.push_back(c);
+  }
+  auto now = std::chrono::steady_clock::now();
+  auto now_ns = steady_now_ns();
+  for (auto& c : all) {
+    if (!c->loop_state_ || c->loop_state_->closing)
+      continue;
+    auto& st = *c->loop_state_;
+    if (!st.handshaken) {
+      if (now - c->created_ > options_.handshake_timeout) {
+        ++timed_out_;
+        fail(c, st.handlers,
+             make_error(errc::unavailable, "no hello within " +
+                                             std::to_string(options_.handshake_timeout.count()) +
+                                             " ms: closing the connection"));
+      }
+      continue;
+    }
+    auto silent = std::chrono::nanoseconds{now_ns - c->last_heard_.load()};
+    if (options_.peer_timeout.count() > 0 && silent > options_.peer_timeout) {
+      ++timed_out_;
+      fail(c, st.handlers,
+           make_error(errc::unavailable,
+                      "the peer (pid " + std::to_string(c->peer_.pid) + ") sent nothing for " +
+                        std::to_string(options_.peer_timeout.count()) +
+                        " ms, not even a heartbeat: it is frozen or gone"));
+      continue;
+    }
+    if (options_.heartbeat_interval.count() > 0 && silent >= options_.heartbeat_interval / 2) {
+      std::lock_guard guard{c->send_mutex_};
+      if (c->backlog_.empty() && c->open_.load() && !c->failing_.load())
+        c->put_datagram(make_datagram(socket_message::ping, 0, 0));
+    }
   }
 }
 
 caf::error endpoint::setup_shared_memory(connection& conn, uint32_t peer_slots,
                                          std::vector<unique_fd>& fds) {
-  if (fds.size() != 2)
-    return make_error(errc::malformed_frame, "shared-memory hello without control fds");
+  if (fds.size() != 1)
+    return make_error(errc::malformed_frame,
+                      "a shared-memory hello carries its control segment and nothing else (" +
+                        std::to_string(fds.size()) + " fds)");
   if (peer_slots == 0 || peer_slots > max_ring_slots)
     return make_error(errc::malformed_frame, "bad ring size " + std::to_string(peer_slots));
   auto control = shm::segment::map_readonly(fds[0].release());
@@ -447,10 +688,9 @@ caf::error endpoint::setup_shared_memory(connection& conn, uint32_t peer_slots,
   if (control->size() < control_bytes(peer_slots))
     return make_error(errc::malformed_frame, "peer control segment smaller than its ring");
   conn.peer_control_ = std::make_shared<const shm::segment>(std::move(*control));
-  conn.peer_doorbell_ = std::move(fds[1]);
   auto* mine = reinterpret_cast<control_block*>(conn.my_control_.data());
   auto* peer = reinterpret_cast<const control_block*>(conn.peer_control_->data());
-  conn.writer_ = ring_writer{mine, peer, options_.ring_slots, conn.peer_doorbell_.get()};
+  conn.writer_ = ring_writer{mine, peer, options_.ring_slots};
   conn.reader_ = ring_reader{peer, mine, peer_slots};
   conn.shared_memory_ = true;
   conn.pool_->set_quota(conn.id_, options_.peer_quota);
@@ -459,16 +699,13 @@ caf::error endpoint::setup_shared_memory(connection& conn, uint32_t peer_slots,
 
 namespace {
 
-/// Creates this side's control segment and doorbell.
-caf::error make_control(const endpoint_options& opts, shm::segment& control, unique_fd& bell) {
+/// Creates this side's control segment.
+caf::error make_control(const endpoint_options& opts, shm::segment& control) {
   auto seg = shm::segment::create(control_bytes(opts.ring_slots), "control");
   if (!seg)
     return seg.error();
   new (seg->data()) control_block{};
   control = std::move(*seg);
-  bell = unique_fd{::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)};
-  if (!bell)
-    return make_error(errc::unavailable, "eventfd failed");
   return {};
 }
 
@@ -502,38 +739,52 @@ caf::expected<connection_ptr> endpoint::connect(const std::string& path, frame_h
       return err;
   }
   ::fcntl(conn->sock_.get(), F_SETFL, ::fcntl(conn->sock_.get(), F_GETFL) | O_NONBLOCK);
+  conn->touch();
   auto h = std::make_shared<handlers>(handlers{std::move(on_frame), std::move(on_error)});
   auto self = shared_from_this();
   post([self, conn, h] {
     self->adopt(conn, h);
     conn->loop_state_->handshaken = true;
-    if (conn->shared_memory_)
-      self->start_doorbell(conn, h);
     conn->adopted_ = true;
+    if (conn->shared_memory_) // anything published before we watched
+      self->on_doorbell(conn, h);
   });
   return conn;
 }
 
 caf::error endpoint::send_hello(connection& conn, bool shared_memory) {
-  // Offering shared memory means handing over our control segment and
-  // doorbell with the hello.
+  // Offering shared memory means handing over our control segment with the
+  // hello.
   if (shared_memory)
-    if (auto err = make_control(options_, conn.my_control_, conn.my_doorbell_))
+    if (auto err = make_control(options_, conn.my_control_))
       return err;
   auto hello = hello_datagram(options_, shared_memory);
   std::vector<int> fds;
   if (shared_memory)
-    fds = {conn.my_control_.fd(), conn.my_doorbell_.get()};
+    fds = {conn.my_control_.fd()};
   std::lock_guard guard{conn.send_mutex_};
-  return send_datagram(conn.sock_.get(), hello.data(), hello.size(), fds);
+  // The first datagram on a fresh socket: if even that cannot go out, the
+  // peer is not reading at all.
+  auto sent = try_send_datagram(conn.sock_.get(), hello.data(), hello.size(), fds);
+  if (!sent)
+    return sent.error();
+  if (!*sent)
+    return make_error(errc::unavailable, "the peer does not read its socket");
+  return {};
 }
 
 caf::error endpoint::server_handshake(const connection_ptr& conn, datagram& hello) {
   auto info = parse_hello(hello);
   if (!info)
     return info.error();
-  bool shm = options_.shared_memory && (info->capabilities & wire::CAP_SHARED_MEMORY) != 0 &&
-             hello.fds.size() == 2;
+  bool offered = (info->capabilities & wire::CAP_SHARED_MEMORY) != 0;
+  if (offered && hello.fds.size() != 1)
+    return make_error(errc::malformed_frame,
+                      "a shared-memory hello carries its control segment and nothing else (" +
+                        std::to_string(hello.fds.size()) + " fds)");
+  if (!offered && !hello.fds.empty())
+    return make_error(errc::malformed_frame, "a hello without shared memory carries no fds");
+  bool shm = options_.shared_memory && offered;
   if (auto err = send_hello(*conn, shm))
     return err;
   if (shm)
@@ -550,6 +801,7 @@ void endpoint::adopt(const connection_ptr& conn, std::shared_ptr<handlers> h) {
   auto& st = *conn->loop_state_;
   st.handlers = h;
   st.keep_alive = conn;
+  uv_timer_init(&loop_->uv, &st.flush_timer);
   uv_poll_init(&loop_->uv, &st.sock_poll, conn->sock_.get());
   auto self = shared_from_this();
   st.sock_poll.data = new std::function<void()>{[self, conn, h] { self->on_readable(conn, h); }};
@@ -561,8 +813,14 @@ void endpoint::adopt(const connection_ptr& conn, std::shared_ptr<handlers> h) {
 void endpoint::on_readable(const connection_ptr& conn, const std::shared_ptr<handlers>& h) {
   if (!conn->loop_state_ || conn->loop_state_->closing)
     return;
-  std::lock_guard guard{conn->recv_mutex_};
-  process_socket(conn, h);
+  bool open;
+  {
+    std::lock_guard guard{conn->recv_mutex_};
+    open = process_socket(conn, h);
+  }
+  auto& st = *conn->loop_state_;
+  if (open && st.rung.exchange(false))
+    on_doorbell(conn, h);
 }
 
 bool endpoint::process_socket(const connection_ptr& conn, const std::shared_ptr<handlers>& h) {
@@ -581,14 +839,19 @@ bool endpoint::process_socket(const connection_ptr& conn, const std::shared_ptr<
       fail(conn, h, make_error(errc::peer_disconnected, "peer closed the connection"));
       return false;
     }
+    conn->touch();
     if (!st.handshaken) {
       if (auto err = server_handshake(conn, *d)) {
         fail(conn, h, err);
         return false;
       }
       st.handshaken = true;
-      if (conn->shared_memory_)
-        start_doorbell(conn, h);
+      if (conn->shared_memory_) {
+        // Anything published before we watched; posted, because the caller
+        // holds the connection's receive lock.
+        auto self = shared_from_this();
+        post([self, conn, h] { self->on_doorbell(conn, h); });
+      }
       continue;
     }
     auto hdr = header_of(*d);
@@ -600,6 +863,15 @@ bool endpoint::process_socket(const connection_ptr& conn, const std::shared_ptr<
       case socket_message::segment: {
         if (d->fds.size() != 1 || hdr->a > UINT32_MAX) {
           fail(conn, h, make_error(errc::malformed_frame, "segment announcement without its fd"));
+          return false;
+        }
+        if (conn->remote_segments_.size() >= options_.max_peer_segments &&
+            conn->remote_segments_.count(static_cast<uint32_t>(hdr->a)) == 0) {
+          ++misbehaving_;
+          fail(conn, h, make_error(errc::quota_exceeded,
+                                   "the peer announced more than " +
+                                     std::to_string(options_.max_peer_segments) +
+                                     " segments (max_peer_segments)"));
           return false;
         }
         auto seg = shm::segment::map_readonly(d->fds[0].release());
@@ -636,6 +908,18 @@ bool endpoint::process_socket(const connection_ptr& conn, const std::shared_ptr<
         }
         break;
       }
+      case socket_message::ping: {
+        std::lock_guard guard{conn->send_mutex_};
+        if (conn->backlog_.empty()) // a peer that does not read gets no more
+          conn->put_datagram(make_datagram(socket_message::pong, 0, 0));
+        break;
+      }
+      case socket_message::pong:
+        break; // heard: that is all a pong is for
+      case socket_message::ring:
+        if (conn->shared_memory_)
+          st.rung = true;
+        break;
       default:
         fail(conn, h, make_error(errc::malformed_frame,
                                  "unknown datagram type " + std::to_string(hdr->type)));
@@ -669,14 +953,22 @@ void endpoint::deliver(const connection_ptr& conn, const std::shared_ptr<handler
     fail(conn, h, frame.error());
     return;
   }
+  // Resolving a segment may have read the peer's end-of-file: a closed
+  // connection delivers nothing more (its owner already retired it).
+  if (!conn->open_.load() || conn->failing_.load())
+    return;
   if (h->on_frame)
     h->on_frame(conn, std::move(*frame));
 }
 
-bool endpoint::drain_ring(const connection_ptr& conn, const std::shared_ptr<handlers>& h) {
+bool endpoint::drain_ring(const connection_ptr& conn, const std::shared_ptr<handlers>& h,
+                          uint32_t budget, uint32_t& taken) {
   descriptor d;
+  taken = 0;
   auto usable = [&] { return conn->open_.load() && !conn->failing_.load(); };
-  while (usable() && conn->reader_.try_pop(d)) {
+  while (taken < budget && usable() && conn->reader_.try_pop(d)) {
+    if (taken++ == 0)
+      conn->touch();
     switch (static_cast<descriptor_kind>(d.kind)) {
       case descriptor_kind::frame: {
         auto i = conn->remote_segments_.find(d.segment);
@@ -719,32 +1011,24 @@ bool endpoint::drain_ring(const connection_ptr& conn, const std::shared_ptr<hand
   return usable();
 }
 
-void endpoint::start_doorbell(const connection_ptr& conn, const std::shared_ptr<handlers>& h) {
-  auto& st = *conn->loop_state_;
-  uv_poll_init(&loop_->uv, &st.bell_poll, conn->my_doorbell_.get());
-  st.bell_started = true;
-  auto self = shared_from_this();
-  st.bell_poll.data = new std::function<void()>{[self, conn, h] { self->on_doorbell(conn, h); }};
-  uv_poll_start(&st.bell_poll, UV_READABLE, [](uv_poll_t* p, int, int) {
-    (*static_cast<std::function<void()>*>(p->data))();
-  });
-  // Anything published before we watched; posted, because the caller may
-  // hold the connection's receive lock.
-  post([self, conn, h] { self->on_doorbell(conn, h); });
-}
-
 void endpoint::on_doorbell(const connection_ptr& conn, const std::shared_ptr<handlers>& h) {
   auto& st = *conn->loop_state_;
   if (st.closing)
     return;
-  uint64_t count;
-  [[maybe_unused]] auto n = ::read(conn->my_doorbell_.get(), &count, sizeof(count));
   conn->reader_.disarm();
   for (;;) {
+    uint32_t taken = 0;
     {
       std::lock_guard guard{conn->recv_mutex_};
-      if (!drain_ring(conn, h))
+      if (!drain_ring(conn, h, options_.drain_budget, taken))
         return;
+    }
+    if (taken >= options_.drain_budget) {
+      // A full turn: let the other connections (and the loop's timers) run
+      // before this peer's next batch. The ring stays disarmed meanwhile.
+      auto self = shared_from_this();
+      post([self, conn, h] { self->on_doorbell(conn, h); });
+      return;
     }
     // Spin briefly: a busy peer's next frame usually arrives within it.
     auto until = std::chrono::steady_clock::now() + options_.spin;
@@ -755,7 +1039,7 @@ void endpoint::on_doorbell(const connection_ptr& conn, const std::shared_ptr<han
     if (conn->reader_.ready())
       continue;
     if (conn->reader_.arm())
-      return; // sleep until the doorbell
+      return; // sleep until the peer's next `ring` datagram
   }
 }
 
@@ -770,7 +1054,8 @@ bool endpoint::poll(const connection_ptr& conn) {
   std::unique_lock guard{conn->recv_mutex_, std::try_to_lock};
   if (!guard.owns_lock() || !conn->reader_.ready())
     return false;
-  drain_ring(conn, conn->loop_state_->handlers);
+  uint32_t taken = 0;
+  drain_ring(conn, conn->loop_state_->handlers, options_.drain_budget, taken);
   return true;
 }
 
@@ -808,7 +1093,7 @@ void endpoint::drop(const connection_ptr& conn) {
   auto reclaimed = conn->pool_->reclaim(conn->id_);
   if (reclaimed > 0)
     log::get("modelreg.transport")->info("connection {}: reclaimed {} loans", conn->id_, reclaimed);
-  auto pending = std::make_shared<int>(st.bell_started ? 2 : 1);
+  auto pending = std::make_shared<int>(2);
   auto finish = [conn, pending] {
     if (--*pending == 0) {
       conn->remote_segments_.clear();
@@ -827,8 +1112,9 @@ void endpoint::drop(const connection_ptr& conn) {
     close_then(reinterpret_cast<uv_handle_t*>(&p));
   };
   close_poll(st.sock_poll);
-  if (st.bell_started)
-    close_poll(st.bell_poll);
+  st.flush_timer.data = new std::function<void()>{finish};
+  uv_timer_stop(&st.flush_timer);
+  close_then(reinterpret_cast<uv_handle_t*>(&st.flush_timer));
   ::shutdown(conn->sock_.get(), SHUT_RDWR);
 }
 
@@ -861,6 +1147,8 @@ endpoint_stats endpoint::stats() const {
   s.zero_copy_tensors = counters_.zero_copy_tensors.load();
   s.copied_bytes = counters_.copied_bytes.load();
   s.rejected_frames = rejected_.load();
+  s.misbehaving_peers = misbehaving_.load();
+  s.timed_out_peers = timed_out_.load();
   std::lock_guard guard{pools_mutex_};
   for (const auto& weak : pools_) {
     if (auto p = weak.lock()) {

@@ -2,8 +2,8 @@
 // thread, any number of connections (see docs/transport.md).
 //
 // A connection is a Unix SOCK_SEQPACKET socket (rendezvous, liveness, fd
-// passing) plus, when both sides can map shared memory, a descriptor ring per
-// direction with an eventfd doorbell. Frames (Cap'n Proto) are built in the
+// passing, wake-ups) plus, when both sides can map shared memory, a descriptor
+// ring per direction. Frames (Cap'n Proto) are built in the
 // sender's pool and referenced from the ring; tensors inside them are
 // referenced, never copied. Without shared memory the same frames travel over
 // the socket with tensor bytes inline.
@@ -20,6 +20,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -49,8 +50,22 @@ struct endpoint_options {
   bool shared_memory = true;
   /// How long a receiver spins on an empty ring before it sleeps.
   std::chrono::microseconds spin{50};
-  /// How long `connect` waits for the server's hello.
+  /// How long `connect` waits for the server's hello, and how long a server
+  /// keeps a connection that has not sent its hello.
   std::chrono::milliseconds handshake_timeout{2000};
+  /// An idle peer is pinged this often (0: never); see `peer_timeout`.
+  std::chrono::milliseconds heartbeat_interval{1000};
+  /// A peer that sent nothing (not even a pong) for this long is closed
+  /// with `unavailable`: it froze, or its host is gone (0: never).
+  std::chrono::milliseconds peer_timeout{3000};
+  /// Descriptors and datagrams queued for a peer that does not drain its
+  /// ring or socket; past either limit the peer is closed as misbehaving.
+  size_t max_backlog = 16384;
+  uint64_t max_backlog_bytes = uint64_t{1} << 30;
+  /// Segments one peer may announce (each is a mapping in this process).
+  uint32_t max_peer_segments = 1024;
+  /// Descriptors taken from one peer's ring before other peers get a turn.
+  uint32_t drain_budget = 256;
 };
 
 class endpoint;
@@ -95,6 +110,9 @@ public:
   /// Closes the connection (from any thread).
   void close();
 
+  /// Descriptors and datagrams waiting for the peer to make room.
+  size_t backlog() const;
+
   /// Processes what has arrived on this connection on the calling thread,
   /// unless another thread (the loop) is doing so; true if it found anything.
   /// A caller waiting for a reply polls instead of waiting for the loop
@@ -112,9 +130,29 @@ private:
 
   connection(std::shared_ptr<endpoint> owner, uint64_t id, unique_fd sock, peer_credentials peer);
 
+  /// Something waiting for room in the ring (a descriptor) or in the
+  /// socket (a datagram, with the fd it carries).
+  struct outbound {
+    bool is_descriptor = true;
+    descriptor desc;
+    std::vector<std::byte> bytes;
+    unique_fd fd;
+  };
+
+  // Sending never waits for the peer: what does not fit goes to the
+  // backlog, in order, which the loop thread flushes. All under send_mutex_.
   caf::error announce_segment(uint32_t id);
   void give_back(const std::vector<shm::chunk_id>& loans);
-  caf::error push(const descriptor& d);
+  caf::error put_descriptor(const descriptor& d);
+  caf::error put_datagram(std::vector<std::byte> bytes, int fd = -1);
+  caf::error queue(outbound item);
+  caf::error ring_doorbell();
+  caf::error send_inline(outgoing_frame& frame);
+  /// Sends what the backlog holds; true once it is empty.
+  bool flush_backlog();
+  /// The peer misbehaved (from any thread): closed by the loop thread.
+  void misbehaved(const caf::error& err);
+  void touch() noexcept;
 
   std::shared_ptr<endpoint> owner_;
   uint64_t id_;
@@ -128,13 +166,19 @@ private:
   // Shared-memory state (valid if shared_memory_).
   shm::segment my_control_;
   std::shared_ptr<const shm::segment> peer_control_;
-  unique_fd my_doorbell_;
-  unique_fd peer_doorbell_;
   ring_writer writer_;
   ring_reader reader_;
 
-  std::mutex send_mutex_;           // guards writer_, announced_, socket sends
+  mutable std::mutex send_mutex_;   // guards writer_, announced_, backlog_, socket sends
   std::set<uint32_t> announced_;
+  std::deque<outbound> backlog_;
+  uint64_t backlog_bytes_ = 0;
+  bool flush_scheduled_ = false;
+  bool pushed_ = false;             // a descriptor went out since the last doorbell
+
+  // Liveness: steady-clock nanoseconds of the last thing heard from the peer.
+  std::atomic<int64_t> last_heard_{0};
+  std::chrono::steady_clock::time_point created_ = std::chrono::steady_clock::now();
 
   // Receive-side state: used by the loop thread, or by a thread in poll(),
   // always under recv_mutex_.
@@ -150,6 +194,8 @@ private:
 /// Endpoint-wide counters.
 struct endpoint_stats {
   uint64_t connections = 0;
+  uint64_t misbehaving_peers = 0; ///< peers closed for not draining or over a limit
+  uint64_t timed_out_peers = 0;   ///< peers closed for silence or a missing hello
   uint64_t zero_copy_tensors = 0;
   uint64_t copied_bytes = 0;
   uint64_t rejected_frames = 0;
@@ -190,10 +236,13 @@ private:
   void post(std::function<void()> task);
   void adopt(const connection_ptr& conn, std::shared_ptr<handlers> h);
   void on_readable(const connection_ptr& conn, const std::shared_ptr<handlers>& h);
-  void start_doorbell(const connection_ptr& conn, const std::shared_ptr<handlers>& h);
+  /// Takes what the peer's ring holds, spins briefly, then arms and sleeps
+  /// until the peer's next `ring` datagram.
   void on_doorbell(const connection_ptr& conn, const std::shared_ptr<handlers>& h);
   bool process_socket(const connection_ptr& conn, const std::shared_ptr<handlers>& h);
-  bool drain_ring(const connection_ptr& conn, const std::shared_ptr<handlers>& h);
+  /// Takes up to `budget` descriptors; false if the connection failed.
+  bool drain_ring(const connection_ptr& conn, const std::shared_ptr<handlers>& h,
+                  uint32_t budget, uint32_t& taken);
   void deliver(const connection_ptr& conn, const std::shared_ptr<handlers>& h,
                kj::Array<capnp::word> bytes);
   void fail(const connection_ptr& conn, const std::shared_ptr<handlers>& h, const caf::error& err);
@@ -201,6 +250,8 @@ private:
   bool on_loop_thread() const;
   void drop(const connection_ptr& conn);
   void accept_pending(int listener, const std::shared_ptr<handlers>& h);
+  void sweep();
+  void start_flushing(const connection_ptr& conn);
   caf::error send_hello(connection& conn, bool shared_memory);
   caf::error server_handshake(const connection_ptr& conn, datagram& hello);
   caf::error setup_shared_memory(connection& conn, uint32_t peer_slots,
@@ -213,6 +264,8 @@ private:
   mutable std::mutex pools_mutex_;
   std::vector<std::weak_ptr<shm::pool>> pools_; // for stats
   std::atomic<uint64_t> rejected_{0};
+  std::atomic<uint64_t> misbehaving_{0};
+  std::atomic<uint64_t> timed_out_{0};
   std::atomic<uint64_t> next_id_{1};
   std::unique_ptr<loop> loop_;
   mutable std::mutex connections_mutex_;

@@ -1,6 +1,5 @@
 #include "modelreg/transport/ring.hpp"
 
-#include <unistd.h>
 
 namespace modelreg::transport {
 
@@ -18,13 +17,12 @@ bool ring_writer::try_push(const descriptor& d) {
   return true;
 }
 
-void ring_writer::ring_doorbell() {
+bool ring_writer::peer_armed() {
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (peer_->armed.load(std::memory_order_relaxed) != 0) {
-    uint64_t one = 1;
-    [[maybe_unused]] auto n = ::write(doorbell_, &one, sizeof(one));
-    ++doorbells_;
-  }
+  if (peer_->armed.load(std::memory_order_relaxed) == 0)
+    return false;
+  ++doorbells_;
+  return true;
 }
 
 bool ring_reader::ready() const noexcept {

@@ -1,5 +1,5 @@
-// Descriptor rings in shared memory, one per direction, with an "armed" flag
-// and an eventfd doorbell.
+// Descriptor rings in shared memory, one per direction, with an "armed" flag;
+// a sleeping receiver is woken by a `ring` datagram on the connection's socket.
 //
 // Each side of a connection owns one small control segment that only it
 // writes and its peer maps read-only:
@@ -11,10 +11,15 @@
 //   └ slots[n]  my outbound ring
 //
 // A producer publishes a descriptor by writing the slot, then `head`
-// (release), then — after a full fence — reads the peer's `armed` and writes
-// the peer's eventfd only if it is set. A consumer that finds its input empty
-// spins briefly, sets `armed`, fences, re-checks, and only then sleeps. So a
-// busy receiver costs no system call per message. Positions only grow (64
+// (release), then — after a full fence — reads the peer's `armed` and wakes
+// the peer only if it is set. A consumer that finds its input empty spins
+// briefly, sets `armed`, fences, re-checks, and only then sleeps. So a busy
+// receiver costs no system call per message.
+//
+// Why the socket and not an eventfd: a descriptor passed to another process
+// shares its file status flags with it, so a peer could make a shared eventfd
+// blocking (or fill its counter) and stall whoever writes or reads it. Each
+// end of a socket is its own open file, sent to with MSG_DONTWAIT. Positions only grow (64
 // bits); nothing in shared memory is a pointer.
 #pragma once
 
@@ -56,14 +61,15 @@ size_t control_bytes(uint32_t slots);
 class ring_writer {
 public:
   ring_writer() = default;
-  ring_writer(control_block* mine, const control_block* peer, uint32_t slots, int peer_doorbell)
-    : mine_(mine), peer_(peer), slots_(slots), doorbell_(peer_doorbell) {}
+  ring_writer(control_block* mine, const control_block* peer, uint32_t slots)
+    : mine_(mine), peer_(peer), slots_(slots) {}
 
   /// Publishes `d`; false if the ring is full.
   bool try_push(const descriptor& d);
 
-  /// Wakes the peer if it sleeps (call after one or more pushes).
-  void ring_doorbell();
+  /// True if the peer sleeps and must be woken (call after one or more
+  /// pushes; the caller sends the wake-up).
+  bool peer_armed();
 
   uint64_t doorbells_rung() const noexcept { return doorbells_; }
 
@@ -71,7 +77,6 @@ private:
   control_block* mine_ = nullptr;
   const control_block* peer_ = nullptr;
   uint32_t slots_ = 0;
-  int doorbell_ = -1;
   uint64_t doorbells_ = 0;
 };
 

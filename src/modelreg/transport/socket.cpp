@@ -112,9 +112,10 @@ caf::expected<peer_credentials> peer_of(int fd) {
   return peer_credentials{cred.pid, cred.uid, cred.gid};
 }
 
-caf::error send_datagram(int fd, const void* data, size_t size, const std::vector<int>& fds) {
-  if (fds.size() > max_fds_per_datagram)
-    return make_error(errc::invalid_argument, "too many fds in one datagram");
+namespace {
+
+/// One sendmsg: 1 sent, 0 would block, -1 failed (errno set).
+int send_once(int fd, const void* data, size_t size, const std::vector<int>& fds) {
   iovec iov{const_cast<void*>(data), size};
   msghdr msg{};
   msg.msg_iov = &iov;
@@ -130,20 +131,47 @@ caf::error send_datagram(int fd, const void* data, size_t size, const std::vecto
     std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
   }
   for (;;) {
-    auto n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+    auto n = ::sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n >= 0)
-      return {};
+      return 1;
     if (errno == EINTR)
       continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      pollfd p{fd, POLLOUT, 0};
-      ::poll(&p, 1, 1000);
-      continue;
-    }
-    if (errno == EPIPE || errno == ECONNRESET)
-      return os_error(errc::peer_disconnected, "send");
-    return os_error(errc::unavailable, "send");
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+      return 0;
+    return -1;
   }
+}
+
+caf::error send_failure() {
+  if (errno == EPIPE || errno == ECONNRESET)
+    return os_error(errc::peer_disconnected, "send");
+  return os_error(errc::unavailable, "send");
+}
+
+} // namespace
+
+caf::error send_datagram(int fd, const void* data, size_t size, const std::vector<int>& fds) {
+  if (fds.size() > max_fds_per_datagram)
+    return make_error(errc::invalid_argument, "too many fds in one datagram");
+  for (;;) {
+    auto r = send_once(fd, data, size, fds);
+    if (r > 0)
+      return {};
+    if (r < 0)
+      return send_failure();
+    pollfd p{fd, POLLOUT, 0};
+    ::poll(&p, 1, 1000);
+  }
+}
+
+caf::expected<bool> try_send_datagram(int fd, const void* data, size_t size,
+                                      const std::vector<int>& fds) {
+  if (fds.size() > max_fds_per_datagram)
+    return make_error(errc::invalid_argument, "too many fds in one datagram");
+  auto r = send_once(fd, data, size, fds);
+  if (r < 0)
+    return send_failure();
+  return r > 0;
 }
 
 caf::expected<datagram> receive_datagram(int fd, size_t max_size) {

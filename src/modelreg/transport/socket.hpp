@@ -56,8 +56,15 @@ struct peer_credentials {
 /// The peer's credentials as the kernel saw them at connect time.
 caf::expected<peer_credentials> peer_of(int fd);
 
-/// Sends one datagram carrying `fds` (may be empty).
+/// Sends one datagram carrying `fds` (may be empty), waiting up to a second
+/// at a time while the peer's queue is full. For handshakes only: a thread
+/// that serves many peers uses `try_send_datagram`.
 caf::error send_datagram(int fd, const void* data, size_t size, const std::vector<int>& fds = {});
+
+/// Sends one datagram without waiting: true if sent, false if the peer's
+/// queue is full (nothing sent).
+caf::expected<bool> try_send_datagram(int fd, const void* data, size_t size,
+                                      const std::vector<int>& fds = {});
 
 /// One received datagram and the fds that came with it (owned).
 struct datagram {

@@ -1,0 +1,272 @@
+// A node that no client can hurt: real `modelreg serve` processes against
+// peers that freeze, die with requests in flight, never say hello, send a
+// doorbell where none belongs, or speak CAF to the node's TCP door; beside
+// each, a well-behaved client whose every call must succeed.
+#include <csignal>
+#include <future>
+
+#include <caf/io/middleman.hpp>
+#include <caf/send.hpp>
+
+#include <fcntl.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
+#include "modelreg/actors/shm_gateway.hpp"
+#include "modelreg/shm/segment.hpp"
+#include "modelreg/transport/ring.hpp"
+#include "modelreg/transport/socket.hpp"
+#include "serve/serve_fixture.hpp"
+
+namespace modelreg::test {
+namespace {
+
+/// Open descriptors of process `pid`.
+size_t fds_of(pid_t pid) {
+  size_t n = 0;
+  std::error_code ec;
+  for (auto it = fs::directory_iterator{"/proc/" + std::to_string(pid) + "/fd", ec};
+       !ec && it != fs::directory_iterator{}; it.increment(ec))
+    ++n;
+  return n;
+}
+
+/// A hello datagram as docs/wire-format.md describes it.
+std::vector<std::byte> hello_datagram(bool offer_shm) {
+  capnp::MallocMessageBuilder msg;
+  auto hello = msg.initRoot<wire::Frame>().initHello();
+  hello.setProtocolVersion(wire::PROTOCOL_VERSION);
+  hello.setCapabilities(offer_shm ? wire::CAP_SHARED_MEMORY : 0);
+  hello.setPid(::getpid());
+  hello.setRingSlots(64);
+  auto flat = capnp::messageToFlatArray(msg);
+  auto bytes = flat.asBytes();
+  struct {
+    uint32_t magic = 0x4752454d;
+    uint32_t type = 1;
+    uint64_t a = 0, b = 0;
+  } header;
+  std::vector<std::byte> out(sizeof(header) + bytes.size());
+  std::memcpy(out.data(), &header, sizeof(header));
+  std::copy(bytes.begin(), bytes.end(), reinterpret_cast<kj::byte*>(out.data() + sizeof(header)));
+  return out;
+}
+
+/// True once `fd` reads end-of-file (the node closed it) within `limit`.
+bool closed_by_peer(int fd, std::chrono::milliseconds limit = 15s) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (!transport::wait_readable(fd, 100))
+      continue;
+    auto d = transport::receive_datagram(fd, 1 << 16);
+    if (!d || d->eof)
+      return true;
+  }
+  return false;
+}
+
+class hostile_peer_test : public serve_test {
+protected:
+  /// The well-behaved client: `n` inferences of "echo", each checked.
+  void expect_served(client& c, const registry_actor& reg, int n = 20) {
+    for (int i = 0; i < n; ++i) {
+      auto x = *tensor::from_values<float>({static_cast<float>(i)});
+      auto r = c.ask<tensor_map>(reg, infer_atom::value, std::string{"echo"}, tensor_map{{"x", x}});
+      ASSERT_TRUE(r) << "call " << i << ": " << describe(r.error());
+      ASSERT_EQ(r->at("x").values<float>()->front(), static_cast<float>(i));
+    }
+  }
+
+  /// The node is back where it was: one connection (ours), nothing lent,
+  /// and as many descriptors open as `baseline_fds`.
+  void expect_baseline(client& c, const registry_actor& reg, size_t baseline_fds) {
+    EXPECT_TRUE(eventually([&] {
+      auto s = c.status(reg);
+      return s["connections"] == 1 && s["transport"]["connections"] == 1 &&
+             s["transport"]["loans_outstanding"] == 0 && fds_of(node->pid()) == baseline_fds;
+    })) << c.status(reg).dump() << " fds " << fds_of(node->pid()) << " (baseline "
+        << baseline_fds << ")";
+  }
+
+  /// Loads "echo" for `reg` and returns the node's descriptor count then.
+  size_t settle(client& c, const registry_actor& reg) {
+    auto h = c.ask<model_handle>(reg, get_or_load_atom::value, std::string{"echo"}, model_spec{});
+    EXPECT_TRUE(h) << describe(h.error());
+    expect_served(c, reg, 2);
+    return fds_of(node->pid());
+  }
+
+  std::unique_ptr<child_process> flood(size_t requests) {
+    auto p = std::make_unique<child_process>(std::vector<std::string>{
+      MODELREG_CLI, "__flood-client", socket, std::to_string(requests), "64"});
+    auto line = p->read_line(30s);
+    EXPECT_EQ(line.rfind("sent", 0), 0u) << line;
+    return p;
+  }
+};
+
+TEST_F(hostile_peer_test, AHelloWithADoorbellOrJunkFdIsRefusedAndOthersAreServed) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  client c;
+  auto reg = c.connect(uri(), false);
+  ASSERT_TRUE(reg);
+  auto baseline = settle(c, *reg);
+  auto control = shm::segment::create(transport::control_bytes(64), "control");
+  ASSERT_TRUE(control);
+  // A blocking eventfd preset to its maximum (the old doorbell attack), and
+  // a pipe: the node writes to neither; it refuses the hello.
+  transport::unique_fd full_bell{::eventfd(0, EFD_CLOEXEC)};
+  uint64_t max = 0xfffffffffffffffe;
+  ASSERT_EQ(::write(full_bell.get(), &max, sizeof(max)), static_cast<ssize_t>(sizeof(max)));
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
+  transport::unique_fd pipe_read{pipe_fds[0]}, pipe_write{pipe_fds[1]};
+  for (int junk : {full_bell.get(), pipe_write.get()}) {
+    auto sock = transport::connect_seqpacket(socket);
+    ASSERT_TRUE(sock);
+    auto hello = hello_datagram(true);
+    ASSERT_FALSE(transport::send_datagram(sock->get(), hello.data(), hello.size(),
+                                          {control->fd(), junk}));
+    EXPECT_TRUE(closed_by_peer(sock->get())) << "the node kept a hello with a second fd";
+    expect_served(c, *reg);
+  }
+  expect_baseline(c, *reg, baseline);
+}
+
+TEST_F(hostile_peer_test, SilentConnectionsAreClosedAtTheHelloDeadline) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  client c;
+  auto reg = c.connect(uri(), false);
+  ASSERT_TRUE(reg);
+  auto baseline = settle(c, *reg);
+  std::vector<transport::unique_fd> silent;
+  for (int i = 0; i < 50; ++i) {
+    auto sock = transport::connect_seqpacket(socket);
+    ASSERT_TRUE(sock) << describe(sock.error());
+    silent.push_back(std::move(*sock));
+  }
+  expect_served(c, *reg);
+  for (auto& s : silent)
+    EXPECT_TRUE(closed_by_peer(s.get())) << "a connection without a hello stayed open";
+  silent.clear();
+  expect_baseline(c, *reg, baseline);
+}
+
+TEST_F(hostile_peer_test, AFrozenClientWithRequestsInFlightStallsNobodyAndIsDroppedLater) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  client c;
+  auto reg = c.connect(uri(), false);
+  ASSERT_TRUE(reg);
+  auto baseline = settle(c, *reg);
+  // 3000 pipelined requests, then frozen: its ring fills, the node queues
+  // the rest of its answers for it and blocks on nothing.
+  auto frozen = flood(3000);
+  frozen->kill(SIGSTOP);
+  expect_served(c, *reg, 200);
+  // Silent for the peer timeout (3 s): the node closes it and reclaims what
+  // it held, while it is still frozen.
+  expect_baseline(c, *reg, baseline);
+  frozen->kill(SIGKILL);
+  frozen->kill(SIGCONT);
+}
+
+TEST_F(hostile_peer_test, WithoutAPeerTimeoutAFrozenClientStaysQueuedUntilItDies) {
+  ASSERT_TRUE(start_node({"--peer-timeout", "0"})) << ready_line;
+  client c;
+  auto reg = c.connect(uri(), false);
+  ASSERT_TRUE(reg);
+  auto baseline = settle(c, *reg);
+  auto frozen = flood(3000);
+  frozen->kill(SIGSTOP);
+  expect_served(c, *reg, 200);
+  EXPECT_EQ(c.status(*reg)["connections"], 2) << "the frozen peer is within its limits";
+  frozen->kill(SIGKILL); // the end-of-file is seen: nothing waits on the peer
+  frozen->kill(SIGCONT);
+  expect_baseline(c, *reg, baseline);
+  expect_served(c, *reg);
+}
+
+TEST_F(hostile_peer_test, ClientsKilledWithRequestsInFlightLeaveNothingBehind) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  client c;
+  auto reg = c.connect(uri(), false);
+  ASSERT_TRUE(reg);
+  auto baseline = settle(c, *reg);
+  for (int round = 0; round < 10; ++round) {
+    auto victim = flood(800);
+    victim->kill(SIGKILL);
+    expect_served(c, *reg, 5);
+  }
+  expect_baseline(c, *reg, baseline);
+}
+
+TEST_F(hostile_peer_test, AFrozenNodeIsNoticedByItsClients) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  client c;
+  auto reg = c.connect(uri(), false);
+  ASSERT_TRUE(reg);
+  settle(c, *reg);
+  node->kill(SIGSTOP);
+  auto x = *tensor::from_values<float>({1.f});
+  // No answer can come; the client must not wait for its 30 s timeout: the
+  // missing heartbeat tells it the node is gone.
+  auto r = c.ask<tensor_map>(*reg, infer_atom::value, std::string{"echo"}, tensor_map{{"x", x}});
+  node->kill(SIGCONT);
+  ASSERT_FALSE(r);
+  EXPECT_TRUE(is(r.error(), errc::unavailable)) << describe(r.error());
+}
+
+TEST_F(hostile_peer_test, TcpPeersCannotStopTheNodeAndPlainTcpIsInferOnly) {
+  ASSERT_TRUE(start_node({"--tcp", "127.0.0.1:0"})) << ready_line;
+  auto port = tcp_port();
+  ASSERT_NE(port, 0);
+  client local;
+  auto unix_reg = local.connect(uri(), false);
+  ASSERT_TRUE(unix_reg);
+  // A CAF peer that sends the node's own control atoms, and exit and kill
+  // messages, to the published actor.
+  {
+    client attacker{true};
+    auto typed = attacker.sys->middleman().remote_actor<wire_actor>("127.0.0.1", port);
+    ASSERT_TRUE(typed) << attacker.sys->render(typed.error());
+    auto door = caf::actor_cast<caf::actor>(*typed);
+    caf::anon_send(door, shutdown_atom::value);
+    caf::anon_send(door, caf::atom_constant<caf::atom("forcequit")>::value);
+    caf::anon_send_exit(door, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(door, caf::exit_reason::kill);
+    // Sent after the above on the same connection: the node has seen them.
+    auto remote = attacker.connect("tcp://127.0.0.1:" + std::to_string(port), false);
+    ASSERT_TRUE(remote) << describe(remote.error());
+    auto h = attacker.ask<model_handle>(*remote, get_or_load_atom::value, std::string{"echo"},
+                                        model_spec{});
+    ASSERT_TRUE(h) << "a catalog name may be loaded: " << describe(h.error());
+    auto x = *tensor::from_values<float>({3.f});
+    auto r = attacker.ask<tensor_map>(*remote, infer_atom::value, std::string{"echo"},
+                                      tensor_map{{"x", x}});
+    ASSERT_TRUE(r) << describe(r.error());
+    auto spec = attacker.ask<model_handle>(*remote, get_or_load_atom::value, std::string{"mine"},
+                                           model_spec{"identity", {}});
+    ASSERT_FALSE(spec);
+    EXPECT_TRUE(is(spec.error(), errc::permission_denied)) << describe(spec.error());
+    auto unload = attacker.ask<eviction_report>(*remote, unload_atom::value, std::string{"echo"});
+    ASSERT_FALSE(unload);
+    EXPECT_TRUE(is(unload.error(), errc::permission_denied)) << describe(unload.error());
+  }
+  // The node is up for everyone, and its owner may still do everything.
+  expect_served(local, *unix_reg);
+  client again{true};
+  auto remote = again.connect("tcp://127.0.0.1:" + std::to_string(port), false);
+  ASSERT_TRUE(remote) << describe(remote.error());
+  auto x = *tensor::from_values<float>({4.f});
+  EXPECT_TRUE(again.ask<tensor_map>(*remote, infer_atom::value, std::string{"echo"},
+                                    tensor_map{{"x", x}}));
+  auto h = local.ask<model_handle>(*unix_reg, get_or_load_atom::value, std::string{"mine"},
+                                   model_spec{"identity", {}});
+  EXPECT_TRUE(h) << describe(h.error());
+}
+
+} // namespace
+} // namespace modelreg::test

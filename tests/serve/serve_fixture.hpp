@@ -1,0 +1,164 @@
+// The fixture of the multi-process serve tests: a real `modelreg serve` with
+// a test catalog in a private folder (removed at the end, on failure too),
+// a client side with its own actor system, and `modelreg` CLI runs.
+#pragma once
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include <caf/io/middleman.hpp>
+#include <caf/openssl/manager.hpp>
+#include <caf/scoped_actor.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include "actors/registry_fixture.hpp"
+#include "bench/child_process.hpp"
+#include "modelreg/actors/remote_registry.hpp"
+
+namespace modelreg::test {
+
+using namespace std::chrono_literals;
+using bench::child_process;
+namespace fs = std::filesystem;
+
+inline constexpr const char* test_catalog = R"({
+  "models": {
+    "echo": { "backend": "identity", "params": { "thread_safe": true } },
+    "gain": { "backend": "gain", "params": { "gain": 2 } },
+    "slow-infer": { "backend": "identity", "params": { "infer_delay_ms": 400 } },
+    "broken": { "backend": "identity", "params": { "fail_load": true } }
+  }
+})";
+
+/// Runs a command to its end; its stdout and exit code.
+struct run_result {
+  int code = -1;
+  std::string out;
+};
+
+inline run_result run(std::vector<std::string> argv) {
+  argv.insert(argv.begin(), MODELREG_CLI);
+  std::string cmd;
+  for (const auto& a : argv)
+    cmd += "'" + a + "' ";
+  cmd += "2>/dev/null";
+  run_result r;
+  auto* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr)
+    return r;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0)
+    r.out.append(buf, n);
+  auto status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+class serve_test : public ::testing::Test {
+protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/modelreg-serve-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir = tmpl;
+    socket = dir + "/run/node.sock";
+    catalog_path = dir + "/catalog.json";
+    std::ofstream{catalog_path} << test_catalog;
+  }
+
+  void TearDown() override {
+    if (node) {
+      node->kill(SIGTERM); // the graceful stop, every time
+      EXPECT_TRUE(node->wait_for_exit(10s));
+    }
+    node.reset();
+    fs::remove_all(dir);
+  }
+
+  /// Starts `modelreg serve` with the test catalog; waits for "ready".
+  bool start_node(std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv{MODELREG_CLI, "serve", "--socket", socket, "--catalog",
+                                  catalog_path};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    node = std::make_unique<child_process>(argv);
+    ready_line = node->read_line(20s);
+    return ready_line.rfind("ready", 0) == 0;
+  }
+
+  /// The TCP port from the ready line.
+  uint16_t tcp_port() const {
+    std::smatch m;
+    static const std::regex re{R"(tcp://[^ ]*:(\d+))"};
+    if (!std::regex_search(ready_line, m, re))
+      return 0;
+    return static_cast<uint16_t>(std::stoul(m[1].str()));
+  }
+
+  std::string uri() const { return "unix:" + socket; }
+
+  std::string dir, socket, catalog_path, ready_line;
+  std::unique_ptr<child_process> node;
+};
+
+/// An actor system for the test's own client side.
+struct client {
+  explicit client(bool middleman = false, const std::string& cert = {},
+                  const std::string& key = {}, const std::string& ca = {}) {
+    if (middleman)
+      cfg.load<caf::io::middleman>();
+    if (!cert.empty()) {
+      cfg.load<caf::openssl::manager>();
+      cfg.openssl_certificate = cert;
+      cfg.openssl_key = key;
+      cfg.openssl_cafile = ca;
+    }
+    sys = std::make_unique<caf::actor_system>(cfg);
+  }
+  ~client() {
+    for (auto& r : remotes)
+      caf::anon_send(r, shutdown_atom::value);
+  }
+
+  caf::expected<registry_actor> connect(const std::string& uri, bool reconnect = true) {
+    connect_options o;
+    o.reconnect = reconnect;
+    o.backoff_max = 200ms;
+    auto r = modelreg::connect(*sys, uri, o);
+    if (r)
+      remotes.push_back(*r);
+    return r;
+  }
+
+  template <class T, class... Ts>
+  caf::expected<T> ask(const registry_actor& reg, Ts&&... xs) {
+    caf::scoped_actor self{*sys};
+    caf::expected<T> out{caf::error{}};
+    self->request(reg, 30s, std::forward<Ts>(xs)...)
+      .receive([&](T& x) { out = std::move(x); }, [&](caf::error& e) { out = std::move(e); });
+    return out;
+  }
+
+  nlohmann::json status(const registry_actor& reg) {
+    auto raw = remote_status_json(*sys, reg);
+    if (!raw)
+      return {};
+    return nlohmann::json::parse(*raw);
+  }
+
+  system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  std::vector<registry_actor> remotes;
+};
+
+inline uint64_t handles_of(const nlohmann::json& status, const std::string& key) {
+  for (const auto& m : status["models"])
+    if (m["key"] == key)
+      return m["handles"].get<uint64_t>();
+  return 0;
+}
+
+
+} // namespace modelreg::test
