@@ -316,7 +316,7 @@ std::string run_transport_bench(const transport_bench_options& opts) {
 #endif
   std::filesystem::remove_all(dir);
   nlohmann::json out = {{"results", results},
-                        {"shm_receive_mode", "spin 50 us, then sleep on the eventfd doorbell"}};
+                        {"shm_receive_mode", "spin 50 us, then sleep until a ring datagram on the socket"}};
   return out.dump();
 }
 

@@ -329,18 +329,28 @@ TEST_F(transport_test, EveryRequestIsAnsweredWhenTheLoanQuotaRunsOut) {
 class hostile_input_test : public transport_test {
 protected:
   void SetUp() override {
-    server = endpoint::start();
-    auto* raw = server.get();
-    ASSERT_FALSE(server->listen(
-      path, [raw](const connection_ptr& c, frame_ptr f) { bench::answer_echo(*raw, c, f); },
-      [this](const connection_ptr&, const caf::error& err) {
-        std::lock_guard guard{mutex};
-        errors.push_back(err);
-      }));
     good_ep = endpoint::start();
+    ASSERT_TRUE(restart_server({}));
+  }
+
+  /// (Re)starts the echo server with `opts`, and the good client on it.
+  bool restart_server(const endpoint_options& opts) {
+    if (server)
+      server->stop();
+    server = endpoint::start(opts);
+    auto* raw = server.get();
+    if (server->listen(
+          path, [raw](const connection_ptr& c, frame_ptr f) { bench::answer_echo(*raw, c, f); },
+          [this](const connection_ptr&, const caf::error& err) {
+            std::lock_guard guard{mutex};
+            errors.push_back(err);
+          }))
+      return false;
     auto c = rpc_client::connect(good_ep, path);
-    ASSERT_TRUE(c);
+    if (!c)
+      return false;
     good = *c;
+    return true;
   }
 
   void TearDown() override {
@@ -494,21 +504,10 @@ TEST_F(hostile_input_test, RepeatedAndStaleReturnsAreRejected) {
 
 TEST_F(hostile_input_test, APeerThatStopsDrainingIsQueuedForThenClosedAtItsLimit) {
   // A server whose outbound ring and backlog are small.
-  server->stop();
   endpoint_options opts;
   opts.ring_slots = 64;
   opts.max_backlog = 256;
-  server = endpoint::start(opts);
-  auto* raw = server.get();
-  ASSERT_FALSE(server->listen(
-    path, [raw](const connection_ptr& c, frame_ptr f) { bench::answer_echo(*raw, c, f); },
-    [this](const connection_ptr&, const caf::error& err) {
-      std::lock_guard guard{mutex};
-      errors.push_back(err);
-    }));
-  auto c = rpc_client::connect(good_ep, path);
-  ASSERT_TRUE(c);
-  good = *c;
+  ASSERT_TRUE(restart_server(opts));
   // The bad peer's loop thread blocks in its first frame handler: it never
   // drains its ring again (a frozen or hostile process looks the same).
   auto stuck = std::make_shared<gate>();
@@ -539,20 +538,9 @@ TEST_F(hostile_input_test, APeerThatStopsDrainingIsQueuedForThenClosedAtItsLimit
 }
 
 TEST_F(hostile_input_test, APeerAnnouncingTooManySegmentsIsClosedWithATypedError) {
-  server->stop();
   endpoint_options opts;
   opts.max_peer_segments = 2;
-  server = endpoint::start(opts);
-  auto* raw = server.get();
-  ASSERT_FALSE(server->listen(
-    path, [raw](const connection_ptr& c, frame_ptr f) { bench::answer_echo(*raw, c, f); },
-    [this](const connection_ptr&, const caf::error& err) {
-      std::lock_guard guard{mutex};
-      errors.push_back(err);
-    }));
-  auto c = rpc_client::connect(good_ep, path);
-  ASSERT_TRUE(c);
-  good = *c;
+  ASSERT_TRUE(restart_server(opts));
   auto bad_ep = endpoint::start();
   attackers.push_back(bad_ep);
   auto bad = rpc_client::connect(bad_ep, path);
