@@ -121,6 +121,12 @@ caf::expected<hello_info> parse_hello(const datagram& d) {
   return info;
 }
 
+/// A listening socket's poll callback: its data is the accept function.
+void on_listener_readable(uv_poll_t* p, int status, int) {
+  if (status >= 0)
+    (*static_cast<std::function<void()>*>(p->data))();
+}
+
 void close_then(uv_handle_t* h) {
   if (!uv_is_closing(h))
     uv_close(h, [](uv_handle_t* handle) {
@@ -196,19 +202,18 @@ outgoing_frame connection::new_frame() {
   return outgoing_frame{pool_, shared_memory_, owner_->counters_};
 }
 
+namespace {
+
 int64_t steady_now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
            std::chrono::steady_clock::now().time_since_epoch())
     .count();
 }
 
+} // namespace
+
 void connection::touch() noexcept {
   last_heard_.store(steady_now_ns(), std::memory_order_relaxed);
-}
-
-size_t connection::backlog() const {
-  std::lock_guard guard{send_mutex_};
-  return backlog_.size();
 }
 
 void connection::misbehaved(const caf::error& err) {
@@ -549,10 +554,7 @@ caf::error endpoint::listen(const std::string& path, frame_handler on_frame,
     auto* poll = new uv_poll_t{};
     uv_poll_init(&self->loop_->uv, poll, raw);
     poll->data = new std::function<void()>{[self, raw, h] { self->accept_pending(raw, h); }};
-    uv_poll_start(poll, UV_READABLE, [](uv_poll_t* p, int status, int) {
-      if (status >= 0)
-        (*static_cast<std::function<void()>*>(p->data))();
-    });
+    uv_poll_start(poll, UV_READABLE, on_listener_readable);
     self->loop_->listeners.emplace_back(poll, std::move(*owned));
   });
   return {};
@@ -563,7 +565,7 @@ void endpoint::accept_pending(int listener, const std::shared_ptr<handlers>& h) 
   for (;;) {
     auto fd = accept_seqpacket(listener);
     if (!fd) {
-      if (errno != EMFILE && errno != ENFILE) {
+      if (!is(fd.error(), errc::overloaded)) {
         log->warn("accept: {}", describe(fd.error()));
         return;
       }
@@ -586,10 +588,7 @@ void endpoint::accept_pending(int listener, const std::shared_ptr<handlers>& h) 
         [](uv_timer_t* t) {
           auto* self = static_cast<endpoint*>(t->data);
           for (auto* poll : self->loop_->paused)
-            uv_poll_start(poll, UV_READABLE, [](uv_poll_t* p, int status, int) {
-              if (status >= 0)
-                (*static_cast<std::function<void()>*>(p->data))();
-            });
+            uv_poll_start(poll, UV_READABLE, on_listener_readable);
           self->loop_->paused.clear();
         },
         100, 0);

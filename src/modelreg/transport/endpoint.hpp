@@ -110,8 +110,6 @@ public:
   /// Closes the connection (from any thread).
   void close();
 
-  /// Descriptors and datagrams waiting for the peer to make room.
-  size_t backlog() const;
 
   /// Processes what has arrived on this connection on the calling thread,
   /// unless another thread (the loop) is doing so; true if it found anything.

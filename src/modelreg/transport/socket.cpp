@@ -98,6 +98,8 @@ caf::expected<unique_fd> accept_seqpacket(int listener) {
   if (fd < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK)
       return unique_fd{};
+    if (errno == EMFILE || errno == ENFILE)
+      return os_error(errc::overloaded, "accept");
     return os_error(errc::unavailable, "accept");
   }
   widen_buffers(fd);
@@ -149,20 +151,6 @@ caf::error send_failure() {
 }
 
 } // namespace
-
-caf::error send_datagram(int fd, const void* data, size_t size, const std::vector<int>& fds) {
-  if (fds.size() > max_fds_per_datagram)
-    return make_error(errc::invalid_argument, "too many fds in one datagram");
-  for (;;) {
-    auto r = send_once(fd, data, size, fds);
-    if (r > 0)
-      return {};
-    if (r < 0)
-      return send_failure();
-    pollfd p{fd, POLLOUT, 0};
-    ::poll(&p, 1, 1000);
-  }
-}
 
 caf::expected<bool> try_send_datagram(int fd, const void* data, size_t size,
                                       const std::vector<int>& fds) {

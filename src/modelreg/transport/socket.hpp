@@ -44,7 +44,7 @@ caf::expected<unique_fd> listen_seqpacket(const std::string& path);
 caf::expected<unique_fd> connect_seqpacket(const std::string& path);
 
 /// Accepts one pending connection (non-blocking listener); an empty fd if
-/// none is pending.
+/// none is pending; `overloaded` if this process is out of descriptors.
 caf::expected<unique_fd> accept_seqpacket(int listener);
 
 struct peer_credentials {
@@ -56,13 +56,8 @@ struct peer_credentials {
 /// The peer's credentials as the kernel saw them at connect time.
 caf::expected<peer_credentials> peer_of(int fd);
 
-/// Sends one datagram carrying `fds` (may be empty), waiting up to a second
-/// at a time while the peer's queue is full. For handshakes only: a thread
-/// that serves many peers uses `try_send_datagram`.
-caf::error send_datagram(int fd, const void* data, size_t size, const std::vector<int>& fds = {});
-
-/// Sends one datagram without waiting: true if sent, false if the peer's
-/// queue is full (nothing sent).
+/// Sends one datagram carrying `fds` (may be empty) without ever waiting:
+/// true if sent, false if the peer's queue is full (nothing sent).
 caf::expected<bool> try_send_datagram(int fd, const void* data, size_t size,
                                       const std::vector<int>& fds = {});
 
