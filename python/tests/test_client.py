@@ -2,6 +2,7 @@
 zero-copy tensors out, clear errors."""
 import gc
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,13 +18,18 @@ from support import eventually
 @pytest.fixture(scope="module")
 def node():
     d = tempfile.mkdtemp(prefix="modelreg-py-")
-    sock = os.path.join(d, "node.sock")
-    p = subprocess.Popen([os.environ["MODELREG_CLI"], "serve", "--socket", sock],
-                         stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().startswith("ready")
-    yield "unix:" + sock
-    p.terminate()
-    p.wait(timeout=10)
+    try:
+        sock = os.path.join(d, "node.sock")
+        p = subprocess.Popen([os.environ["MODELREG_CLI"], "serve", "--socket", sock],
+                             stdout=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout.readline().startswith("ready")
+            yield "unix:" + sock
+        finally:
+            p.terminate()
+            p.wait(timeout=10)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_inputs_in_shared_memory_cross_without_a_copy_and_outputs_are_views(node):
@@ -215,8 +221,8 @@ def stop_node(p):
     p.wait(timeout=10)
 
 
-def test_tcp_client_gets_the_same_answers_with_tensors_in_the_messages():
-    d = tempfile.mkdtemp(prefix="modelreg-py-tcp-")
+def test_tcp_client_gets_the_same_answers_with_tensors_in_the_messages(scratch):
+    d = scratch("modelreg-py-tcp-")
     p, ready = start_node("--socket", os.path.join(d, "n.sock"), "--tcp", "127.0.0.1:0")
     try:
         uri = [w for w in ready if w.startswith("tcp://")][0]
@@ -251,8 +257,8 @@ def make_pki(d, name):
     return p
 
 
-def test_tls_client_with_the_right_ca_works_and_bad_files_raise():
-    d = tempfile.mkdtemp(prefix="modelreg-py-tls-")
+def test_tls_client_with_the_right_ca_works_and_bad_files_raise(scratch):
+    d = scratch("modelreg-py-tls-")
     good = make_pki(d, "good")
     p, ready = start_node("--socket", os.path.join(d, "n.sock"), "--tcp", "127.0.0.1:0",
                           "--tls-cert", good + "-server.pem", "--tls-key", good + "-server.key",

@@ -4,6 +4,7 @@ from Debian's Python (offline: PIP_NO_INDEX), and the examples of README.md
 and docs/python.md run with it against a real node."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,15 +27,19 @@ def python_blocks(markdown, after=None):
 @pytest.fixture(scope="module")
 def venv():
     d = Path(tempfile.mkdtemp(prefix="modelreg-venv-"))
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(d)], check=True)
-    env = dict(os.environ, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
-    env.pop("PYTHONPATH", None)
-    env.setdefault("MODELREG_BUILD_DIR", str(ROOT / "build"))
-    install = subprocess.run([str(d / "bin" / "pip"), "install", "--no-build-isolation",
-                              str(ROOT / "python")], env=env, capture_output=True, text=True,
-                             timeout=1800)
-    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
-    return d / "bin" / "python"
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(d)],
+                       check=True)
+        env = dict(os.environ, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+        env.pop("PYTHONPATH", None)
+        env.setdefault("MODELREG_BUILD_DIR", str(ROOT / "build"))
+        install = subprocess.run([str(d / "bin" / "pip"), "install", "--no-build-isolation",
+                                  str(ROOT / "python")], env=env, capture_output=True, text=True,
+                                 timeout=1800)
+        assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+        yield d / "bin" / "python"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +50,13 @@ def node_env():
     env.pop("PYTHONPATH", None)  # the installed package, not the build tree
     p = subprocess.Popen([os.environ["MODELREG_CLI"], "serve"], env=env, stdout=subprocess.PIPE,
                          text=True)
-    assert p.stdout.readline().startswith("ready unix:" + sock)
-    yield env, d
-    p.terminate()
-    p.wait(timeout=10)
+    try:
+        assert p.stdout.readline().startswith("ready unix:" + sock)
+        yield env, d
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def run(python, code, env, cwd):

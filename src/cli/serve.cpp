@@ -1,6 +1,7 @@
 // `modelreg serve`: a node hosting the registry for other processes.
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 
@@ -109,7 +110,8 @@ int serve(std::vector<std::string> args) {
                 take_option(args, "--tls-ca").value_or("")};
   bool insecure = take_flag(args, "--insecure");
   bool insecure_admin = take_flag(args, "--insecure-admin");
-  auto tls_role_name = take_option(args, "--tls-role").value_or("admin");
+  auto tls_role = take_option(args, "--tls-role");
+  auto tls_role_name = tls_role.value_or("admin");
   size_t max_in_flight = 1024;
   std::chrono::milliseconds peer_timeout{3000};
   registry_config rcfg;
@@ -123,19 +125,22 @@ int serve(std::vector<std::string> args) {
       rcfg.max_batch = std::max<size_t>(1, std::stoul(*v));
     if (auto v = take_option(args, "--batch-timeout-ms"))
       rcfg.batch_timeout = std::chrono::milliseconds{std::stoull(*v)};
-    if (auto v = take_option(args, "--max-in-flight")) {
-      max_in_flight = std::stoul(*v);
-      if (max_in_flight == 0)
-        return usage_error("serve: --max-in-flight must be at least 1");
-    }
-    if (auto v = take_option(args, "--peer-timeout")) {
-      auto secs = std::stod(*v);
-      if (!(secs >= 0) || secs > 86400)
-        return usage_error("serve: --peer-timeout takes seconds from 0 to 86400, not " + *v);
-      peer_timeout = std::chrono::milliseconds{static_cast<int64_t>(secs * 1000)};
-    }
   } catch (const std::exception&) {
     return usage_error("serve: a numeric option has a bad value");
+  }
+  if (auto v = take_option(args, "--max-in-flight")) {
+    char* end = nullptr;
+    auto n = std::strtoull(v->c_str(), &end, 10);
+    if (v->empty() || *end != '\0' || v->front() == '-' || n == 0)
+      return usage_error("serve: --max-in-flight takes a count of at least 1, not '" + *v + "'");
+    max_in_flight = n;
+  }
+  if (auto v = take_option(args, "--peer-timeout")) {
+    char* end = nullptr;
+    auto secs = std::strtod(v->c_str(), &end);
+    if (v->empty() || *end != '\0' || !(secs >= 0) || secs > 86400)
+      return usage_error("serve: --peer-timeout takes seconds from 0 to 86400, not '" + *v + "'");
+    peer_timeout = std::chrono::milliseconds{static_cast<int64_t>(secs * 1000)};
   }
   if (!args.empty())
     return usage_error("serve: unknown option " + args.front());
@@ -177,6 +182,10 @@ int serve(std::vector<std::string> args) {
   } else if (tls.any()) {
     return usage_error("serve: TLS options need --tcp");
   }
+  if (insecure_admin && (!tcp || tls.any()))
+    return usage_error("serve: --insecure-admin is for plain TCP (--tcp without TLS)");
+  if (tls_role && !tls.any())
+    return usage_error("serve: --tls-role needs --tcp with --tls-cert/--tls-key/--tls-ca");
   // Another node on this socket? Do not steal it.
   if (transport::connect_seqpacket(socket)) {
     std::cerr << "modelreg serve: another node is already serving on " << socket << "\n";

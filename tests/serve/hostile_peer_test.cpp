@@ -259,5 +259,24 @@ TEST_F(hostile_peer_test, TcpPeersCannotStopTheNodeAndPlainTcpIsInferOnly) {
   EXPECT_TRUE(h) << describe(h.error());
 }
 
+TEST_F(hostile_peer_test, AccessAndLimitOptionsAreCheckedAtStartNamingTheOption) {
+  for (std::vector<std::string> bad : {
+         std::vector<std::string>{"--peer-timeout", "abc"},
+         {"--peer-timeout", "-1"},
+         {"--max-in-flight", "0"},
+         {"--max-in-flight", "2k"},
+         {"--tls-role", "root"},
+         {"--admin-uid", "nobody"},
+         {"--insecure-admin"},                         // no plain TCP to apply it to
+         {"--tls-role", "infer", "--tcp", "127.0.0.1:0"}, // no TLS to apply it to
+       }) {
+    std::vector<std::string> argv{"serve", "--socket", socket};
+    argv.insert(argv.end(), bad.begin(), bad.end());
+    auto r = run(argv);
+    EXPECT_EQ(r.code, 2) << bad.front() << " " << (bad.size() > 1 ? bad[1] : "");
+    EXPECT_FALSE(fs::exists(socket)) << "nothing may start on a bad option";
+  }
+}
+
 } // namespace
 } // namespace modelreg::test

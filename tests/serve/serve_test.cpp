@@ -283,7 +283,15 @@ TEST_F(serve_test, GracefulStopAnswersWhatIsInFlightAndTellsClients) {
   auto call = std::async(std::launch::async, [&] {
     return c.ask<tensor_map>(*reg, infer_atom::value, std::string{"slow-infer"}, tensor_map{{"x", x}});
   });
-  std::this_thread::sleep_for(100ms);
+  std::string seen;
+  ASSERT_TRUE(eventually([&] {
+    auto st = c.status(*reg);
+    seen = st.dump();
+    for (const auto& m : st["models"])
+      if (m["key"] == "slow-infer" && m["in_flight"].get<uint64_t>() > 0)
+        return true;
+    return false;
+  }, 3s)) << seen;
   node->kill(SIGTERM);
   auto r = call.get();
   ASSERT_TRUE(r) << describe(r.error()); // answered, not dropped

@@ -174,6 +174,7 @@ struct connection::state {
   bool flushing = false;
   std::atomic<bool> rung{false}; // a `ring` datagram came: drain the ring
   bool handshaken = false;
+  bool final_drain = false; // the ring was emptied once after end-of-file
   bool closing = false;
   std::shared_ptr<endpoint::handlers> handlers;
   connection_ptr keep_alive; // until the poll handles are closed
@@ -835,6 +836,13 @@ bool endpoint::process_socket(const connection_ptr& conn, const std::shared_ptr<
     if (d->would_block)
       return true;
     if (d->eof) {
+      // What the peer published before it closed (its last answers, and
+      // the `ring` datagram for them read just now) is still ours to take.
+      if (conn->shared_memory_ && st.handshaken && !st.final_drain) {
+        st.final_drain = true;
+        uint32_t taken = 0;
+        drain_ring(conn, h, UINT32_MAX, taken);
+      }
       fail(conn, h, make_error(errc::peer_disconnected, "peer closed the connection"));
       return false;
     }
