@@ -259,6 +259,41 @@ TEST_F(hostile_peer_test, TcpPeersCannotStopTheNodeAndPlainTcpIsInferOnly) {
   EXPECT_TRUE(h) << describe(h.error());
 }
 
+/// Runs `modelreg ARGS` as another user (util-linux's setpriv; needs root).
+run_result run_as(uid_t uid, std::vector<std::string> args) {
+  auto id = std::to_string(uid);
+  return run(std::move(args),
+             {"setpriv", "--reuid=" + id, "--regid=" + id, "--clear-groups", "--"});
+}
+
+TEST_F(hostile_peer_test, UnixPeersGetTheRoleOfTheirUidAndOtherUidsAreRefused) {
+  if (::getuid() != 0)
+    GTEST_SKIP() << "running clients as other users needs root";
+  constexpr uid_t user = 65534, admin = 65532, stranger = 65533;
+  // The test's own private folder: let other users through to the node's.
+  ASSERT_EQ(::chmod(dir.c_str(), 0711), 0);
+  ASSERT_TRUE(start_node({"--allow-uid", std::to_string(user), "--admin-uid",
+                          std::to_string(admin)}))
+    << ready_line;
+  EXPECT_EQ(fs::status(fs::path{socket}.parent_path()).permissions() & fs::perms::all,
+            fs::perms::owner_all | fs::perms::group_exec | fs::perms::others_exec);
+  // An infer peer: may load a catalog name and read status, may not unload.
+  EXPECT_EQ(run_as(user, {"load", "gain", "--socket", socket}).code, 0);
+  EXPECT_EQ(run_as(user, {"status", "--json", "--socket", socket}).code, 0);
+  EXPECT_EQ(run_as(user, {"unload", "gain", "--socket", socket}).code, 1);
+  auto after = run({"status", "--json", "--socket", socket});
+  ASSERT_EQ(after.code, 0);
+  auto j = nlohmann::json::parse(after.out.substr(0, after.out.find('\n')), nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << after.out;
+  bool loaded = false;
+  for (const auto& m : j["models"])
+    loaded = loaded || m["key"] == "gain";
+  EXPECT_TRUE(loaded) << "the refused unload must not have unloaded";
+  // An admin peer may unload; a uid nobody allowed cannot even connect.
+  EXPECT_EQ(run_as(admin, {"unload", "gain", "--socket", socket}).code, 0);
+  EXPECT_NE(run_as(stranger, {"status", "--socket", socket}).code, 0);
+}
+
 TEST_F(hostile_peer_test, AccessAndLimitOptionsAreCheckedAtStartNamingTheOption) {
   for (std::vector<std::string> bad : {
          std::vector<std::string>{"--peer-timeout", "abc"},

@@ -33,14 +33,16 @@ inline constexpr const char* test_catalog = R"({
   }
 })";
 
-/// Runs a command to its end; its stdout and exit code.
+/// A command's stdout and exit code.
 struct run_result {
   int code = -1;
   std::string out;
 };
 
-inline run_result run(std::vector<std::string> argv) {
+/// Runs `modelreg ARGV...` to its end.
+inline run_result run(std::vector<std::string> argv, const std::vector<std::string>& prefix = {}) {
   argv.insert(argv.begin(), MODELREG_CLI);
+  argv.insert(argv.begin(), prefix.begin(), prefix.end());
   std::string cmd;
   for (const auto& a : argv)
     cmd += "'" + a + "' ";

@@ -303,6 +303,36 @@ TEST_F(serve_test, GracefulStopAnswersWhatIsInFlightAndTellsClients) {
   EXPECT_TRUE(is(after.error(), errc::unavailable)) << describe(after.error());
 }
 
+TEST_F(serve_test, TheSocketFolderIsNeverChangedAndUnsafeOnesOrNonSocketsAreRefused) {
+  // An existing folder keeps its mode.
+  auto open_dir = dir + "/shared";
+  fs::create_directory(open_dir);
+  ASSERT_EQ(::chmod(open_dir.c_str(), 0755), 0);
+  socket = open_dir + "/node.sock";
+  ASSERT_TRUE(start_node()) << ready_line;
+  EXPECT_EQ(fs::status(open_dir).permissions() & fs::perms::all,
+            fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+              fs::perms::others_read | fs::perms::others_exec);
+  node->kill(SIGTERM);
+  ASSERT_TRUE(node->wait_for_exit(10s));
+  node.reset();
+  // Writable by everyone without the sticky bit: another user could swap
+  // the socket. Refused, and left as it was.
+  auto unsafe = dir + "/unsafe";
+  fs::create_directory(unsafe);
+  ASSERT_EQ(::chmod(unsafe.c_str(), 0777), 0);
+  EXPECT_EQ(run({"serve", "--socket", unsafe + "/node.sock"}).code, 1);
+  EXPECT_EQ(fs::status(unsafe).permissions() & fs::perms::all, fs::perms::all);
+  // A file that is not a socket is never removed.
+  auto file = dir + "/notes.txt";
+  std::ofstream{file} << "mine";
+  EXPECT_EQ(run({"serve", "--socket", file}).code, 1);
+  std::ifstream in{file};
+  std::string text;
+  in >> text;
+  EXPECT_EQ(text, "mine");
+}
+
 TEST_F(serve_test, SecondNodeOnTheSameSocketIsRefused) {
   ASSERT_TRUE(start_node()) << ready_line;
   auto second = run({"serve", "--socket", socket});

@@ -544,7 +544,11 @@ bool endpoint::peer_allowed(uid_t uid) const {
 
 caf::error endpoint::listen(const std::string& path, frame_handler on_frame,
                             error_handler on_error) {
-  auto fd = listen_seqpacket(path);
+  // Other uids may connect: the socket must be reachable by them (SO_PEERCRED
+  // still decides who stays).
+  bool others = std::any_of(options_.allowed_uids.begin(), options_.allowed_uids.end(),
+                            [](uid_t u) { return u != ::getuid(); });
+  auto fd = listen_seqpacket(path, others);
   if (!fd)
     return fd.error();
   auto h = std::make_shared<handlers>(handlers{std::move(on_frame), std::move(on_error)});

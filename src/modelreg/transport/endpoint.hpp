@@ -209,7 +209,9 @@ public:
   /// Closes every connection and listener, joins the loop thread.
   void stop();
 
-  /// Listens on a Unix socket at `path` (its directory is made 0700).
+  /// Listens on a Unix socket at `path` (see `listen_seqpacket` for the
+  /// folder and socket modes; reachable by others when `allowed_uids` names
+  /// another uid).
   caf::error listen(const std::string& path, frame_handler on_frame, error_handler on_error = {});
 
   /// Connects to a listening endpoint at `path` (blocking handshake).

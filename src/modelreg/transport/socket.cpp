@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <vector>
 
 #include <fcntl.h>
 #include <poll.h>
@@ -55,26 +56,48 @@ unique_fd& unique_fd::operator=(unique_fd&& other) noexcept {
   return *this;
 }
 
-caf::expected<unique_fd> listen_seqpacket(const std::string& path) {
+caf::expected<unique_fd> listen_seqpacket(const std::string& path, bool others_may_connect) {
   auto addr = address_of(path);
   if (!addr)
     return addr.error();
   namespace fs = std::filesystem;
   auto dir = fs::path{path}.parent_path();
+  if (dir.empty())
+    dir = ".";
   std::error_code ec;
-  if (!dir.empty()) {
-    fs::create_directories(dir, ec);
-    if (ec)
-      return make_error(errc::unavailable, "cannot create " + dir.string() + ": " + ec.message());
-    if (::chmod(dir.c_str(), 0700) != 0)
-      return os_error(errc::unavailable, "chmod 0700 " + dir.string());
+  // Create only what is missing, each new level private to us.
+  std::vector<fs::path> missing;
+  for (auto p = dir; !p.empty() && !fs::exists(p, ec); p = p.parent_path())
+    missing.push_back(p);
+  for (auto i = missing.rbegin(); i != missing.rend(); ++i) {
+    mode_t mode = others_may_connect ? 0711 : 0700;
+    if (::mkdir(i->c_str(), mode) != 0 && errno != EEXIST)
+      return os_error(errc::unavailable, "cannot create " + i->string());
+    ::chmod(i->c_str(), mode); // exactly that, whatever the umask
   }
-  fs::remove(path, ec);
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0)
+    return os_error(errc::unavailable, "socket folder " + dir.string());
+  if (!S_ISDIR(st.st_mode))
+    return make_error(errc::invalid_argument, dir.string() + " is not a folder");
+  if ((st.st_mode & S_IWOTH) != 0 && (st.st_mode & S_ISVTX) == 0)
+    return make_error(errc::invalid_argument,
+                      "socket folder " + dir.string() +
+                        " is writable by every user without the sticky bit: another user "
+                        "could replace the socket; choose a private folder");
+  struct stat old {};
+  if (::lstat(path.c_str(), &old) == 0) {
+    if (!S_ISSOCK(old.st_mode))
+      return make_error(errc::invalid_argument, path + " exists and is not a socket");
+    fs::remove(path, ec); // a stale socket of an earlier node
+  }
   unique_fd fd{::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)};
   if (!fd)
     return os_error(errc::unavailable, "socket");
   if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)) != 0)
     return os_error(errc::unavailable, "bind " + path);
+  if (::chmod(path.c_str(), others_may_connect ? 0666 : 0600) != 0)
+    return os_error(errc::unavailable, "chmod " + path);
   if (::listen(fd.get(), 128) != 0)
     return os_error(errc::unavailable, "listen " + path);
   return fd;

@@ -36,9 +36,14 @@ private:
   int fd_ = -1;
 };
 
-/// Listens on `path`, creating its directory with mode 0700 if needed and
-/// replacing a stale socket file.
-caf::expected<unique_fd> listen_seqpacket(const std::string& path);
+/// Listens on `path`, replacing a stale socket file. A directory it has to
+/// create gets mode 0700 (0711 when `others_may_connect`: other users may
+/// reach the socket by name but not list the folder); an existing one is
+/// never changed, and is refused if others may write to it without the
+/// sticky bit (they could replace the socket). The socket file is 0600, or
+/// 0666 when `others_may_connect` (who may connect is still checked with
+/// SO_PEERCRED at accept).
+caf::expected<unique_fd> listen_seqpacket(const std::string& path, bool others_may_connect = false);
 
 /// Connects to `path` (blocking).
 caf::expected<unique_fd> connect_seqpacket(const std::string& path);
