@@ -4,6 +4,9 @@
 // each, a well-behaved client whose every call must succeed.
 #include <csignal>
 #include <future>
+#include <thread>
+#include <sstream>
+#include <fstream>
 
 #include <caf/io/middleman.hpp>
 #include <caf/send.hpp>
@@ -257,6 +260,48 @@ TEST_F(hostile_peer_test, TcpPeersCannotStopTheNodeAndPlainTcpIsInferOnly) {
   auto h = local.ask<model_handle>(*unix_reg, get_or_load_atom::value, std::string{"mine"},
                                    model_spec{"identity", {}});
   EXPECT_TRUE(h) << describe(h.error());
+}
+
+/// CPU seconds process `pid` has used (user + system).
+double cpu_seconds_of(pid_t pid) {
+  std::ifstream in{"/proc/" + std::to_string(pid) + "/stat"};
+  std::string stat{std::istreambuf_iterator<char>{in}, {}};
+  auto fields = stat.substr(stat.rfind(')') + 2);
+  std::istringstream ss{fields};
+  std::string skip;
+  for (int i = 0; i < 11; ++i) // state ... cmajflt: fields 3 to 13
+    ss >> skip;
+  double utime = 0, stime = 0;
+  ss >> utime >> stime;
+  return (utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+TEST_F(hostile_peer_test, OutOfDescriptorsTheNodeRefusesNewPeersWithoutSpinningAndRecovers) {
+  // A node that may hold 64 descriptors, and 100 peers that connect and
+  // say nothing: it runs out, closes the ones it cannot take, and does not
+  // spin on its listener meanwhile.
+  node = std::make_unique<child_process>(std::vector<std::string>{
+    "/usr/bin/prlimit", "--nofile=64:64", "--", MODELREG_CLI, "serve", "--socket", socket,
+    "--catalog", catalog_path});
+  ready_line = node->read_line(20s);
+  ASSERT_EQ(ready_line.rfind("ready", 0), 0u) << ready_line;
+  std::vector<transport::unique_fd> crowd;
+  for (int i = 0; i < 100; ++i)
+    if (auto s = transport::connect_seqpacket(socket))
+      crowd.push_back(std::move(*s));
+  auto before = cpu_seconds_of(node->pid());
+  std::this_thread::sleep_for(1s); // a window to measure CPU over, not a wait for an event
+  auto used = cpu_seconds_of(node->pid()) - before;
+  EXPECT_LT(used, 0.3) << "the node spun on its listener while out of descriptors";
+  for (auto& s : crowd)
+    EXPECT_TRUE(closed_by_peer(s.get())) << "a silent peer stayed connected";
+  crowd.clear();
+  client c;
+  auto reg = c.connect(uri(), false);
+  ASSERT_TRUE(reg) << describe(reg.error());
+  auto h = c.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"echo"}, model_spec{});
+  ASSERT_TRUE(h) << describe(h.error());
+  expect_served(c, *reg, 5);
 }
 
 /// Runs `modelreg ARGS` as another user (util-linux's setpriv; needs root).

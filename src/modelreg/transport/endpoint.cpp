@@ -574,14 +574,22 @@ void endpoint::accept_pending(int listener, const std::shared_ptr<handlers>& h) 
         log->warn("accept: {}", describe(fd.error()));
         return;
       }
-      // Out of descriptors: the pending peer would keep the listener
-      // readable and this loop spinning. Give up the spare descriptor to
-      // accept and close it (the peer sees EOF at once), then pause
-      // accepting for a moment.
-      log->warn("out of file descriptors: refusing a connection, pausing accept for 100 ms");
+      // Out of descriptors: pending peers would keep the listener readable
+      // and this loop spinning. Give up the spare descriptor to accept and
+      // close each of them (they see EOF at once), then pause accepting for
+      // a moment.
       loop_->spare_fd = unique_fd{};
-      { auto victim = accept_seqpacket(listener); } // closed at once
+      size_t refused = 0;
+      for (;;) { // each is closed before the next: one descriptor is all it takes
+        auto victim = accept_seqpacket(listener);
+        if (!victim || !*victim)
+          break;
+        ++refused;
+      }
       loop_->spare_fd = unique_fd{::open("/dev/null", O_RDONLY | O_CLOEXEC)};
+      log->warn("out of file descriptors: refused {} pending connection(s), pausing accept "
+                "for 100 ms",
+                refused);
       for (auto& [poll, owned] : loop_->listeners) {
         if (owned.get() == listener) {
           uv_poll_stop(poll);
