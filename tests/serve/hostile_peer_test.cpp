@@ -4,6 +4,8 @@
 // each, a well-behaved client whose every call must succeed.
 #include <csignal>
 #include <future>
+#include <iostream>
+#include <random>
 #include <thread>
 #include <sstream>
 #include <fstream>
@@ -260,6 +262,45 @@ TEST_F(hostile_peer_test, TcpPeersCannotStopTheNodeAndPlainTcpIsInferOnly) {
   auto h = local.ask<model_handle>(*unix_reg, get_or_load_atom::value, std::string{"mine"},
                                    model_spec{"identity", {}});
   EXPECT_TRUE(h) << describe(h.error());
+}
+
+TEST_F(hostile_peer_test, ChaosClientsKilledAtRandomCostTheOthersNothing) {
+  ASSERT_NO_FATAL_FAILURE(start_with_client());
+  // Six clients, half streaming echo frames and holding what they get, half
+  // keeping 16 model requests in flight; one of them is killed (and replaced)
+  // every few checked calls of the seventh, for 30 s.
+  auto spawn = [&](size_t slot) {
+    std::vector<std::string> argv =
+      slot % 2 == 0 ? std::vector<std::string>{MODELREG_CLI, "__hold", socket, "4", "4096"}
+                    : std::vector<std::string>{MODELREG_CLI, "__bench-serve-client", uri(),
+                                               "echo", "100000000", "16", "64",
+                                               dir + "/lat" + std::to_string(slot)};
+    auto p = std::make_unique<child_process>(argv);
+    auto line = p->read_line(30s);
+    if (slot % 2 == 1 && line == "ready")
+      p->close_stdin(); // go
+    return p;
+  };
+  std::vector<std::unique_ptr<child_process>> clients;
+  for (size_t i = 0; i < 6; ++i)
+    clients.push_back(spawn(i));
+  std::mt19937 rng{7};
+  size_t kills = 0;
+  auto end = std::chrono::steady_clock::now() + 30s;
+  while (std::chrono::steady_clock::now() < end) {
+    ASSERT_NO_FATAL_FAILURE(expect_served(1 + static_cast<int>(rng() % 10)));
+    auto slot = rng() % clients.size();
+    clients[slot]->kill(SIGKILL);
+    clients[slot] = spawn(slot);
+    ++kills;
+  }
+  for (auto& c : clients)
+    c->kill(SIGKILL);
+  clients.clear();
+  EXPECT_GT(kills, 10u);
+  std::cout << "[ measured ] " << kills << " clients killed at random in 30 s" << std::endl;
+  expect_served();
+  expect_baseline();
 }
 
 /// CPU seconds process `pid` has used (user + system).
