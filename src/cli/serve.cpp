@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <optional>
 
 #include <pthread.h>
 #include <sys/resource.h>
@@ -70,6 +71,10 @@ options:
                          are answered overloaded (default 1024)
   --peer-timeout SECONDS close a Unix peer that sent nothing, not even a
                          heartbeat, this long (default 3; 0: never)
+  --max-shared-memory SIZE
+                         shared memory the node maps for all its clients
+                         together, e.g. 8G, 512M or bytes (default: half of
+                         this machine's memory; 0: no limit)
   --max-memory BYTES     byte budget for loaded models (default: unlimited)
   --idle-ttl SECONDS     unload models idle this long (default 300; 0: never)
   --max-batch N          dynamic batching for batchable models (default 8)
@@ -82,6 +87,27 @@ catalog names. See docs/serve.md, "Access and roles" and "Limits".
 Prints "ready" (and the TCP port) on stdout once it serves. SIGINT/SIGTERM
 stop it gracefully: requests in flight are answered, clients are told.
 )";
+
+/// Bytes with an optional binary suffix (K, M, G, T; "KiB" and "KB" alike);
+/// nothing if `text` is not exactly that.
+std::optional<uint64_t> parse_bytes(const std::string& text) {
+  char* end = nullptr;
+  if (text.empty() || text.front() == '-')
+    return std::nullopt;
+  auto value = std::strtod(text.c_str(), &end);
+  std::string unit{end};
+  if (end == text.c_str() || !(value >= 0))
+    return std::nullopt;
+  static const std::pair<const char*, double> units[] = {
+    {"", 1}, {"K", 1024.0}, {"M", 1024.0 * 1024}, {"G", 1024.0 * 1024 * 1024},
+    {"T", 1024.0 * 1024 * 1024 * 1024}};
+  for (const auto& [name, scale] : units) {
+    std::string n{name};
+    if (unit == n || (!n.empty() && (unit == n + "iB" || unit == n + "B")))
+      return static_cast<uint64_t>(value * scale);
+  }
+  return std::nullopt;
+}
 
 /// More descriptors: each peer costs a socket, and the node must never run
 /// out before its limits refuse a peer with a clear error.
@@ -114,6 +140,8 @@ int serve(std::vector<std::string> args) {
   auto tls_role_name = tls_role.value_or("admin");
   size_t max_in_flight = 1024;
   std::chrono::milliseconds peer_timeout{3000};
+  uint64_t max_shared_memory = static_cast<uint64_t>(::sysconf(_SC_PHYS_PAGES)) *
+                               static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)) / 2;
   registry_config rcfg;
   rcfg.idle_ttl = std::chrono::seconds{300};
   try {
@@ -134,6 +162,13 @@ int serve(std::vector<std::string> args) {
     if (v->empty() || *end != '\0' || v->front() == '-' || n == 0)
       return usage_error("serve: --max-in-flight takes a count of at least 1, not '" + *v + "'");
     max_in_flight = n;
+  }
+  if (auto v = take_option(args, "--max-shared-memory")) {
+    auto bytes = parse_bytes(*v);
+    if (!bytes)
+      return usage_error("serve: --max-shared-memory takes a size such as 8G, 512M or bytes, not '" +
+                         *v + "'");
+    max_shared_memory = *bytes;
   }
   if (auto v = take_option(args, "--peer-timeout")) {
     char* end = nullptr;
@@ -193,6 +228,7 @@ int serve(std::vector<std::string> args) {
   }
   transport::endpoint_options eopts;
   eopts.peer_timeout = peer_timeout;
+  eopts.max_shared_memory_bytes = max_shared_memory;
   std::vector<uid_t> admins;
   try {
     for (const auto& u : uids)

@@ -264,6 +264,21 @@ TEST_F(hostile_peer_test, TcpPeersCannotStopTheNodeAndPlainTcpIsInferOnly) {
   EXPECT_TRUE(h) << describe(h.error());
 }
 
+TEST_F(hostile_peer_test, TheNodeWideSharedMemoryLimitRefusesWithATypedErrorAndOthersGoOn) {
+  ASSERT_NO_FATAL_FAILURE(start_with_client({"--max-shared-memory", "12M"}));
+  // A 4 MiB answer needs a 16 MiB segment in the node: past its limit.
+  auto big = tensor::allocate(dtype::f32, {1 << 20});
+  ASSERT_TRUE(big);
+  auto r = good->ask<tensor_map>(reg, infer_atom::value, std::string{"echo"},
+                                 tensor_map{{"x", *big}});
+  ASSERT_FALSE(r);
+  EXPECT_TRUE(is(r.error(), errc::quota_exceeded)) << describe(r.error());
+  EXPECT_NE(describe(r.error()).find("node-wide shared-memory limit"), std::string::npos)
+    << describe(r.error());
+  expect_served();
+  EXPECT_LE(good->status(reg)["transport"]["bytes_mapped"].get<uint64_t>(), uint64_t{12} << 20);
+}
+
 TEST_F(hostile_peer_test, ChaosClientsKilledAtRandomCostTheOthersNothing) {
   ASSERT_NO_FATAL_FAILURE(start_with_client());
   // Six clients, half streaming echo frames and holding what they get, half
@@ -386,6 +401,7 @@ TEST_F(hostile_peer_test, AccessAndLimitOptionsAreCheckedAtStartNamingTheOption)
          {"--peer-timeout", "-1"},
          {"--max-in-flight", "0"},
          {"--max-in-flight", "2k"},
+         {"--max-shared-memory", "lots"},
          {"--tls-role", "root"},
          {"--admin-uid", "nobody"},
          {"--insecure-admin"},                         // no plain TCP to apply it to

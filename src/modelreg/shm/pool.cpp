@@ -45,17 +45,41 @@ chunk::~chunk() {
 
 // -- pool ---------------------------------------------------------------------
 
-std::shared_ptr<pool> pool::create() {
+bool memory_budget::take(uint64_t bytes) {
+  auto used = used_.load();
+  do {
+    if (used + bytes > limit_)
+      return false;
+  } while (!used_.compare_exchange_weak(used, used + bytes));
+  return true;
+}
+
+std::shared_ptr<pool> pool::create(std::shared_ptr<memory_budget> budget) {
   auto result = std::shared_ptr<pool>{new pool};
   result->free_.resize(slab_classes.size());
+  result->budget_ = std::move(budget);
   return result;
 }
 
+pool::~pool() {
+  if (budget_)
+    budget_->give(stats_.bytes_mapped);
+}
+
 caf::expected<uint32_t> pool::add_segment(size_t bytes, size_t size_class, size_t chunk_size) {
+  auto rounded = (bytes + page_size() - 1) / page_size() * page_size();
+  if (budget_ && !budget_->take(rounded))
+    return make_error(errc::quota_exceeded,
+                      "the node-wide shared-memory limit (" + std::to_string(budget_->limit()) +
+                        " bytes) is reached: " + std::to_string(budget_->used()) +
+                        " bytes mapped, " + std::to_string(rounded) + " more asked for");
   auto id = next_segment_++;
   auto seg = segment::create(bytes, "pool-" + std::to_string(id));
-  if (!seg)
+  if (!seg) {
+    if (budget_)
+      budget_->give(rounded);
     return seg.error();
+  }
   auto size = seg->size();
   for (uint64_t off = 0; off + chunk_size <= size; off += chunk_size) {
     slots_[{id, off}] = slot{id, off, chunk_size, 0, false, 0, size_class, {}};

@@ -17,6 +17,7 @@
 // Thread-safety: every member function may be called from any thread.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <tuple>
@@ -49,6 +50,22 @@ struct quota {
 };
 
 class pool;
+
+/// Shared-memory bytes several pools may map together: a process-wide cap
+/// (e.g. a node's, over the pools of all its connections). Thread-safe.
+class memory_budget {
+public:
+  explicit memory_budget(uint64_t limit) : limit_(limit) {}
+  /// Takes `bytes` if they fit under the limit.
+  bool take(uint64_t bytes);
+  void give(uint64_t bytes) { used_ -= bytes; }
+  uint64_t used() const { return used_.load(); }
+  uint64_t limit() const { return limit_; }
+
+private:
+  std::atomic<uint64_t> used_{0};
+  uint64_t limit_;
+};
 
 /// A chunk in local hands. Destroying the last shared_ptr gives it back
 /// (once no peer holds a loan on it either).
@@ -89,7 +106,10 @@ public:
   /// connected peers.
   using segment_listener = std::function<void(uint32_t, const segment&)>;
 
-  static std::shared_ptr<pool> create();
+  /// A pool whose segments count against `budget`, if given (a new segment
+  /// that does not fit fails with `quota_exceeded`).
+  static std::shared_ptr<pool> create(std::shared_ptr<memory_budget> budget = nullptr);
+  ~pool();
 
   /// A writable chunk of at least `bytes` (a new segment if needed).
   caf::expected<chunk_ptr> allocate(size_t bytes);
@@ -161,6 +181,7 @@ private:
   uint32_t next_segment_ = 1;
   segment_listener listener_;
   pool_stats stats_;
+  std::shared_ptr<memory_budget> budget_;
 };
 
 } // namespace modelreg::shm

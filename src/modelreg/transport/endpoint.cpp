@@ -186,7 +186,7 @@ connection::connection(std::shared_ptr<endpoint> owner, uint64_t id, unique_fd s
                        peer_credentials peer)
   : owner_(std::move(owner)),
     id_(id),
-    pool_(shm::pool::create()),
+    pool_(shm::pool::create(owner_->budget_)),
     allocator_(std::make_unique<shm_allocator>(*this)),
     sock_(std::move(sock)),
     peer_(peer) {
@@ -437,7 +437,10 @@ void connection::close() {
 // -- endpoint -----------------------------------------------------------------
 
 endpoint::endpoint(endpoint_options opts)
-  : options_(std::move(opts)), loop_(std::make_unique<loop>()) {}
+  : options_(std::move(opts)), loop_(std::make_unique<loop>()) {
+  if (options_.max_shared_memory_bytes > 0)
+    budget_ = std::make_shared<shm::memory_budget>(options_.max_shared_memory_bytes);
+}
 
 std::shared_ptr<endpoint> endpoint::start(endpoint_options opts) {
   std::shared_ptr<endpoint> ep{new endpoint(std::move(opts))};

@@ -64,6 +64,10 @@ struct endpoint_options {
   uint64_t max_backlog_bytes = uint64_t{1} << 30;
   /// Segments one peer may announce (each is a mapping in this process).
   uint32_t max_peer_segments = 1024;
+  /// Shared memory this process may map for all its connections together
+  /// (0: no limit); past it, what needs a new segment fails with
+  /// `quota_exceeded`.
+  uint64_t max_shared_memory_bytes = 0;
   /// Descriptors taken from one peer's ring before other peers get a turn.
   uint32_t drain_budget = 256;
 };
@@ -264,6 +268,7 @@ private:
   mutable std::mutex pools_mutex_;
   std::vector<std::weak_ptr<shm::pool>> pools_; // for stats
   std::atomic<uint64_t> rejected_{0};
+  std::shared_ptr<shm::memory_budget> budget_; // null: no node-wide limit
   std::atomic<uint64_t> misbehaving_{0};
   std::atomic<uint64_t> timed_out_{0};
   std::atomic<uint64_t> next_id_{1};
