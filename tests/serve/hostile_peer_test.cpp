@@ -333,6 +333,11 @@ double cpu_seconds_of(pid_t pid) {
 }
 
 TEST_F(hostile_peer_test, OutOfDescriptorsTheNodeRefusesNewPeersWithoutSpinningAndRecovers) {
+#ifdef MODELREG_SANITIZED
+  // UBSan's pointer checks open a pipe to probe memory: in a process with
+  // no descriptor left they fail and report a false error.
+  GTEST_SKIP() << "needs a node without sanitizers";
+#endif
   // A node that may hold 64 descriptors, and 100 peers that connect and
   // say nothing: it runs out, closes the ones it cannot take, and does not
   // spin on its listener meanwhile.
