@@ -831,14 +831,15 @@ void endpoint::on_readable(const connection_ptr& conn, const std::shared_ptr<han
   bool open;
   {
     std::lock_guard guard{conn->recv_mutex_};
-    open = process_socket(conn, h);
+    open = process_socket(conn, h, true);
   }
   auto& st = *conn->loop_state_;
   if (open && st.rung.exchange(false))
     on_doorbell(conn, h);
 }
 
-bool endpoint::process_socket(const connection_ptr& conn, const std::shared_ptr<handlers>& h) {
+bool endpoint::process_socket(const connection_ptr& conn, const std::shared_ptr<handlers>& h,
+                              bool wake_up_returns) {
   auto& st = *conn->loop_state_;
   for (;;) {
     if (!conn->open_.load() || conn->failing_.load())
@@ -941,6 +942,11 @@ bool endpoint::process_socket(const connection_ptr& conn, const std::shared_ptr<
       case socket_message::ring:
         if (conn->shared_memory_)
           st.rung = true;
+        // A wake-up: drain the ring now rather than pay one more recvmsg to
+        // learn the socket is empty (the poll is level-triggered: anything
+        // else queued brings us back).
+        if (wake_up_returns)
+          return true;
         break;
       default:
         fail(conn, h, make_error(errc::malformed_frame,
