@@ -828,10 +828,14 @@ void endpoint::adopt(const connection_ptr& conn, std::shared_ptr<handlers> h) {
 void endpoint::on_readable(const connection_ptr& conn, const std::shared_ptr<handlers>& h) {
   if (!conn->loop_state_ || conn->loop_state_->closing)
     return;
+  // On an error condition (a peer that died with datagrams unread leaves
+  // ECONNRESET here) libuv stops the poll before this callback: read on to
+  // the end-of-file now, as nothing will call us again.
+  bool polling = uv_is_active(reinterpret_cast<uv_handle_t*>(&conn->loop_state_->sock_poll));
   bool open;
   {
     std::lock_guard guard{conn->recv_mutex_};
-    open = process_socket(conn, h, true);
+    open = process_socket(conn, h, polling);
   }
   auto& st = *conn->loop_state_;
   if (open && st.rung.exchange(false))
