@@ -1048,16 +1048,20 @@ void endpoint::on_doorbell(const connection_ptr& conn, const std::shared_ptr<han
   if (st.closing)
     return;
   conn->reader_.disarm();
+  // One turn takes at most `drain_budget` descriptors, however fast the peer
+  // sends: then the other connections, their end-of-files and the loop's
+  // timers (heartbeats) run before this peer's next turn. The ring stays
+  // disarmed meanwhile.
+  uint32_t turn = 0;
   for (;;) {
     uint32_t taken = 0;
     {
       std::lock_guard guard{conn->recv_mutex_};
-      if (!drain_ring(conn, h, options_.drain_budget, taken))
+      if (!drain_ring(conn, h, options_.drain_budget - turn, taken))
         return;
     }
-    if (taken >= options_.drain_budget) {
-      // A full turn: let the other connections (and the loop's timers) run
-      // before this peer's next batch. The ring stays disarmed meanwhile.
+    turn += taken;
+    if (turn >= options_.drain_budget) {
       auto self = shared_from_this();
       post([self, conn, h] { self->on_doorbell(conn, h); });
       return;
