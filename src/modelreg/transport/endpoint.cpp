@@ -828,22 +828,17 @@ void endpoint::adopt(const connection_ptr& conn, std::shared_ptr<handlers> h) {
 void endpoint::on_readable(const connection_ptr& conn, const std::shared_ptr<handlers>& h) {
   if (!conn->loop_state_ || conn->loop_state_->closing)
     return;
-  // On an error condition (a peer that died with datagrams unread leaves
-  // ECONNRESET here) libuv stops the poll before this callback: read on to
-  // the end-of-file now, as nothing will call us again.
-  bool polling = uv_is_active(reinterpret_cast<uv_handle_t*>(&conn->loop_state_->sock_poll));
   bool open;
   {
     std::lock_guard guard{conn->recv_mutex_};
-    open = process_socket(conn, h, polling);
+    open = process_socket(conn, h);
   }
   auto& st = *conn->loop_state_;
   if (open && st.rung.exchange(false))
     on_doorbell(conn, h);
 }
 
-bool endpoint::process_socket(const connection_ptr& conn, const std::shared_ptr<handlers>& h,
-                              bool wake_up_returns) {
+bool endpoint::process_socket(const connection_ptr& conn, const std::shared_ptr<handlers>& h) {
   auto& st = *conn->loop_state_;
   for (;;) {
     if (!conn->open_.load() || conn->failing_.load())
@@ -944,13 +939,10 @@ bool endpoint::process_socket(const connection_ptr& conn, const std::shared_ptr<
       case socket_message::pong:
         break; // heard: that is all a pong is for
       case socket_message::ring:
+        // Several may be queued (the peer rang while we had not disarmed
+        // yet): one drain answers them all, after the socket is read empty.
         if (conn->shared_memory_)
           st.rung = true;
-        // A wake-up: drain the ring now rather than pay one more recvmsg to
-        // learn the socket is empty (the poll is level-triggered: anything
-        // else queued brings us back).
-        if (wake_up_returns)
-          return true;
         break;
       default:
         fail(conn, h, make_error(errc::malformed_frame,

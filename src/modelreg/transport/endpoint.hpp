@@ -243,10 +243,8 @@ private:
   /// Takes what the peer's ring holds, spins briefly, then arms and sleeps
   /// until the peer's next `ring` datagram.
   void on_doorbell(const connection_ptr& conn, const std::shared_ptr<handlers>& h);
-  /// Reads the socket until it is empty (or, if `wake_up_returns`, up to a
-  /// `ring` datagram); false if the connection failed.
-  bool process_socket(const connection_ptr& conn, const std::shared_ptr<handlers>& h,
-                      bool wake_up_returns = false);
+  /// Reads the socket until it is empty; false if the connection failed.
+  bool process_socket(const connection_ptr& conn, const std::shared_ptr<handlers>& h);
   /// Takes up to `budget` descriptors; false if the connection failed.
   bool drain_ring(const connection_ptr& conn, const std::shared_ptr<handlers>& h,
                   uint32_t budget, uint32_t& taken);
