@@ -24,6 +24,7 @@
 #include "cli/default_catalog.hpp"
 #include "modelreg/actors/remote_registry.hpp"
 #include "modelreg/actors/shm_gateway.hpp"
+#include "modelreg/actors/tcp_guard.hpp"
 #include "modelreg/log.hpp"
 #include "modelreg/messages/error.hpp"
 #include "modelreg/messages/system_config.hpp"
@@ -66,6 +67,8 @@ options:
                          and the CA that signed its clients' certificates
   --insecure             allow TCP without TLS on a non-loopback address
   --insecure-admin       give plain-TCP peers the admin role (default: infer)
+  --max-tcp-message SIZE the largest message a plain-TCP peer may send, e.g.
+                         64M (default); a larger one closes its connection
   --tls-role ROLE        the role of TLS peers: admin (default) or infer
   --max-in-flight N      requests one connection may have in flight; more
                          are answered overloaded (default 1024)
@@ -170,6 +173,16 @@ int serve(std::vector<std::string> args) {
                          *v + "'");
     max_shared_memory = *bytes;
   }
+  tcp_guard_options guard_opts;
+  auto max_tcp_message = take_option(args, "--max-tcp-message");
+  if (auto v = max_tcp_message) {
+    auto bytes = parse_bytes(*v);
+    if (!bytes || *bytes < 1024 || *bytes > (uint64_t{1} << 32))
+      return usage_error("serve: --max-tcp-message takes a size from 1K to 4G such as 64M, not '" +
+                         *v + "'");
+    guard_opts.max_message = *bytes;
+    guard_opts.max_buffered = std::max(guard_opts.max_buffered, 4 * *bytes);
+  }
   if (auto v = take_option(args, "--peer-timeout")) {
     char* end = nullptr;
     auto secs = std::strtod(v->c_str(), &end);
@@ -217,6 +230,8 @@ int serve(std::vector<std::string> args) {
   } else if (tls.any()) {
     return usage_error("serve: TLS options need --tcp");
   }
+  if (max_tcp_message && (!tcp || tls.any()))
+    return usage_error("serve: --max-tcp-message is for plain TCP (--tcp without TLS)");
   if (insecure_admin && (!tcp || tls.any()))
     return usage_error("serve: --insecure-admin is for plain TCP (--tcp without TLS)");
   if (tls_role && !tls.any())
@@ -276,6 +291,7 @@ int serve(std::vector<std::string> args) {
   gopts.max_in_flight_per_peer = max_in_flight;
   auto gw = spawn_gateway(sys, registry, gopts);
   wire_actor door;
+  tcp_guard guard{guard_opts};
   auto stop_all = [&] {
     close_wire_interface(door);
     caf::anon_send(gw, shutdown_atom::value);
@@ -292,8 +308,12 @@ int serve(std::vector<std::string> args) {
     auto role = tls.any() ? (tls_role_name == "admin" ? peer_role::admin : peer_role::infer)
                           : (insecure_admin ? peer_role::admin : peer_role::infer);
     door = wire_interface(sys, gw, role);
+    // Plain TCP goes through the guard: CAF would allocate whatever a
+    // peer's first header announces. TLS peers are checked by their
+    // certificate before CAF reads anything from them.
     auto port = tls.any() ? caf::openssl::publish(door, tcp_port, tcp_host.c_str(), true)
-                          : sys.middleman().publish(door, tcp_port, tcp_host.c_str(), true);
+                          : guard.publish(sys, caf::actor_cast<caf::strong_actor_ptr>(door),
+                                          sys.message_types(door), tcp_port, tcp_host);
     if (!port) {
       std::cerr << "modelreg serve: cannot listen on TCP " << *tcp << ": " << sys.render(port.error())
                 << "\n";

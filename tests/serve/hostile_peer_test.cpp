@@ -13,8 +13,11 @@
 #include <caf/io/middleman.hpp>
 #include <caf/send.hpp>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <capnp/message.h>
@@ -96,6 +99,54 @@ bool closed_by_peer(int fd, std::chrono::milliseconds limit = 15s) {
       return true;
   }
   return false;
+}
+
+/// Resident memory of process `pid`, in bytes.
+uint64_t rss_of(pid_t pid) {
+  std::ifstream in{"/proc/" + std::to_string(pid) + "/status"};
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmRSS:", 0) == 0)
+      return std::stoull(line.substr(6)) * 1024;
+  return 0;
+}
+
+/// A plain TCP connection to 127.0.0.1:`port` (-1 if refused).
+int tcp_connect(uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/// Reads what `fd` has within `limit`; true once it reads end-of-file.
+bool stream_closed_by_peer(int fd, std::chrono::milliseconds limit = 15s) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  char buf[4096];
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (!transport::wait_readable(fd, 100))
+      continue;
+    auto n = ::recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+      return true;
+  }
+  return false;
+}
+
+/// A BASP header (CAF 0.17: 32 bytes, network byte order) for `operation`
+/// announcing `payload_len` bytes to follow.
+std::array<uint8_t, 32> basp_header(uint8_t operation, uint32_t payload_len) {
+  std::array<uint8_t, 32> h{};
+  h[0] = operation;
+  for (int i = 0; i < 4; ++i)
+    h[4 + i] = static_cast<uint8_t>(payload_len >> (24 - 8 * i));
+  return h;
 }
 
 class hostile_peer_test : public serve_test {
@@ -292,6 +343,49 @@ TEST_F(hostile_peer_test, TcpPeersCannotStopTheNodeAndPlainTcpIsInferOnly) {
   EXPECT_TRUE(h) << describe(h.error());
 }
 
+TEST_F(hostile_peer_test, PlainTcpPeersCannotMakeTheNodeAllocateNorHoldSilentConnections) {
+  ASSERT_TRUE(start_node({"--tcp", "127.0.0.1:0"})) << ready_line;
+  auto port = tcp_port();
+  ASSERT_NE(port, 0);
+  auto rss_before = rss_of(node->pid());
+  // Before the guard, CAF allocated and zeroed each announced payload: these
+  // three took the node's resident memory up by 600 MiB.
+  constexpr uint8_t client_handshake = 1;
+  std::vector<int> greedy;
+  for (int i = 0; i < 3; ++i) {
+    int fd = tcp_connect(port);
+    ASSERT_GE(fd, 0);
+    greedy.push_back(fd);
+    ASSERT_TRUE(transport::wait_readable(fd, 15000)) << "the node sends its handshake first";
+    auto h = basp_header(client_handshake, 200u << 20);
+    ASSERT_EQ(::send(fd, h.data(), h.size(), MSG_NOSIGNAL), static_cast<ssize_t>(h.size()));
+  }
+  for (int fd : greedy) {
+    EXPECT_TRUE(stream_closed_by_peer(fd)) << "an oversized message closes its connection";
+    ::close(fd);
+  }
+  EXPECT_LT(rss_of(node->pid()), rss_before + (64u << 20))
+    << "before " << rss_before << ", now " << rss_of(node->pid());
+  // A connection that never answers the node's handshake is closed.
+  int silent = tcp_connect(port);
+  ASSERT_GE(silent, 0);
+  EXPECT_TRUE(stream_closed_by_peer(silent)) << "no handshake deadline";
+  ::close(silent);
+  // Well-behaved TCP peers, including larger messages under the limit.
+  client good_tcp{true};
+  auto remote = good_tcp.connect("tcp://127.0.0.1:" + std::to_string(port), false);
+  ASSERT_TRUE(remote) << describe(remote.error());
+  auto h = good_tcp.ask<model_handle>(*remote, get_or_load_atom::value, std::string{"echo"},
+                                      model_spec{});
+  ASSERT_TRUE(h) << describe(h.error());
+  auto big = tensor::allocate(dtype::f32, {1 << 20});
+  ASSERT_TRUE(big);
+  auto r = good_tcp.ask<tensor_map>(*remote, infer_atom::value, std::string{"echo"},
+                                    tensor_map{{"x", *big}});
+  ASSERT_TRUE(r) << describe(r.error());
+  EXPECT_EQ(r->at("x").nbytes(), big->nbytes());
+}
+
 TEST_F(hostile_peer_test, TheNodeWideSharedMemoryLimitRefusesWithATypedErrorAndOthersGoOn) {
   ASSERT_NO_FATAL_FAILURE(start_with_client({"--max-shared-memory", "12M"}));
   // A 4 MiB answer needs a 16 MiB segment in the node: past its limit.
@@ -392,6 +486,8 @@ TEST_F(hostile_peer_test, AccessAndLimitOptionsAreCheckedAtStartNamingTheOption)
          {"--admin-uid", "nobody"},
          {"--insecure-admin"},                         // no plain TCP to apply it to
          {"--tls-role", "infer", "--tcp", "127.0.0.1:0"}, // no TLS to apply it to
+         {"--max-tcp-message", "64M"},                    // no plain TCP to apply it to
+         {"--max-tcp-message", "12", "--tcp", "127.0.0.1:0"},
        }) {
     std::vector<std::string> argv{"serve", "--socket", socket};
     argv.insert(argv.end(), bad.begin(), bad.end());
