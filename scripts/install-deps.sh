@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   build-essential cmake make pkg-config ccache
   libcaf-dev libssl-dev openssl
-  libspdlog-dev libfmt-dev
+  libspdlog-dev libfmt-dev libcli11-dev
   libgtest-dev googletest
   nlohmann-json3-dev
   capnproto libcapnp-dev

@@ -6,7 +6,11 @@
 #include <filesystem>
 #include <future>
 #include <iostream>
+#include <csignal>
+#include <deque>
 #include <map>
+#include <mutex>
+#include <set>
 #include <thread>
 
 #include <unistd.h>
@@ -30,43 +34,6 @@ namespace modelreg::cli {
 
 // -- helpers ---------------------------------------------------------------
 
-int usage_error(const std::string& what) {
-  std::cerr << "modelreg: " << what << "\n(run 'modelreg help' for usage)\n";
-  return exit_usage;
-}
-
-bool take_flag(std::vector<std::string>& args, const std::string& flag) {
-  for (auto i = args.begin(); i != args.end(); ++i)
-    if (*i == flag) {
-      args.erase(i);
-      return true;
-    }
-  return false;
-}
-
-std::optional<std::string> take_option(std::vector<std::string>& args, const std::string& name) {
-  for (auto i = args.begin(); i != args.end(); ++i) {
-    if (*i == name && i + 1 != args.end()) {
-      auto v = *(i + 1);
-      args.erase(i, i + 2);
-      return v;
-    }
-    if (i->rfind(name + "=", 0) == 0) {
-      auto v = i->substr(name.size() + 1);
-      args.erase(i);
-      return v;
-    }
-  }
-  return std::nullopt;
-}
-
-std::vector<std::string> take_all(std::vector<std::string>& args, const std::string& name) {
-  std::vector<std::string> out;
-  while (auto v = take_option(args, name))
-    out.push_back(*v);
-  return out;
-}
-
 std::string self_path() {
   char buf[4096];
   auto n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
@@ -75,21 +42,31 @@ std::string self_path() {
 
 namespace {
 
-/// Where a command connects, and with which TLS files.
+/// Where a command connects, with which TLS files, and how long it waits.
 struct node_options {
-  std::string uri;
+  std::string socket = default_socket_path();
+  std::string connect;
   tls_files tls;
+  std::chrono::milliseconds timeout;
+
+  std::string uri() const { return connect.empty() ? "unix:" + socket : connect; }
 };
 
-node_options take_node_options(std::vector<std::string>& args) {
-  node_options o;
-  auto socket = take_option(args, "--socket");
-  auto uri = take_option(args, "--connect");
-  o.uri = uri ? *uri : "unix:" + socket.value_or(default_socket_path());
-  o.tls.cert = take_option(args, "--tls-cert").value_or("");
-  o.tls.key = take_option(args, "--tls-key").value_or("");
-  o.tls.ca = take_option(args, "--tls-ca").value_or("");
-  return o;
+void add_node_options(CLI::App* sub, node_options& o, std::chrono::milliseconds timeout,
+                      const std::string& timeout_what) {
+  o.timeout = timeout;
+  sub->add_option("--socket", o.socket,
+                  "the node's Unix socket (default: $MODELREG_SOCKET, else "
+                  "$XDG_RUNTIME_DIR/modelreg/modelreg.sock, else /tmp/modelreg-$UID/modelreg.sock)")
+    ->type_name("PATH");
+  sub->add_option("--connect", o.connect, "unix:PATH or tcp://HOST:PORT instead")
+    ->type_name("URI");
+  sub->add_option("--tls-cert", o.tls.cert, "client certificate for a TLS node")
+    ->type_name("FILE");
+  sub->add_option("--tls-key", o.tls.key, "its private key")->type_name("FILE");
+  sub->add_option("--tls-ca", o.tls.ca, "the CA of the node's certificate")->type_name("FILE");
+  add_duration(sub, "--timeout", o.timeout,
+               "give up after this long: " + timeout_what + " (connecting included)");
 }
 
 /// An actor system for talking to a node (middleman and TLS when needed).
@@ -97,7 +74,7 @@ struct client_system {
   explicit client_system(const node_options& o) : cfg(), sys(prepare(cfg, o)) {}
 
   static caf::actor_system_config& prepare(system_config& cfg, const node_options& o) {
-    configure_for_connect(cfg, o.uri, o.tls);
+    configure_for_connect(cfg, o.uri(), o.tls);
     return cfg;
   }
 
@@ -105,22 +82,49 @@ struct client_system {
   caf::actor_system sys;
 };
 
-/// Connects without reconnecting (a command wants an answer, not a wait).
-caf::expected<registry_actor> connect_node(caf::actor_system& sys, const node_options& o) {
-  connect_options copts;
-  copts.reconnect = false;
-  return connect(sys, o.uri, copts);
-}
-
-int unreachable(const node_options& o, const caf::error& err) {
-  std::cerr << "modelreg: no node at " << o.uri << ": " << describe(err)
-            << "\n(start one with 'modelreg serve')\n";
-  return exit_unreachable;
+/// What to do about `err`, for a person at a terminal.
+std::string advice_line(const caf::error& err) {
+  switch (advice(err)) {
+    case error_advice::do_not_retry:
+      return "the request itself is wrong: change it before trying again";
+    case error_advice::back_off:
+      return "the node is busy or full: try again later, or free memory (unload, --max-memory)";
+    case error_advice::reconnect:
+      return "the node or the model went away: try again once it is back";
+    case error_advice::fall_back:
+      return "the node or backend cannot do this: use another model or transport";
+    default:
+      return {};
+  }
 }
 
 int failed(const caf::error& err) {
   std::cerr << "modelreg: " << describe(err) << "\n";
+  if (auto a = advice_line(err); !a.empty())
+    std::cerr << "  (" << a << ")\n";
   return is(err, errc::unavailable) ? exit_unreachable : exit_failed;
+}
+
+/// Connects without reconnecting (a command wants an answer, not a wait),
+/// within the command's timeout. Prints why not and sets `rc` if it fails.
+std::optional<registry_actor> connect_node(caf::actor_system& sys, const node_options& o,
+                                           int& rc) {
+  connect_options copts;
+  copts.reconnect = false;
+  copts.connect_timeout = o.timeout;
+  auto reg = connect(sys, o.uri(), copts);
+  if (reg)
+    return *reg;
+  const auto& err = reg.error();
+  if (is(err, errc::invalid_argument)) {
+    rc = usage_error(describe(err)); // a malformed URI, TLS files that cannot work
+    return std::nullopt;
+  }
+  std::cerr << "modelreg: no node at " << o.uri() << ": " << describe(err) << "\n";
+  if (o.connect.empty() || o.connect.rfind("unix:", 0) == 0)
+    std::cerr << "  (start one with 'modelreg serve', or give --socket or --connect)\n";
+  rc = exit_unreachable;
+  return std::nullopt;
 }
 
 template <class T, class... Ts>
@@ -129,7 +133,15 @@ caf::expected<T> ask(caf::actor_system& sys, const registry_actor& reg, caf::tim
   caf::scoped_actor self{sys};
   caf::expected<T> out{caf::error{}};
   self->request(reg, timeout, std::forward<Ts>(xs)...)
-    .receive([&](T& x) { out = std::move(x); }, [&](caf::error& err) { out = std::move(err); });
+    .receive([&](T& x) { out = std::move(x); },
+             [&](caf::error& err) {
+               if (err == caf::sec::request_timeout)
+                 err = make_error(errc::unavailable,
+                                  "no answer within " +
+                                    human_duration(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout)) +
+                                    " (--timeout)");
+               out = std::move(err);
+             });
   return out;
 }
 
@@ -152,22 +164,40 @@ T with_progress(const std::string& what, std::future<T> f) {
   return f.get();
 }
 
-std::string human_bytes(uint64_t b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(b);
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    ++u;
+/// While a load runs on the node, Ctrl-C ends this command only: say so.
+struct interrupt_note {
+  explicit interrupt_note(std::string name) {
+    static std::string note;
+    note = "\nmodelreg: stopped waiting; the load of '" + name +
+           "' goes on in the node (see 'modelreg status')\n";
+    static const std::string* text = &note;
+    text_ = text;
+    struct sigaction sa {};
+    sa.sa_handler = [](int) {
+      auto* t = current();
+      if (t != nullptr)
+        (void) !::write(STDERR_FILENO, t->data(), t->size());
+      ::_exit(130);
+    };
+    current() = text_;
+    ::sigaction(SIGINT, &sa, &old_);
   }
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
-  return buf;
-}
+  ~interrupt_note() {
+    ::sigaction(SIGINT, &old_, nullptr);
+    current() = nullptr;
+  }
+  static const std::string*& current() {
+    static const std::string* p = nullptr;
+    return p;
+  }
+  const std::string* text_;
+  struct sigaction old_ {};
+};
 
 /// The node's status as JSON (the raw answer: catalog and connections too).
-caf::expected<nlohmann::json> status_json(caf::actor_system& sys, const registry_actor& reg) {
-  auto raw = remote_status_json(sys, reg);
+caf::expected<nlohmann::json> status_json(caf::actor_system& sys, const registry_actor& reg,
+                                          caf::timespan timeout) {
+  auto raw = remote_status_json(sys, reg, timeout);
   if (!raw)
     return raw.error();
   auto j = nlohmann::json::parse(*raw, nullptr, false);
@@ -176,24 +206,34 @@ caf::expected<nlohmann::json> status_json(caf::actor_system& sys, const registry
   return j;
 }
 
+/// The state of `name` on the node, or empty if it is not loaded.
+std::string state_of(const nlohmann::json& status, const std::string& name) {
+  for (const auto& m : status["models"])
+    if (m["key"] == name)
+      return m["state"].get<std::string>();
+  return {};
+}
+
 void print_table(const nlohmann::json& j, const std::map<std::string, double>& rates) {
-  std::printf("%-16s %-8s %7s %10s %9s %9s %9s %9s  %s\n", "MODEL", "STATE", "HANDLES", "MEMORY",
-              "REQ/S", "P50 US", "P99 US", "REQUESTS", "DESCRIPTION");
+  std::printf("%-16s %-8s %7s %10s %9s %9s %9s %9s %7s  %s\n", "MODEL", "STATE", "HANDLES",
+              "MEMORY", "REQ/S", "P50", "P99", "REQUESTS", "ERRORS", "DESCRIPTION");
   for (const auto& m : j["models"]) {
     auto key = m["key"].get<std::string>();
     auto rate = rates.count(key) ? rates.at(key) : 0.0;
-    std::printf("%-16s %-8s %7llu %10s %9.0f %9llu %9llu %9llu  %s\n", key.c_str(),
+    auto us = [](uint64_t v) { return human_duration(std::chrono::microseconds{v}); };
+    std::printf("%-16s %-8s %7llu %10s %9.0f %9s %9s %9llu %7llu  %s\n", key.c_str(),
                 m["state"].get<std::string>().c_str(),
                 static_cast<unsigned long long>(m["handles"].get<uint64_t>()),
                 human_bytes(m["memory_bytes"].get<uint64_t>()).c_str(), rate,
-                static_cast<unsigned long long>(m["latency_p50_us"].get<uint64_t>()),
-                static_cast<unsigned long long>(m["latency_p99_us"].get<uint64_t>()),
+                us(m["latency_p50_us"].get<uint64_t>()).c_str(),
+                us(m["latency_p99_us"].get<uint64_t>()).c_str(),
                 static_cast<unsigned long long>(m["requests"].get<uint64_t>()),
+                static_cast<unsigned long long>(m.value("errors", uint64_t{0})),
                 m["description"].get<std::string>().c_str());
   }
   const auto& t = j["totals"];
   std::printf("\n%llu models, %s in use, hit rate %.1f%%, %llu loads (%llu failed), "
-              "%llu connections\n",
+              "%llu connections; latency counts successful requests only\n",
               static_cast<unsigned long long>(t["models_loaded"].get<uint64_t>()),
               human_bytes(t["bytes_in_use"].get<uint64_t>()).c_str(),
               100.0 * t["hit_rate"].get<double>(),
@@ -202,69 +242,65 @@ void print_table(const nlohmann::json& j, const std::map<std::string, double>& r
               static_cast<unsigned long long>(j.value("connections", uint64_t{0})));
 }
 
-/// Prints transitions as the supervisor publishes them (for --watch).
-caf::behavior event_printer(caf::event_based_actor* self, bool json) {
+/// Transitions as the supervisor publishes them (for --watch): printed at
+/// once as JSON, or kept (the last 12) for the log under the table.
+struct transition_log {
+  std::mutex mutex;
+  std::deque<std::string> lines;
+};
+
+caf::behavior event_printer(caf::event_based_actor* self, bool json,
+                            std::shared_ptr<transition_log> log) {
   (void) self;
   return {
-    [json](status_atom, const status_event& ev) {
+    [json, log](status_atom, const status_event& ev) {
       if (json) {
         std::cout << "{\"event\":" << to_json(ev) << "}" << std::endl;
         return;
       }
-      std::printf("  %s %s (generation %llu)%s%s\n", ev.key.c_str(), to_string(ev.state).c_str(),
-                  static_cast<unsigned long long>(ev.generation), ev.detail.empty() ? "" : ": ",
-                  ev.detail.c_str());
-      std::fflush(stdout);
+      auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+      char stamp[16];
+      std::strftime(stamp, sizeof(stamp), "%H:%M:%S", std::localtime(&now));
+      char line[512];
+      std::snprintf(line, sizeof(line), "%s  %s %s (generation %llu)%s%s", stamp, ev.key.c_str(),
+                    to_string(ev.state).c_str(), static_cast<unsigned long long>(ev.generation),
+                    ev.detail.empty() ? "" : ": ", ev.detail.c_str());
+      std::lock_guard lock{log->mutex};
+      log->lines.emplace_back(line);
+      if (log->lines.size() > 12)
+        log->lines.pop_front();
     },
     [](snapshot_atom, const registry_snapshot&) {},
   };
 }
 
-constexpr const char* node_help = R"(
-connection options (every command):
-  --socket PATH          the node's Unix socket (default: $MODELREG_SOCKET, else
-                         $XDG_RUNTIME_DIR/modelreg/modelreg.sock, else
-                         /tmp/modelreg-$UID/modelreg.sock)
-  --connect URI          unix:PATH or tcp://HOST:PORT instead
-  --tls-cert F --tls-key F --tls-ca F   client certificate for a TLS node
+// -- status ------------------------------------------------------------------
 
-exit codes: 0 success, 1 the command failed, 2 usage error, 3 no node reachable
-)";
+struct status_options {
+  node_options node;
+  bool watch = false;
+  bool json = false;
+  std::chrono::milliseconds interval{1000};
+  size_t count = 0;
+};
 
-} // namespace
-
-int status(std::vector<std::string> args) {
-  if (take_flag(args, "--help")) {
-    std::cout << "usage: modelreg status [--watch] [--json] [--interval-ms MS]\n\n"
-                 "The node's models (state, handles, memory, requests/s, latency p50/p99),\n"
-                 "hit rate and connections. --watch redraws every interval and prints\n"
-                 "each transition the supervisor publishes as it happens.\n"
-              << node_help;
-    return exit_ok;
-  }
-  bool watch = take_flag(args, "--watch");
-  bool json = take_flag(args, "--json");
-  auto interval = std::chrono::milliseconds{1000};
-  if (auto v = take_option(args, "--interval-ms"))
-    interval = std::chrono::milliseconds{std::stoul(*v)};
-  auto count = take_option(args, "--count"); // --watch: stop after N refreshes
-  auto node = take_node_options(args);
-  if (!args.empty())
-    return usage_error("status: unknown option " + args.front());
-  client_system cs{node};
-  auto reg = connect_node(cs.sys, node);
+int run_status(const status_options& o) {
+  client_system cs{o.node};
+  int rc = exit_ok;
+  auto reg = connect_node(cs.sys, o.node, rc);
   if (!reg)
-    return unreachable(node, reg.error());
+    return rc;
   std::map<std::string, uint64_t> last_requests;
   auto last_time = std::chrono::steady_clock::now();
   caf::actor printer;
-  if (watch) {
-    printer = cs.sys.spawn(event_printer, json);
+  auto log = std::make_shared<transition_log>();
+  if (o.watch) {
+    printer = cs.sys.spawn(event_printer, o.json, log);
     caf::anon_send(*reg, subscribe_atom::value, caf::actor_cast<status_listener>(printer));
   }
-  int rc = exit_ok;
+  bool tty = ::isatty(STDOUT_FILENO) != 0;
   for (size_t n = 0;; ++n) {
-    auto j = status_json(cs.sys, *reg);
+    auto j = status_json(cs.sys, *reg, caf::timespan{o.node.timeout});
     if (!j) {
       rc = failed(j.error());
       break;
@@ -280,19 +316,27 @@ int status(std::vector<std::string> args) {
       last_requests[key] = req;
     }
     last_time = now;
-    if (json) {
+    if (o.json) {
       for (auto& m : (*j)["models"])
         m["requests_per_s"] = rates[m["key"].get<std::string>()];
       std::cout << j->dump() << std::endl;
     } else {
-      if (watch && ::isatty(STDOUT_FILENO))
+      if (o.watch && tty)
         std::printf("\033[H\033[2J");
       print_table(*j, rates);
+      if (o.watch) {
+        std::lock_guard lock{log->mutex};
+        std::printf("\ntransitions%s\n", log->lines.empty() ? ": none yet" : " (newest last):");
+        for (const auto& l : log->lines)
+          std::printf("  %s\n", l.c_str());
+        if (!tty)
+          log->lines.clear(); // a log file gets each line once
+      }
       std::fflush(stdout);
     }
-    if (!watch || (count && n + 1 >= std::stoul(*count)))
+    if (!o.watch || (o.count > 0 && n + 1 >= o.count))
       break;
-    std::this_thread::sleep_for(interval);
+    std::this_thread::sleep_for(o.interval);
   }
   if (printer)
     caf::anon_send_exit(printer, caf::exit_reason::user_shutdown);
@@ -300,22 +344,20 @@ int status(std::vector<std::string> args) {
   return rc;
 }
 
-int ls(std::vector<std::string> args) {
-  if (take_flag(args, "--help")) {
-    std::cout << "usage: modelreg ls [--json]\n\nThe node's catalog and which of its models are "
-                 "loaded.\n"
-              << node_help;
-    return exit_ok;
-  }
-  bool json = take_flag(args, "--json");
-  auto node = take_node_options(args);
-  if (!args.empty())
-    return usage_error("ls: unknown option " + args.front());
-  client_system cs{node};
-  auto reg = connect_node(cs.sys, node);
+// -- ls ----------------------------------------------------------------------
+
+struct ls_options {
+  node_options node;
+  bool json = false;
+};
+
+int run_ls(const ls_options& o) {
+  client_system cs{o.node};
+  int rc = exit_ok;
+  auto reg = connect_node(cs.sys, o.node, rc);
   if (!reg)
-    return unreachable(node, reg.error());
-  auto j = status_json(cs.sys, *reg);
+    return rc;
+  auto j = status_json(cs.sys, *reg, caf::timespan{o.node.timeout});
   caf::anon_send(*reg, shutdown_atom::value);
   if (!j)
     return failed(j.error());
@@ -326,7 +368,7 @@ int ls(std::vector<std::string> args) {
   for (const auto& [key, m] : loaded)
     if (std::find(names.begin(), names.end(), key) == names.end())
       names.push_back(key);
-  if (json) {
+  if (o.json) {
     nlohmann::json out = nlohmann::json::array();
     for (const auto& n : names) {
       auto i = loaded.find(n);
@@ -351,45 +393,51 @@ int ls(std::vector<std::string> args) {
   return exit_ok;
 }
 
-int load(std::vector<std::string> args) {
-  if (take_flag(args, "--help")) {
-    std::cout << "usage: modelreg load NAME [--json]\n\nLoads catalog entry NAME on the node "
-                 "(once, however many ask) and reports it.\nThe model stays loaded until "
-                 "evicted (idle TTL, budget) or unloaded.\n"
-              << node_help;
-    return exit_ok;
-  }
-  bool json = take_flag(args, "--json");
-  auto node = take_node_options(args);
-  if (args.size() != 1)
-    return usage_error("load needs exactly one NAME");
-  auto name = args.front();
-  client_system cs{node};
-  auto reg = connect_node(cs.sys, node);
-  if (!reg)
-    return unreachable(node, reg.error());
-  auto started = std::chrono::steady_clock::now();
-  auto h = with_progress(
-    "loading " + name, std::async(std::launch::async, [&] {
-      return ask<model_handle>(cs.sys, *reg, std::chrono::minutes{10}, get_or_load_atom::value,
-                               name, model_spec{});
-    }));
-  auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started)
-              .count();
+// -- load --------------------------------------------------------------------
+
+struct load_options {
+  node_options node;
+  std::string name;
+  bool json = false;
+};
+
+int run_load(const load_options& o) {
+  client_system cs{o.node};
   int rc = exit_ok;
+  auto reg = connect_node(cs.sys, o.node, rc);
+  if (!reg)
+    return rc;
+  caf::timespan timeout{o.node.timeout};
+  bool was_loaded = false;
+  if (auto before = status_json(cs.sys, *reg, timeout))
+    was_loaded = state_of(*before, o.name) == "ready";
+  auto started = std::chrono::steady_clock::now();
+  caf::expected<model_handle> h{caf::error{}};
+  {
+    interrupt_note note{o.name};
+    h = with_progress("loading " + o.name, std::async(std::launch::async, [&] {
+                        return ask<model_handle>(cs.sys, *reg, timeout, get_or_load_atom::value,
+                                                 o.name, model_spec{});
+                      }));
+  }
+  auto took = std::chrono::steady_clock::now() - started;
   if (!h) {
     rc = failed(h.error());
-  } else if (json) {
-    std::cout << nlohmann::json{{"name", name},
+  } else if (o.json) {
+    std::cout << nlohmann::json{{"name", o.name},
                                 {"description", h->description()},
                                 {"memory_bytes", h->memory_bytes()},
                                 {"generation", h->generation()},
-                                {"wall_ms", ms}}
+                                {"already_loaded", was_loaded},
+                                {"wall_ms", std::chrono::duration<double, std::milli>(took).count()}}
                    .dump()
               << std::endl;
+  } else if (was_loaded) {
+    std::printf("%s: already loaded (%s, %s)\n", o.name.c_str(), h->description().c_str(),
+                human_bytes(h->memory_bytes()).c_str());
   } else {
-    std::printf("%s: loaded (%s, %s) in %.0f ms\n", name.c_str(), h->description().c_str(),
-                human_bytes(h->memory_bytes()).c_str(), ms);
+    std::printf("%s: loaded (%s, %s) in %s\n", o.name.c_str(), h->description().c_str(),
+                human_bytes(h->memory_bytes()).c_str(), human_duration(took).c_str());
   }
   if (h)
     h->release();
@@ -397,101 +445,211 @@ int load(std::vector<std::string> args) {
   return rc;
 }
 
-int unload(std::vector<std::string> args) {
-  if (take_flag(args, "--help")) {
-    std::cout << "usage: modelreg unload NAME\n\nUnloads NAME now if nobody holds it (exit 1 "
-                 "with 'busy' otherwise).\n"
-              << node_help;
+// -- unload ------------------------------------------------------------------
+
+struct unload_options {
+  node_options node;
+  std::string name;
+  bool if_loaded = false;
+};
+
+int run_unload(const unload_options& o) {
+  client_system cs{o.node};
+  int rc = exit_ok;
+  auto reg = connect_node(cs.sys, o.node, rc);
+  if (!reg)
+    return rc;
+  auto rep = ask<eviction_report>(cs.sys, *reg, caf::timespan{o.node.timeout},
+                                  unload_atom::value, o.name);
+  caf::anon_send(*reg, shutdown_atom::value);
+  if (!rep && o.if_loaded && is(rep.error(), errc::model_not_found)) {
+    std::printf("%s: not loaded; nothing to do\n", o.name.c_str());
     return exit_ok;
   }
-  auto node = take_node_options(args);
-  if (args.size() != 1)
-    return usage_error("unload needs exactly one NAME");
-  client_system cs{node};
-  auto reg = connect_node(cs.sys, node);
-  if (!reg)
-    return unreachable(node, reg.error());
-  auto rep = ask<eviction_report>(cs.sys, *reg, std::chrono::seconds{30}, unload_atom::value,
-                                  args.front());
-  caf::anon_send(*reg, shutdown_atom::value);
   if (!rep)
     return failed(rep.error());
-  std::printf("%s: unloaded, %s freed\n", args.front().c_str(),
-              human_bytes(rep->freed_bytes).c_str());
+  std::printf("%s: unloaded, %s freed\n", o.name.c_str(), human_bytes(rep->freed_bytes).c_str());
   return exit_ok;
 }
 
-int infer(std::vector<std::string> args) {
-  if (take_flag(args, "--help")) {
-    std::cout << "usage: modelreg infer NAME --input NAME=FILE.npy [--input ...] "
-                 "[--output DIR] [--json]\n\nRuns catalog model NAME (loading it if needed) on "
-                 "NumPy .npy inputs and writes\neach output to DIR/OUTPUT.npy (default: the "
-                 "current directory).\n"
-              << node_help;
-    return exit_ok;
-  }
-  bool json = take_flag(args, "--json");
-  auto inputs_args = take_all(args, "--input");
-  auto out_dir = take_option(args, "--output").value_or(".");
-  auto node = take_node_options(args);
-  if (args.size() != 1)
-    return usage_error("infer needs exactly one model NAME");
-  if (inputs_args.empty())
-    return usage_error("infer needs at least one --input NAME=FILE.npy");
+// -- infer -------------------------------------------------------------------
+
+struct infer_options {
+  node_options node;
+  std::string name;
+  std::vector<std::string> inputs;
+  std::string output = ".";
+  bool force = false;
+  bool json = false;
+};
+
+/// Text a person can read: a 1-D u8 tensor of printable UTF-8.
+std::optional<std::string> as_text(const tensor& t) {
+  if (t.type() != dtype::u8 || t.shape().size() != 1)
+    return std::nullopt;
+  auto bytes = std::string(reinterpret_cast<const char*>(t.data()), t.nbytes());
+  for (unsigned char c : bytes)
+    if (c < 0x20 && c != '\n' && c != '\t')
+      return std::nullopt;
+  return bytes;
+}
+
+int run_infer(const infer_options& o) {
+  namespace fs = std::filesystem;
   tensor_map inputs;
-  for (const auto& a : inputs_args) {
+  std::set<fs::path> input_files;
+  for (const auto& a : o.inputs) {
     auto eq = a.find('=');
-    if (eq == std::string::npos || eq == 0)
-      return usage_error("--input wants NAME=FILE.npy, got '" + a + "'");
+    if (eq == std::string::npos || eq == 0 || eq + 1 == a.size())
+      return usage_error("infer: --input takes NAME=FILE.npy, not '" + a + "'");
+    auto name = a.substr(0, eq);
+    if (inputs.count(name) != 0)
+      return usage_error("infer: input '" + name + "' is given twice");
     auto t = npy::load(a.substr(eq + 1));
     if (!t)
       return failed(t.error());
-    inputs[a.substr(0, eq)] = std::move(*t);
+    std::error_code ec;
+    input_files.insert(fs::weakly_canonical(a.substr(eq + 1), ec));
+    inputs[name] = std::move(*t);
   }
-  client_system cs{node};
-  auto reg = connect_node(cs.sys, node);
+  // The output folder: writable before the model runs, not after.
+  std::error_code ec;
+  fs::create_directories(o.output, ec);
+  if (ec || !fs::is_directory(o.output) || ::access(o.output.c_str(), W_OK) != 0) {
+    std::cerr << "modelreg: cannot write outputs to " << o.output << ": "
+              << (ec ? ec.message() : std::string{std::strerror(errno)}) << "\n";
+    return exit_failed;
+  }
+  client_system cs{o.node};
+  int rc = exit_ok;
+  auto reg = connect_node(cs.sys, o.node, rc);
   if (!reg)
-    return unreachable(node, reg.error());
-  auto name = args.front();
-  auto h = with_progress(
-    "loading " + name, std::async(std::launch::async, [&] {
-      return ask<model_handle>(cs.sys, *reg, std::chrono::minutes{10}, get_or_load_atom::value,
-                               name, model_spec{});
-    }));
+    return rc;
+  caf::timespan timeout{o.node.timeout};
+  caf::expected<model_handle> h{caf::error{}};
+  {
+    interrupt_note note{o.name};
+    h = with_progress("loading " + o.name, std::async(std::launch::async, [&] {
+                        return ask<model_handle>(cs.sys, *reg, timeout, get_or_load_atom::value,
+                                                 o.name, model_spec{});
+                      }));
+  }
   if (!h) {
     caf::anon_send(*reg, shutdown_atom::value);
     return failed(h.error());
   }
   auto started = std::chrono::steady_clock::now();
-  auto out = ask<tensor_map>(cs.sys, *reg, std::chrono::minutes{5}, infer_atom::value, name,
-                             inputs);
-  auto us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - started)
-              .count();
-  int rc = exit_ok;
-  if (!out) {
-    rc = failed(out.error());
-  } else {
-    std::error_code ec;
-    std::filesystem::create_directories(out_dir, ec);
-    nlohmann::json report = {{"model", name}, {"latency_us", us}, {"outputs", nlohmann::json::object()}};
-    for (const auto& [oname, t] : *out) {
-      auto path = (std::filesystem::path{out_dir} / (oname + ".npy")).string();
-      if (auto err = npy::save(path, t)) {
-        rc = failed(err);
-        break;
-      }
-      report["outputs"][oname] = {{"path", path}, {"dtype", to_string(t.type())}, {"shape", t.shape()}};
-      if (!json)
-        std::printf("%s: %s -> %s\n", oname.c_str(), t.describe().c_str(), path.c_str());
-    }
-    if (json && rc == exit_ok)
-      std::cout << report.dump() << std::endl;
-    else if (rc == exit_ok)
-      std::printf("%s answered in %.0f us\n", name.c_str(), us);
-  }
+  auto out = ask<tensor_map>(cs.sys, *reg, timeout, infer_atom::value, o.name, inputs);
+  auto took = std::chrono::steady_clock::now() - started;
   h->release();
   caf::anon_send(*reg, shutdown_atom::value);
-  return rc;
+  if (!out)
+    return failed(out.error());
+  // Where each output goes; nothing is written unless all of them may be.
+  std::vector<std::pair<std::string, std::string>> paths;
+  for (const auto& [oname, t] : *out) {
+    auto path = (fs::path{o.output} / (oname + ".npy")).string();
+    if (input_files.count(fs::weakly_canonical(path, ec)) != 0) {
+      std::cerr << "modelreg: output '" << oname << "' would be written over the input " << path
+                << "; give another --output folder\n";
+      return exit_failed;
+    }
+    if (fs::exists(path, ec) && !o.force) {
+      std::cerr << "modelreg: " << path
+                << " exists; give --force to replace it, or another --output folder\n";
+      return exit_failed;
+    }
+    paths.emplace_back(oname, path);
+  }
+  nlohmann::json report = {{"model", o.name},
+                           {"latency_us", std::chrono::duration<double, std::micro>(took).count()},
+                           {"outputs", nlohmann::json::object()}};
+  for (const auto& [oname, path] : paths) {
+    const auto& t = out->at(oname);
+    if (auto err = npy::save(path, t))
+      return failed(err);
+    report["outputs"][oname] = {{"path", path}, {"dtype", to_string(t.type())}, {"shape", t.shape()}};
+    auto text = as_text(t);
+    if (text)
+      report["outputs"][oname]["text"] = *text;
+    if (o.json)
+      continue;
+    if (text && text->find('\n') == std::string::npos)
+      std::printf("%s: \"%s\" (%s)\n", oname.c_str(), text->c_str(), path.c_str());
+    else
+      std::printf("%s: %s -> %s\n", oname.c_str(), t.describe().c_str(), path.c_str());
+  }
+  if (o.json)
+    std::cout << report.dump() << std::endl;
+  else
+    std::printf("%s answered in %s\n", o.name.c_str(), human_duration(took).c_str());
+  return exit_ok;
+}
+
+constexpr const char* exit_codes =
+  "\nexit codes: 0 success, 1 the command failed, 2 usage error, 3 no node reachable\n";
+
+} // namespace
+
+std::vector<command> add_client_commands(CLI::App& app) {
+  using namespace std::chrono_literals;
+  std::vector<command> out;
+
+  auto st = std::make_shared<status_options>();
+  auto* status = app.add_subcommand("status", "models, state, handles, memory, requests/s, "
+                                              "latency, errors, hit rate and connections of a "
+                                              "running node");
+  status->add_flag("--watch", st->watch,
+                   "redraw every interval, with a log of the transitions under the table");
+  status->add_flag("--json", st->json, "one JSON document per refresh");
+  add_duration(status, "--interval", st->interval, "--watch: time between refreshes (default 1s)");
+  add_count(status, "--count", st->count, "--watch: stop after N refreshes", 1);
+  add_node_options(status, st->node, 5s, "default 5s");
+  status->footer(exit_codes);
+  out.push_back({status, [st] { return run_status(*st); }});
+
+  auto lo = std::make_shared<ls_options>();
+  auto* ls = app.add_subcommand("ls", "the node's catalog and what is loaded");
+  ls->add_flag("--json", lo->json, "as JSON");
+  add_node_options(ls, lo->node, 5s, "default 5s");
+  ls->footer(exit_codes);
+  out.push_back({ls, [lo] { return run_ls(*lo); }});
+
+  auto ld = std::make_shared<load_options>();
+  auto* load = app.add_subcommand("load", "load a catalog model on the node (once, however many "
+                                          "ask); it stays until evicted or unloaded");
+  load->add_option("NAME", ld->name, "catalog name")->required();
+  load->add_flag("--json", ld->json, "as JSON");
+  add_node_options(load, ld->node, 10min, "default 10m");
+  load->footer(std::string{"\nCtrl-C stops waiting; the load goes on in the node.\n"} + exit_codes);
+  out.push_back({load, [ld] { return run_load(*ld); }});
+
+  auto ul = std::make_shared<unload_options>();
+  auto* unload = app.add_subcommand("unload", "unload an idle model now (exit 1 with 'busy' if "
+                                              "someone holds it)");
+  unload->add_option("NAME", ul->name, "model name")->required();
+  unload->add_flag("--if-loaded", ul->if_loaded, "a model that is not loaded is not an error");
+  add_node_options(unload, ul->node, 30s, "default 30s");
+  unload->footer(exit_codes);
+  out.push_back({unload, [ul] { return run_unload(*ul); }});
+
+  auto in = std::make_shared<infer_options>();
+  auto* infer = app.add_subcommand("infer", "run a model on NumPy .npy inputs; outputs are "
+                                            "written as .npy, text outputs also printed");
+  infer->add_option("NAME", in->name, "catalog name (loaded if needed)")->required();
+  infer->add_option("--input", in->inputs, "an input tensor (repeatable)")
+    ->type_name("NAME=FILE.npy")
+    ->required();
+  infer->add_option("--output", in->output,
+                    "folder for OUTPUT.npy files (default: the current one); inputs are never "
+                    "overwritten, other files only with --force")
+    ->type_name("DIR");
+  infer->add_flag("--force", in->force, "replace existing output files");
+  infer->add_flag("--json", in->json, "report as JSON");
+  add_node_options(infer, in->node, 10min, "default 10m, for the load and the inference each");
+  infer->footer(exit_codes);
+  out.push_back({infer, [in] { return run_infer(*in); }});
+  return out;
 }
 
 } // namespace modelreg::cli

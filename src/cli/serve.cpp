@@ -4,7 +4,11 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <atomic>
+#include <cstring>
+#include <filesystem>
 #include <optional>
+#include <thread>
 
 #include <pthread.h>
 #include <sys/resource.h>
@@ -46,71 +50,42 @@ bool is_loopback(const std::string& host) {
   return false;
 }
 
-constexpr const char* serve_usage = R"(usage: modelreg serve [options]
+/// Everything `serve` is told on its command line.
+struct serve_options {
+  std::string socket = default_socket_path();
+  std::optional<std::string> catalog_file;
+  std::vector<uid_t> allow_uids;
+  std::vector<uid_t> admin_uids;
+  std::optional<std::string> tcp;
+  tls_files tls;
+  bool insecure = false;
+  bool insecure_admin = false;
+  std::string tls_role = "admin";
+  bool tls_role_given = false;
+  size_t max_in_flight = 1024;
+  std::chrono::milliseconds peer_timeout{3000};
+  uint64_t max_shared_memory = static_cast<uint64_t>(::sysconf(_SC_PHYS_PAGES)) *
+                               static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)) / 2;
+  tcp_guard_options guard;
+  bool max_tcp_message_given = false;
+  registry_config rcfg = [] {
+    registry_config c;
+    c.idle_ttl = std::chrono::seconds{300};
+    return c;
+  }();
+};
 
-Hosts a registry with a model catalog for other processes: on this host over
-shared memory (a Unix socket), optionally on other hosts over TCP.
-
-options:
-  --socket PATH          Unix socket (default: $MODELREG_SOCKET, else
-                         $XDG_RUNTIME_DIR/modelreg/modelreg.sock, else
-                         /tmp/modelreg-$UID/modelreg.sock)
-  --catalog FILE         model catalog (JSON, see docs/serve.md); default: the
-                         built-in catalog
-  --allow-uid UID        also accept peers of this uid, with the infer role
-                         (repeatable; default: only this process's uid)
-  --admin-uid UID        also accept peers of this uid, with the admin role
-                         (repeatable)
-  --tcp HOST:PORT        also listen on TCP (CAF middleman); PORT 0 picks one
-  --tls-cert FILE --tls-key FILE --tls-ca FILE
-                         mutual TLS on TCP: this node's certificate and key,
-                         and the CA that signed its clients' certificates
-  --insecure             allow TCP without TLS on a non-loopback address
-  --insecure-admin       give plain-TCP peers the admin role (default: infer)
-  --max-tcp-message SIZE the largest message a plain-TCP peer may send, e.g.
-                         64M (default); a larger one closes its connection
-  --tls-role ROLE        the role of TLS peers: admin (default) or infer
-  --max-in-flight N      requests one connection may have in flight; more
-                         are answered overloaded (default 1024)
-  --peer-timeout SECONDS close a Unix peer that sent nothing, not even a
-                         heartbeat, this long (default 3; 0: never)
-  --max-shared-memory SIZE
-                         shared memory the node maps for all its clients
-                         together, e.g. 8G, 512M or bytes (default: half of
-                         this machine's memory; 0: no limit)
-  --max-memory BYTES     byte budget for loaded models (default: unlimited)
-  --idle-ttl SECONDS     unload models idle this long (default 300; 0: never)
-  --max-batch N          dynamic batching for batchable models (default 8)
-  --batch-timeout-ms MS  wait this long to fill a batch (default 10)
-
+constexpr const char* serve_footer = R"(
 Roles: the node's own uid and --admin-uid peers are admins (load any model
 spec, unload); every other peer may infer, hold leases, read status and load
 catalog names. See docs/serve.md, "Access and roles" and "Limits".
 
-Prints "ready" (and the TCP port) on stdout once it serves. SIGINT/SIGTERM
-stop it gracefully: requests in flight are answered, clients are told.
-)";
+Sizes: 2G, 512M, 1.5GiB or bytes. Durations: 1.5 (seconds), 500ms, 30s, 5m.
 
-/// Bytes with an optional binary suffix (K, M, G, T; "KiB" and "KB" alike);
-/// nothing if `text` is not exactly that.
-std::optional<uint64_t> parse_bytes(const std::string& text) {
-  char* end = nullptr;
-  if (text.empty() || text.front() == '-')
-    return std::nullopt;
-  auto value = std::strtod(text.c_str(), &end);
-  std::string unit{end};
-  if (end == text.c_str() || !(value >= 0))
-    return std::nullopt;
-  static const std::pair<const char*, double> units[] = {
-    {"", 1}, {"K", 1024.0}, {"M", 1024.0 * 1024}, {"G", 1024.0 * 1024 * 1024},
-    {"T", 1024.0 * 1024 * 1024 * 1024}};
-  for (const auto& [name, scale] : units) {
-    std::string n{name};
-    if (unit == n || (!n.empty() && (unit == n + "iB" || unit == n + "B")))
-      return static_cast<uint64_t>(value * scale);
-  }
-  return std::nullopt;
-}
+Prints "ready" (and the TCP port) on stdout once it serves. SIGINT/SIGTERM
+stop it gracefully: requests in flight are answered, clients are told; a
+second SIGINT/SIGTERM stops it at once.
+)";
 
 /// More descriptors: each peer costs a socket, and the node must never run
 /// out before its limits refuse a peer with a clear error.
@@ -122,81 +97,109 @@ void raise_fd_limit() {
   }
 }
 
+int run_serve(serve_options o);
+
 } // namespace
 
-int serve(std::vector<std::string> args) {
-  if (take_flag(args, "--help")) {
-    std::cout << serve_usage;
-    return exit_ok;
-  }
-  auto socket = take_option(args, "--socket").value_or(default_socket_path());
-  auto catalog_file = take_option(args, "--catalog");
-  auto uids = take_all(args, "--allow-uid");
-  auto admin_uids = take_all(args, "--admin-uid");
-  auto tcp = take_option(args, "--tcp");
-  tls_files tls{take_option(args, "--tls-cert").value_or(""),
-                take_option(args, "--tls-key").value_or(""),
-                take_option(args, "--tls-ca").value_or("")};
-  bool insecure = take_flag(args, "--insecure");
-  bool insecure_admin = take_flag(args, "--insecure-admin");
-  auto tls_role = take_option(args, "--tls-role");
-  auto tls_role_name = tls_role.value_or("admin");
-  size_t max_in_flight = 1024;
-  std::chrono::milliseconds peer_timeout{3000};
-  uint64_t max_shared_memory = static_cast<uint64_t>(::sysconf(_SC_PHYS_PAGES)) *
-                               static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)) / 2;
-  registry_config rcfg;
-  rcfg.idle_ttl = std::chrono::seconds{300};
-  try {
-    if (auto v = take_option(args, "--max-memory"))
-      rcfg.max_memory_bytes = std::stoull(*v);
-    if (auto v = take_option(args, "--idle-ttl"))
-      rcfg.idle_ttl = std::chrono::seconds{std::stoull(*v)};
-    if (auto v = take_option(args, "--max-batch"))
-      rcfg.max_batch = std::max<size_t>(1, std::stoul(*v));
-    if (auto v = take_option(args, "--batch-timeout-ms"))
-      rcfg.batch_timeout = std::chrono::milliseconds{std::stoull(*v)};
-  } catch (const std::exception&) {
-    return usage_error("serve: a numeric option has a bad value");
-  }
-  if (auto v = take_option(args, "--max-in-flight")) {
-    char* end = nullptr;
-    auto n = std::strtoull(v->c_str(), &end, 10);
-    if (v->empty() || *end != '\0' || v->front() == '-' || n == 0)
-      return usage_error("serve: --max-in-flight takes a count of at least 1, not '" + *v + "'");
-    max_in_flight = n;
-  }
-  if (auto v = take_option(args, "--max-shared-memory")) {
-    auto bytes = parse_bytes(*v);
-    if (!bytes)
-      return usage_error("serve: --max-shared-memory takes a size such as 8G, 512M or bytes, not '" +
-                         *v + "'");
-    max_shared_memory = *bytes;
-  }
-  tcp_guard_options guard_opts;
-  auto max_tcp_message = take_option(args, "--max-tcp-message");
-  if (auto v = max_tcp_message) {
-    auto bytes = parse_bytes(*v);
-    if (!bytes || *bytes < 1024 || *bytes > (uint64_t{1} << 32))
-      return usage_error("serve: --max-tcp-message takes a size from 1K to 4G such as 64M, not '" +
-                         *v + "'");
-    guard_opts.max_message = *bytes;
-    guard_opts.max_buffered = std::max(guard_opts.max_buffered, 4 * *bytes);
-  }
-  if (auto v = take_option(args, "--peer-timeout")) {
-    char* end = nullptr;
-    auto secs = std::strtod(v->c_str(), &end);
-    if (v->empty() || *end != '\0' || !(secs >= 0) || secs > 86400)
-      return usage_error("serve: --peer-timeout takes seconds from 0 to 86400, not '" + *v + "'");
-    peer_timeout = std::chrono::milliseconds{static_cast<int64_t>(secs * 1000)};
-  }
-  if (!args.empty())
-    return usage_error("serve: unknown option " + args.front());
-  if (tls_role_name != "admin" && tls_role_name != "infer")
-    return usage_error("serve: --tls-role is admin or infer, not " + tls_role_name);
+std::vector<command> add_serve(CLI::App& app) {
+  auto o = std::make_shared<serve_options>();
+  auto* sub = app.add_subcommand("serve", "host a registry with a model catalog for other "
+                                          "processes (Unix socket with shared memory; TCP with "
+                                          "mutual TLS)");
+  sub->footer(serve_footer);
+  sub->add_option("--socket", o->socket,
+                  "Unix socket (default: $MODELREG_SOCKET, else "
+                  "$XDG_RUNTIME_DIR/modelreg/modelreg.sock, else /tmp/modelreg-$UID/modelreg.sock)")
+    ->type_name("PATH");
+  sub->add_option("--catalog", o->catalog_file,
+                  "model catalog (JSON, see docs/serve.md and examples/catalog.json); default: "
+                  "the built-in catalog")
+    ->type_name("FILE");
+  sub->add_option("--allow-uid", o->allow_uids,
+                  "also accept peers of this uid, with the infer role (repeatable)")
+    ->type_name("UID")
+    ->check(CLI::Range(0u, 4294967294u));
+  sub->add_option("--admin-uid", o->admin_uids,
+                  "also accept peers of this uid, with the admin role (repeatable)")
+    ->type_name("UID")
+    ->check(CLI::Range(0u, 4294967294u));
+  sub->add_option("--tcp", o->tcp, "also listen on TCP (CAF middleman); PORT 0 picks one")
+    ->type_name("HOST:PORT");
+  sub->add_option("--tls-cert", o->tls.cert, "mutual TLS on TCP: this node's certificate")
+    ->type_name("FILE");
+  sub->add_option("--tls-key", o->tls.key, "mutual TLS on TCP: this node's private key")
+    ->type_name("FILE");
+  sub->add_option("--tls-ca", o->tls.ca, "mutual TLS on TCP: the CA of its clients' certificates")
+    ->type_name("FILE");
+  sub->add_flag("--insecure", o->insecure, "allow TCP without TLS on a non-loopback address");
+  sub->add_flag("--insecure-admin", o->insecure_admin,
+                "give plain-TCP peers the admin role (default: infer)");
+  sub->add_option_function<std::string>(
+       "--tls-role",
+       [o](const std::string& v) {
+         o->tls_role = v;
+         o->tls_role_given = true;
+       },
+       "the role of TLS peers: admin (default) or infer")
+    ->type_name("ROLE")
+    ->check(CLI::IsMember({"admin", "infer"}));
+  add_count(sub, "--max-in-flight", o->max_in_flight,
+            "requests one connection may have in flight; more are answered overloaded "
+            "(default 1024)",
+            1);
+  add_duration(sub, "--peer-timeout", o->peer_timeout,
+               "close a Unix peer that sent nothing, not even a heartbeat, this long (default "
+               "3s; 0: never)",
+               std::chrono::hours{24});
+  add_size(sub, "--max-shared-memory", o->max_shared_memory,
+           "shared memory the node maps for all its clients together (default: half of this "
+           "machine's memory; 0: no limit)");
+  add_size(sub, "--max-tcp-message", o->guard.max_message,
+           "the largest message a plain-TCP peer may send (default 64M); a larger one closes "
+           "its connection",
+           1024, uint64_t{1} << 32)
+    ->each([o](const std::string&) {
+      o->max_tcp_message_given = true;
+      o->guard.max_buffered = std::max(o->guard.max_buffered, 4 * o->guard.max_message);
+    });
+  add_size(sub, "--max-memory", o->rcfg.max_memory_bytes,
+           "byte budget for loaded models (default: unlimited)");
+  add_duration(sub, "--idle-ttl", o->rcfg.idle_ttl,
+               "unload models idle this long (default 300s here, where the library's default is "
+               "30s; 0: never)");
+  add_count(sub, "--max-batch", o->rcfg.max_batch,
+            "dynamic batching for batchable models: at most this many requests (default 8)", 1,
+            4096);
+  add_duration(sub, "--batch-timeout", o->rcfg.batch_timeout,
+               "wait this long to fill a batch (default 10ms)", std::chrono::seconds{10});
+  return {{sub, [o] { return run_serve(*o); }}};
+}
+
+namespace {
+
+int run_serve(serve_options o) {
+  auto& socket = o.socket;
+  auto& catalog_file = o.catalog_file;
+  auto& tcp = o.tcp;
+  auto& tls = o.tls;
+  auto& rcfg = o.rcfg;
+  bool insecure = o.insecure;
+  bool insecure_admin = o.insecure_admin;
+  auto& tls_role_name = o.tls_role;
+  auto max_in_flight = o.max_in_flight;
   rcfg.ttl_sweep = rcfg.idle_ttl.count() > 0;
 
   // -- everything checked before anything starts ---------------------------
+  if (catalog_file) {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(*catalog_file, ec)) {
+      auto why = std::filesystem::exists(*catalog_file, ec) ? "it is not a regular file"
+                                                            : std::strerror(ENOENT);
+      std::cerr << "modelreg serve: cannot read the catalog " << *catalog_file << ": " << why
+                << "\n(a catalog is a JSON file like examples/catalog.json; see docs/serve.md)\n";
+      return exit_failed;
+    }
+  }
   auto cat = catalog_file ? catalog::load_file(*catalog_file) : catalog::parse(default_catalog_json);
   if (!cat) {
     std::cerr << "modelreg serve: " << describe(cat.error()) << "\n";
@@ -206,17 +209,16 @@ int serve(std::vector<std::string> args) {
   uint16_t tcp_port = 0;
   if (tcp) {
     auto colon = tcp->rfind(':');
-    if (colon == std::string::npos)
-      return usage_error("serve: --tcp needs HOST:PORT");
+    if (colon == std::string::npos || colon == 0)
+      return usage_error("serve: --tcp takes HOST:PORT, not '" + *tcp + "'");
     tcp_host = tcp->substr(0, colon);
-    try {
-      auto port = std::stoul(tcp->substr(colon + 1));
-      if (port > 65535)
-        throw std::out_of_range{"port"};
-      tcp_port = static_cast<uint16_t>(port);
-    } catch (const std::exception&) {
-      return usage_error("serve: bad port in --tcp " + *tcp);
-    }
+    auto port_text = tcp->substr(colon + 1);
+    char* end = nullptr;
+    auto port = std::strtoul(port_text.c_str(), &end, 10);
+    if (port_text.empty() || *end != '\0' || port > 65535)
+      return usage_error("serve: --tcp takes HOST:PORT with PORT from 0 to 65535, not '" + *tcp +
+                         "'");
+    tcp_port = static_cast<uint16_t>(port);
     if (tls.any()) {
       if (auto err = check_tls(tls); !err.empty()) {
         std::cerr << "modelreg serve: " << err << "\n";
@@ -230,11 +232,11 @@ int serve(std::vector<std::string> args) {
   } else if (tls.any()) {
     return usage_error("serve: TLS options need --tcp");
   }
-  if (max_tcp_message && (!tcp || tls.any()))
+  if (o.max_tcp_message_given && (!tcp || tls.any()))
     return usage_error("serve: --max-tcp-message is for plain TCP (--tcp without TLS)");
   if (insecure_admin && (!tcp || tls.any()))
     return usage_error("serve: --insecure-admin is for plain TCP (--tcp without TLS)");
-  if (tls_role && !tls.any())
+  if (o.tls_role_given && !tls.any())
     return usage_error("serve: --tls-role needs --tcp with --tls-cert/--tls-key/--tls-ca");
   // Another node on this socket? Do not steal it.
   if (transport::connect_seqpacket(socket)) {
@@ -242,17 +244,10 @@ int serve(std::vector<std::string> args) {
     return exit_failed;
   }
   transport::endpoint_options eopts;
-  eopts.peer_timeout = peer_timeout;
-  eopts.max_shared_memory_bytes = max_shared_memory;
-  std::vector<uid_t> admins;
-  try {
-    for (const auto& u : uids)
-      eopts.allowed_uids.push_back(static_cast<uid_t>(std::stoul(u)));
-    for (const auto& u : admin_uids)
-      admins.push_back(static_cast<uid_t>(std::stoul(u)));
-  } catch (const std::exception&) {
-    return usage_error("serve: bad --allow-uid or --admin-uid");
-  }
+  eopts.peer_timeout = o.peer_timeout;
+  eopts.max_shared_memory_bytes = o.max_shared_memory;
+  eopts.allowed_uids = o.allow_uids;
+  const auto& admins = o.admin_uids;
   eopts.allowed_uids.insert(eopts.allowed_uids.end(), admins.begin(), admins.end());
   if (!eopts.allowed_uids.empty())
     eopts.allowed_uids.push_back(::getuid());
@@ -291,7 +286,7 @@ int serve(std::vector<std::string> args) {
   gopts.max_in_flight_per_peer = max_in_flight;
   auto gw = spawn_gateway(sys, registry, gopts);
   wire_actor door;
-  tcp_guard guard{guard_opts};
+  tcp_guard guard{o.guard};
   auto stop_all = [&] {
     close_wire_interface(door);
     caf::anon_send(gw, shutdown_atom::value);
@@ -330,7 +325,21 @@ int serve(std::vector<std::string> args) {
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
-  std::cout << "stopping (" << (sig == SIGINT ? "SIGINT" : "SIGTERM") << ")" << std::endl;
+  std::cout << "stopping (" << (sig == SIGINT ? "SIGINT" : "SIGTERM")
+            << "): answering what is in flight for at most "
+            << std::chrono::duration_cast<std::chrono::seconds>(gopts.drain_timeout).count()
+            << " s; SIGINT again stops at once" << std::endl;
+  // A second signal: stop now. Nothing is left behind: the socket file goes,
+  // and every peer sees its connection end when the process exits.
+  // It stays until the process ends: the actor system may still wait for a
+  // loader thread after "stopped".
+  std::thread{[stop_signals, path = socket] {
+    int again = 0;
+    sigwait(&stop_signals, &again);
+    ::unlink(path.c_str());
+    std::cout << "stopped at once (second signal)" << std::endl;
+    std::_Exit(exit_failed);
+  }}.detach();
   {
     // Graceful: the gateway tells every peer, answers what is in flight, quits.
     caf::scoped_actor self{sys};
@@ -346,5 +355,7 @@ int serve(std::vector<std::string> args) {
   std::cout << "stopped" << std::endl;
   return exit_ok;
 }
+
+} // namespace
 
 } // namespace modelreg::cli

@@ -29,34 +29,44 @@ inline constexpr const char* test_catalog = R"({
     "echo": { "backend": "identity", "params": { "thread_safe": true } },
     "gain": { "backend": "gain", "params": { "gain": 2 } },
     "slow-infer": { "backend": "identity", "params": { "infer_delay_ms": 400 } },
-    "broken": { "backend": "identity", "params": { "fail_load": true } }
+    "broken": { "backend": "identity", "params": { "fail_load": true } },
+    "slow-gain": { "backend": "gain", "params": { "gain": 2, "infer_delay_ms": 300 } },
+    "slow-load": { "backend": "identity", "params": { "load_delay_ms": 60000 } }
   }
 })";
 
-/// A command's stdout and exit code.
+/// A command's stdout, stderr and exit code.
 struct run_result {
   int code = -1;
   std::string out;
+  std::string err;
 };
 
 /// Runs `modelreg ARGV...` to its end.
 inline run_result run(std::vector<std::string> argv, const std::vector<std::string>& prefix = {}) {
   argv.insert(argv.begin(), MODELREG_CLI);
   argv.insert(argv.begin(), prefix.begin(), prefix.end());
+  run_result r;
+  char err_path[] = "/tmp/modelreg-stderr-XXXXXX";
+  int err_fd = ::mkstemp(err_path);
+  if (err_fd < 0)
+    return r;
+  ::close(err_fd);
   std::string cmd;
   for (const auto& a : argv)
     cmd += "'" + a + "' ";
-  cmd += "2>/dev/null";
-  run_result r;
-  auto* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr)
-    return r;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0)
-    r.out.append(buf, n);
-  auto status = ::pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  cmd += std::string{"2>"} + err_path;
+  if (auto* p = ::popen(cmd.c_str(), "r")) {
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0)
+      r.out.append(buf, n);
+    auto status = ::pclose(p);
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+  std::ifstream in{err_path};
+  r.err.assign(std::istreambuf_iterator<char>{in}, {});
+  ::unlink(err_path);
   return r;
 }
 

@@ -433,7 +433,7 @@ TEST_F(serve_test, CliCommandsAgainstALiveNode) {
   auto ls = run({"ls", "--json", sock, socket});
   ASSERT_EQ(ls.code, 0);
   auto names = nlohmann::json::parse(ls.out);
-  ASSERT_EQ(names.size(), 4u);
+  ASSERT_EQ(names.size(), 6u);
   EXPECT_EQ(names[0]["state"], "available");
 
   auto load = run({"load", "gain", "--json", sock, socket});
@@ -469,7 +469,7 @@ TEST_F(serve_test, CliCommandsAgainstALiveNode) {
   EXPECT_EQ(s["totals"]["loads"], 1);
   EXPECT_TRUE(s.contains("connections"));
   EXPECT_TRUE(s["models"][0].contains("latency_p99_us"));
-  auto watch = run({"status", "--watch", "--json", "--count", "2", "--interval-ms", "50", sock, socket});
+  auto watch = run({"status", "--watch", "--json", "--count", "2", "--interval", "50ms", sock, socket});
   ASSERT_EQ(watch.code, 0);
   EXPECT_GE(std::count(watch.out.begin(), watch.out.end(), '\n'), 2);
   auto table = run({"status", sock, socket});

@@ -28,10 +28,13 @@ caf::expected<tensor_map> call_model(model& m, const tensor_map& in, tensor_allo
   }
 }
 
+/// Counts a request; its latency only if it succeeded (a refused input
+/// answers in microseconds and would make the model look fast).
 void record(model& m, detail::model_stats& stats, int64_t started, const caf::error* err) {
   stats.requests.fetch_add(1, std::memory_order_relaxed);
-  stats.latency.record(static_cast<uint64_t>(detail::steady_now_ns() - started));
-  if (err != nullptr) {
+  if (err == nullptr) {
+    stats.latency.record(static_cast<uint64_t>(detail::steady_now_ns() - started));
+  } else {
     stats.errors.fetch_add(1, std::memory_order_relaxed);
     log::get("modelreg.model")->debug("{}: infer failed: {}", m.describe(), describe(*err));
   }

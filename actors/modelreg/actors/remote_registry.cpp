@@ -333,9 +333,47 @@ void schedule_reconnect(proxy_ptr self) {
 /// Opens a link to `where` (blocking: runs in connect()'s caller or in a
 /// short-lived detached connector, never in the proxy). Frames and closes
 /// go to `proxy`, tagged with `generation`.
+/// A node's published wire interface at `host:port`, through `mm` (CAF's
+/// middleman actor, plain or TLS), within `timeout`: CAF's own
+/// `remote_actor` waits for ever on a peer that accepts and never speaks
+/// BASP (an HTTP server, say).
+caf::expected<wire_actor> remote_wire_actor(caf::actor_system& sys, const caf::io::middleman_actor& mm,
+                                            const std::string& uri, const std::string& host,
+                                            uint16_t port, caf::timespan timeout) {
+  auto fail = [&](const std::string& why) {
+    return make_error(errc::unavailable, "cannot reach " + uri + ": " + why);
+  };
+  caf::scoped_actor self{sys};
+  caf::expected<wire_actor> out{caf::error{}};
+  self->request(mm, timeout, caf::connect_atom::value, host, port)
+    .receive(
+      [&](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>& ifs) {
+        if (!ptr)
+          out = fail("nothing is published at port " + std::to_string(port));
+        else if (!sys.assignable<wire_actor>(ifs))
+          out = fail("the actor published there is not a modelreg node");
+        else
+          out = caf::actor_cast<wire_actor>(std::move(ptr));
+      },
+      [&](caf::error& err) {
+        if (err == caf::sec::request_timeout)
+          out = fail("no modelreg node answered within " +
+                     std::to_string(
+                       std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count()) +
+                     " ms: something listens there but does not speak CAF's protocol (not a "
+                     "modelreg node, or TLS on one side only?)");
+        else if (err == caf::sec::cannot_connect_to_node)
+          out = fail("nothing listens there (connection refused or host unreachable)");
+        else
+          out = fail(sys.render(err));
+      });
+  return out;
+}
+
 link_result open_link(caf::actor_system& sys, const target& where, const std::string& uri,
                       const std::shared_ptr<transport::endpoint>& ep, caf::weak_actor_ptr proxy,
-                      uint64_t generation, std::shared_ptr<detail::direct_link> direct) {
+                      uint64_t generation, std::shared_ptr<detail::direct_link> direct,
+                      caf::timespan connect_timeout) {
   link_result r;
   r.generation = generation;
   if (where.unix_socket) {
@@ -373,12 +411,14 @@ link_result open_link(caf::actor_system& sys, const target& where, const std::st
       r.error = make_error(errc::invalid_argument, why);
       return r;
     }
-    server = caf::openssl::remote_actor<wire_actor>(sys, where.host, where.port);
+    server = remote_wire_actor(sys, sys.openssl_manager().actor_handle(), uri, where.host,
+                               where.port, connect_timeout);
   } else {
-    server = sys.middleman().remote_actor<wire_actor>(where.host, where.port);
+    server = remote_wire_actor(sys, sys.middleman().actor_handle(), uri, where.host, where.port,
+                               connect_timeout);
   }
   if (!server)
-    r.error = make_error(errc::unavailable, "cannot reach " + uri + ": " + sys.render(server.error()));
+    r.error = server.error();
   else
     r.server = std::move(*server);
   return r;
@@ -415,9 +455,9 @@ caf::error adopt_link(proxy_ptr self, link_result& r) {
 /// the proxy never blocks a scheduler thread.
 void connector(caf::event_based_actor* self, caf::actor proxy, target where, std::string uri,
                std::shared_ptr<transport::endpoint> ep, uint64_t generation,
-               std::shared_ptr<detail::direct_link> direct) {
+               std::shared_ptr<detail::direct_link> direct, caf::timespan timeout) {
   auto r = open_link(self->system(), where, uri, ep, caf::actor_cast<caf::weak_actor_ptr>(proxy),
-                     generation, std::move(direct));
+                     generation, std::move(direct), timeout);
   self->send(proxy, link_atom::value, std::move(r));
 }
 
@@ -577,7 +617,8 @@ caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_optio
       if (st.connected)
         return;
       self->spawn<caf::detached>(connector, caf::actor_cast<caf::actor>(self), st.where, st.uri,
-                                 st.endpoint, ++st.link_generation, st.direct);
+                                 st.endpoint, ++st.link_generation, st.direct,
+                                 caf::timespan{st.options.connect_timeout});
     },
     [self](link_atom, link_result& r) {
       auto& st = self->state;
@@ -782,10 +823,11 @@ caf::expected<registry_actor> connect(caf::actor_system& sys, const std::string&
   }
   auto direct = std::make_shared<detail::direct_link>();
   direct->uri = uri;
+  caf::timespan timeout{options.connect_timeout};
   auto p = sys.spawn(proxy, uri, *where, std::move(options), endpoint, own_endpoint, direct);
   // The first connect runs here: the caller waits for it anyway.
   auto r = open_link(sys, *where, uri, endpoint, caf::actor_cast<caf::weak_actor_ptr>(p), 1,
-                     direct);
+                     direct, timeout);
   caf::scoped_actor self{sys};
   caf::error failure;
   self->request(p, caf::infinite, adopt_atom::value, std::move(r))
@@ -843,10 +885,11 @@ caf::expected<remote_stats> stats_of(caf::actor_system& sys, const registry_acto
 }
 
 caf::expected<std::string> remote_status_json(caf::actor_system& sys,
-                                              const registry_actor& remote) {
+                                              const registry_actor& remote,
+                                              caf::timespan timeout) {
   caf::scoped_actor self{sys};
   caf::expected<std::string> out{caf::error{}};
-  self->request(caf::actor_cast<caf::actor>(remote), std::chrono::seconds{30},
+  self->request(caf::actor_cast<caf::actor>(remote), timeout,
                 raw_status_atom::value)
     .receive([&](std::string& s) { out = std::move(s); },
              [&](caf::error& err) { out = std::move(err); });

@@ -50,6 +50,9 @@ struct connect_options {
   std::chrono::milliseconds backoff_max{std::chrono::seconds{2}};
   /// The shared-memory endpoint to connect through; null: one of its own.
   std::shared_ptr<transport::endpoint> endpoint;
+  /// How long a tcp:// connect may take, CAF's handshake included (CAF's
+  /// own would wait for ever on a port where something else listens).
+  std::chrono::milliseconds connect_timeout{std::chrono::seconds{10}};
 };
 
 /// Where a node listens unless told otherwise: $MODELREG_SOCKET, else
@@ -132,7 +135,8 @@ private:
 /// The node's status as the gateway sends it (blocking): the snapshot's JSON
 /// plus "connections" and "catalog".
 caf::expected<std::string> remote_status_json(caf::actor_system& sys,
-                                              const registry_actor& remote);
+                                              const registry_actor& remote,
+                                              caf::timespan timeout = std::chrono::seconds{30});
 
 } // namespace modelreg
 

@@ -1,5 +1,6 @@
 #include "modelreg/actors/shm_gateway.hpp"
 
+#include <functional>
 #include <map>
 
 #include <unistd.h>
@@ -103,6 +104,16 @@ struct gateway_state {
   bool subscribed_to_registry = false;
   bool stopping = false;
   uint64_t in_flight = 0;
+  /// Loads whose answer has not gone out: a stopping node answers them at
+  /// once (`shutting_down`) instead of leaving their callers to a timeout.
+  struct waiting_load {
+    std::shared_ptr<peer_link> link;
+    uint64_t id;
+    std::string key;
+    std::function<void()> done;
+  };
+  std::map<uint64_t, waiting_load> waiting_loads;
+  uint64_t next_load = 1;
 };
 
 /// The gateway plus its private timer message.
@@ -231,9 +242,16 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
     case wire::Request::GET_OR_LOAD: {
       auto r = request.getGetOrLoad();
       std::string key = r.getKey();
+      auto token = st.next_load++;
+      st.waiting_loads.emplace(token, gateway_state::waiting_load{link, id, key, [f] { f.done(); }});
+      // True once: the answer is this one's to give (not already given
+      // `shutting_down` by a stopping node).
+      auto claim = [self, token] { return self->state.waiting_loads.erase(token) > 0; };
       self->request(st.registry, timeout, get_or_load_atom::value, key, transport::spec_of(r.getSpec()))
         .then(
-          [self, f, link, peer_id, id](model_handle& h) {
+          [self, f, link, peer_id, id, claim](model_handle& h) {
+            if (!claim())
+              return; // answered already; the handle goes with this scope
             auto& st = self->state;
             auto i = st.peers.find(peer_id);
             if (i == st.peers.end()) { // the peer left meanwhile: drop the handle
@@ -254,7 +272,10 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
             link->send(out);
             f.done();
           },
-          on_error);
+          [on_error, claim](caf::error& err) {
+            if (claim())
+              on_error(err);
+          });
       return;
     }
     case wire::Request::INFER: {
@@ -454,6 +475,15 @@ gateway_impl::behavior_type gateway(gateway_ptr self, registry_actor registry,
       st.stopping = true;
       for (auto& [id, p] : st.peers)
         tell_goodbye(*p.link, "the node is shutting down");
+      // A load may take minutes: its callers hear now, not at a timeout.
+      auto loads = std::move(st.waiting_loads);
+      st.waiting_loads.clear();
+      for (auto& [token, w] : loads) {
+        respond_error(*w.link, w.id,
+                      make_error(errc::shutting_down, "the node is stopping; the load of '" +
+                                                        w.key + "' was abandoned"));
+        w.done();
+      }
       self->delayed_send(self, st.options.drain_timeout, force_quit_atom::value);
       maybe_quit(self);
     },

@@ -80,7 +80,12 @@ std::string describe(const caf::error& err) {
   auto result = to_string(code);
   const auto& ctx = err.context();
   if (ctx.size() == 1 && ctx.match_element<std::string>(0)) {
-    const auto& s = ctx.get_as<std::string>(0);
+    // Contexts often quote an inner error of the same code ("gain: input
+    // 'audio': invalid_argument: expected f32"): say the code once.
+    auto s = ctx.get_as<std::string>(0);
+    auto prefix = result + ": ";
+    for (auto at = s.find(prefix); at != std::string::npos; at = s.find(prefix, at))
+      s.erase(at, prefix.size());
     if (!s.empty())
       result += ": " + s;
   } else if (!ctx.empty()) {

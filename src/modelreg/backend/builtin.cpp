@@ -87,7 +87,10 @@ private:
 class gain_model final : public model {
 public:
   gain_model(float gain, common_params common)
-    : gain_(gain), memory_(common.reserve_bytes), batchable_(common.batchable) {}
+    : gain_(gain),
+      memory_(common.reserve_bytes),
+      batchable_(common.batchable),
+      delay_(common.infer_delay) {}
 
   caf::expected<tensor_map> infer(const tensor_map& inputs, tensor_allocator& out) override {
     auto i = inputs.find("audio");
@@ -96,6 +99,8 @@ public:
     auto in = i->second.values<float>();
     if (!in)
       return make_error(errc::invalid_argument, "gain: input 'audio': " + describe_error(in));
+    if (delay_.count() > 0) // after the checks: a refused input answers at once
+      std::this_thread::sleep_for(delay_);
     auto result = out.allocate(dtype::f32, i->second.shape());
     if (!result)
       return result.error();
@@ -108,7 +113,9 @@ public:
     return tensor_map{{"audio", std::move(*result)}};
   }
   uint64_t memory_bytes() const override { return sizeof(*this) + memory_.size(); }
-  model_capabilities capabilities() const override { return {true, false, batchable_}; }
+  model_capabilities capabilities() const override {
+    return {true, delay_.count() > 0, batchable_};
+  }
   std::string describe() const override { return fmt::format("gain(x{})", gain_); }
 
 private:
@@ -119,6 +126,7 @@ private:
   float gain_;
   reserved_memory memory_;
   bool batchable_;
+  std::chrono::milliseconds delay_;
 };
 
 } // namespace

@@ -73,8 +73,9 @@ public:
     if (audio.type() != dtype::i16)
       return bad("'audio' is " + to_string(audio.type()) + "; it must be int16 PCM");
     if (audio.rank() == 2 && audio.shape()[0] != 1)
-      return bad("'audio' " + audio.describe() + " has " + std::to_string(audio.shape()[0]) +
-                 " channels; it must be mono ([samples] or [1, samples])");
+      return bad("'audio' " + audio.describe() +
+                 " is not mono; give [samples] or [1, samples] (for interleaved stereo "
+                 "[samples, 2], take one channel: a[:, 0])");
     if (audio.rank() != 1 && audio.rank() != 2)
       return bad("'audio' " + audio.describe() + " must be [samples] or [1, samples]");
     if (audio.element_count() == 0)

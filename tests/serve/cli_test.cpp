@@ -1,0 +1,260 @@
+// The operator's surface as a new user meets it: the `modelreg` binary run as
+// a real process, with the mistakes operators make (issue #11).
+#include <csignal>
+#include <future>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "modelreg/tensor/npy.hpp"
+#include "serve/serve_fixture.hpp"
+
+namespace modelreg::test {
+namespace {
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+class cli_test : public serve_test {
+protected:
+  std::string sock_flag = "--socket";
+
+  /// A model's row in `status --json`.
+  nlohmann::json model_status(const std::string& key) {
+    auto s = run({"status", "--json", "--socket", socket});
+    EXPECT_EQ(s.code, 0) << s.err;
+    if (s.code != 0)
+      return nlohmann::json::object();
+    auto status = nlohmann::json::parse(s.out);
+    for (const auto& m : status["models"])
+      if (m["key"] == key)
+        return m;
+    return nlohmann::json::object();
+  }
+};
+
+TEST_F(cli_test, ServeValuesAreParsedStrictlyAndABadOneIsNamedBeforeAnythingStarts) {
+  for (std::vector<std::string> bad : {
+         std::vector<std::string>{"--max-memory", "2X"},
+         {"--max-memory", "abc"},
+         {"--max-memory", "-1G"},
+         {"--idle-ttl", "-5"},
+         {"--idle-ttl", "1.5 s"},
+         {"--idle-ttl", "soon"},
+         {"--max-batch", "0"},
+         {"--max-batch", "2.5"},
+         {"--batch-timeout", "1week"},
+         {"--peer-timeout", "2d"},
+         {"--max-shared-memory", "1.5"},
+         {"--allow-uid", "nobody"},
+         {"--tcp", "127.0.0.1:99999"},
+         {"--tcp", "nohost"},
+         {"--frobnicate"},
+       }) {
+    std::vector<std::string> argv{"serve", "--socket", socket, "--catalog", catalog_path};
+    argv.insert(argv.end(), bad.begin(), bad.end());
+    auto r = run(argv);
+    EXPECT_EQ(r.code, 2) << bad.front();
+    EXPECT_TRUE(contains(r.err, bad.front())) << "the option is named: " << r.err;
+    if (bad.size() > 1)
+      EXPECT_TRUE(contains(r.err, bad[1])) << "the value is named: " << r.err;
+    EXPECT_FALSE(fs::exists(socket)) << "nothing may start on a bad value";
+  }
+  // What operators write is understood: 2G is two gibibytes (a 2-byte budget
+  // would refuse every model), 1.5 is a second and a half.
+  ASSERT_TRUE(start_node({"--max-memory", "2G", "--idle-ttl", "1.5", "--batch-timeout", "5ms",
+                          "--peer-timeout", "2.5s", "--max-shared-memory", "1.5GiB"}))
+    << ready_line;
+  auto load = run({"load", "gain", "--socket", socket});
+  EXPECT_EQ(load.code, 0) << load.err;
+}
+
+TEST_F(cli_test, EveryCommandAnswersHelpAndAMistypedOneGetsTheNearest) {
+  for (std::vector<std::string> cmd : {
+         std::vector<std::string>{},
+         {"serve"},
+         {"status"},
+         {"ls"},
+         {"load"},
+         {"unload"},
+         {"infer"},
+         {"demo"},
+         {"bench"},
+         {"bench", "serve"},
+         {"bench", "memory"},
+         {"bench", "python"},
+         {"bench", "registry"},
+         {"bench", "transport"},
+       }) {
+    cmd.push_back("--help");
+    auto r = run(cmd);
+    EXPECT_EQ(r.code, 0) << cmd.front();
+    EXPECT_TRUE(contains(r.out, "Usage")) << cmd.front() << ": " << r.out;
+  }
+  auto typo = run({"stauts"});
+  EXPECT_EQ(typo.code, 2);
+  EXPECT_TRUE(contains(typo.err, "did you mean 'status'")) << typo.err;
+  auto unknown_option = run({"status", "--wacth", "--socket", socket});
+  EXPECT_EQ(unknown_option.code, 2);
+  EXPECT_TRUE(contains(unknown_option.err, "--wacth")) << unknown_option.err;
+  EXPECT_EQ(run({"help"}).code, 0);
+  EXPECT_TRUE(contains(run({"--version"}).out, "modelreg"));
+}
+
+TEST_F(cli_test, ACommandAimedAtSomethingElseGivesUpAtItsTimeoutAndSaysWhy) {
+  // A TCP port where something listens that never speaks CAF (as an HTTP
+  // server does): CAF alone would wait for ever.
+  int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(::listen(listener, 16), 0);
+  socklen_t len = sizeof(addr);
+  ::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
+  auto uri = "tcp://127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+  auto r = run({"status", "--connect", uri, "--timeout", "1s"});
+  ::close(listener);
+  EXPECT_EQ(r.code, 3);
+  EXPECT_TRUE(contains(r.err, "does not speak")) << r.err;
+  // A malformed URI is a usage error, not "no node".
+  auto bad = run({"status", "--connect", "tcp//nowhere"});
+  EXPECT_EQ(bad.code, 2) << bad.err;
+  auto none = run({"ls", "--socket", dir + "/nobody.sock"});
+  EXPECT_EQ(none.code, 3);
+  EXPECT_TRUE(contains(none.err, "modelreg serve")) << none.err;
+}
+
+TEST_F(cli_test, InferNeverOverwritesItsInputNorOtherFilesUnlessForced) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  auto work = dir + "/work";
+  fs::create_directories(work);
+  auto input = work + "/audio.npy";
+  ASSERT_FALSE(npy::save(input, *tensor::from_values<float>({1.f, 2.f})));
+  // gain's output is also called "audio": written over its own input before.
+  auto over = run({"infer", "gain", "--input", "audio=" + input, "--output", work, "--force",
+                   sock_flag, socket});
+  EXPECT_EQ(over.code, 1);
+  EXPECT_TRUE(contains(over.err, "over the input")) << over.err;
+  auto kept = npy::load(input);
+  ASSERT_TRUE(kept);
+  EXPECT_EQ(kept->values<float>()->front(), 1.f) << "the input is untouched";
+
+  auto out = dir + "/out";
+  EXPECT_EQ(run({"infer", "gain", "--input", "audio=" + input, "--output", out, sock_flag, socket})
+              .code,
+            0);
+  auto again = run({"infer", "gain", "--input", "audio=" + input, "--output", out, sock_flag, socket});
+  EXPECT_EQ(again.code, 1);
+  EXPECT_TRUE(contains(again.err, "--force")) << again.err;
+  EXPECT_EQ(run({"infer", "gain", "--input", "audio=" + input, "--output", out, "--force",
+                 sock_flag, socket})
+              .code,
+            0);
+  // A duplicate input name is a usage error.
+  EXPECT_EQ(run({"infer", "gain", "--input", "audio=" + input, "--input", "audio=" + input,
+                 sock_flag, socket})
+              .code,
+            2);
+  // An output folder that cannot be: refused before the model runs.
+  auto requests_before = model_status("gain")["requests"];
+  std::ofstream{dir + "/a-file"} << "x";
+  auto nowhere = run({"infer", "gain", "--input", "audio=" + input, "--output", dir + "/a-file",
+                      sock_flag, socket});
+  EXPECT_EQ(nowhere.code, 1);
+  EXPECT_TRUE(contains(nowhere.err, "cannot write outputs")) << nowhere.err;
+  EXPECT_EQ(model_status("gain")["requests"], requests_before) << "the model did not run";
+  // Text comes back as text; times in human units.
+  auto text_in = dir + "/text.npy";
+  std::string hello = "hello world";
+  auto t = tensor::allocate(dtype::u8, {static_cast<int64_t>(hello.size())});
+  ASSERT_TRUE(t);
+  std::memcpy(t->mutable_data(), hello.data(), hello.size());
+  ASSERT_FALSE(npy::save(text_in, *t));
+  auto echoed = run({"infer", "echo", "--input", "text=" + text_in, "--output", dir + "/echo",
+                     sock_flag, socket});
+  EXPECT_EQ(echoed.code, 0) << echoed.err;
+  EXPECT_TRUE(contains(echoed.out, "\"hello world\"")) << echoed.out;
+  EXPECT_FALSE(contains(echoed.out, " us\n") && contains(echoed.out, "000 us")) << echoed.out;
+}
+
+TEST_F(cli_test, LatencyCountsSuccessfulRequestsOnlyAndErrorsAreShownApart) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  auto input = dir + "/in.npy";
+  ASSERT_FALSE(npy::save(input, *tensor::from_values<float>({1.f})));
+  auto ints = dir + "/ints.npy";
+  ASSERT_FALSE(npy::save(ints, *tensor::from_values<int16_t>({1, 2})));
+  // One success that takes at least 300 ms, two refusals that take
+  // microseconds: the median must be the success's.
+  EXPECT_EQ(run({"infer", "slow-gain", "--input", "audio=" + input, "--output", dir + "/o",
+                 sock_flag, socket})
+              .code,
+            0);
+  for (int i = 0; i < 2; ++i) {
+    auto bad = run({"infer", "slow-gain", "--input", "audio=" + ints, "--output", dir + "/o" + std::to_string(i),
+                    sock_flag, socket});
+    EXPECT_EQ(bad.code, 1);
+    // The code once, and what to do about it.
+    EXPECT_EQ(bad.err.find("invalid_argument"), bad.err.rfind("invalid_argument")) << bad.err;
+    EXPECT_TRUE(contains(bad.err, "change it")) << bad.err;
+  }
+  auto m = model_status("slow-gain");
+  EXPECT_EQ(m["requests"], 3);
+  EXPECT_EQ(m["errors"], 2);
+  EXPECT_GE(m["latency_p50_us"].get<uint64_t>(), 300000u) << m.dump();
+  auto table = run({"status", sock_flag, socket});
+  EXPECT_TRUE(contains(table.out, "ERRORS")) << table.out;
+}
+
+TEST_F(cli_test, LoadSaysAlreadyLoadedAndUnloadIfLoadedIsNotAnError) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  auto first = run({"load", "gain", sock_flag, socket});
+  EXPECT_EQ(first.code, 0);
+  EXPECT_TRUE(contains(first.out, "loaded (")) << first.out;
+  auto second = run({"load", "gain", sock_flag, socket});
+  EXPECT_EQ(second.code, 0);
+  EXPECT_TRUE(contains(second.out, "already loaded")) << second.out;
+  EXPECT_EQ(run({"unload", "gain", sock_flag, socket}).code, 0);
+  EXPECT_EQ(run({"unload", "gain", sock_flag, socket}).code, 1);
+  auto quiet = run({"unload", "gain", "--if-loaded", sock_flag, socket});
+  EXPECT_EQ(quiet.code, 0);
+  EXPECT_TRUE(contains(quiet.out, "not loaded")) << quiet.out;
+}
+
+TEST_F(cli_test, AMissingCatalogSaysWhyAndWhereToLook) {
+  auto r = run({"serve", "--socket", socket, "--catalog", dir + "/models.json"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.err, "No such file or directory")) << r.err;
+  EXPECT_TRUE(contains(r.err, "examples/catalog.json")) << r.err;
+}
+
+TEST_F(cli_test, StoppingAnswersWaitingLoadsAtOnceAndASecondSignalStopsTheNodeNow) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  // A client waiting on a load that takes 60 s.
+  auto loading = std::async(std::launch::async,
+                            [&] { return run({"load", "slow-load", "--socket", socket}); });
+  ASSERT_TRUE(eventually([&] { return model_status("slow-load").value("state", "") == "loading"; },
+                         30s));
+  node->kill(SIGINT);
+  std::string line;
+  for (int i = 0; i < 3 && !contains(line, "stopping"); ++i)
+    line = node->read_line(10s); // after "catalog: N models"
+  EXPECT_TRUE(contains(line, "stopping")) << line;
+  // The waiting client hears now, not after the load or a timeout.
+  ASSERT_EQ(loading.wait_for(10s), std::future_status::ready) << "the load's caller was left waiting";
+  auto answer = loading.get();
+  EXPECT_EQ(answer.code, 1);
+  EXPECT_TRUE(contains(answer.err, "shutting_down")) << answer.err;
+  // The node would wait for the loader's thread; a second signal ends that.
+  node->kill(SIGINT);
+  EXPECT_TRUE(node->wait_for_exit(10s)) << "a second SIGINT must stop the node";
+  EXPECT_FALSE(fs::exists(socket)) << "the socket file is removed";
+  node.reset();
+}
+
+} // namespace
+} // namespace modelreg::test
