@@ -103,35 +103,6 @@ std::string human_bytes(uint64_t b) {
   return buf;
 }
 
-std::string nearest(const std::string& word, const std::vector<std::string>& names) {
-  auto distance = [](const std::string& a, const std::string& b) {
-    std::vector<size_t> row(b.size() + 1);
-    for (size_t j = 0; j <= b.size(); ++j)
-      row[j] = j;
-    for (size_t i = 1; i <= a.size(); ++i) {
-      size_t diag = row[0];
-      row[0] = i;
-      for (size_t j = 1; j <= b.size(); ++j) {
-        size_t up = row[j];
-        row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
-        diag = up;
-      }
-    }
-    return row[b.size()];
-  };
-  std::string best;
-  size_t best_d = SIZE_MAX;
-  for (const auto& n : names) {
-    auto d = distance(word, n);
-    if (d < best_d) {
-      best_d = d;
-      best = n;
-    }
-  }
-  // A typo: at most a third of the word wrong (and at least one letter).
-  return best_d <= std::max<size_t>(1, word.size() / 3) ? best : std::string{};
-}
-
 CLI::Option* add_size(CLI::App* app, const std::string& name, uint64_t& target,
                       const std::string& description, uint64_t min, uint64_t max) {
   return app

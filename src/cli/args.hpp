@@ -28,8 +28,6 @@ std::string human_duration(std::chrono::nanoseconds d);
 /// "1.5 MiB".
 std::string human_bytes(uint64_t bytes);
 
-/// The nearest of `names` to `word` if it is close (a typo), else empty.
-std::string nearest(const std::string& word, const std::vector<std::string>& names);
 
 // -- options with a strict value ------------------------------------------
 // Each throws CLI::ValidationError naming the option and the value.

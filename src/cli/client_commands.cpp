@@ -25,7 +25,10 @@
 #include <caf/send.hpp>
 
 #include "cli/commands.hpp"
+#include "modelreg/nearest.hpp"
 #include "modelreg/actors/remote_registry.hpp"
+#include "modelreg/backend/backend_registry.hpp"
+#include "modelreg/backend/catalog.hpp"
 #include "modelreg/messages/error.hpp"
 #include "modelreg/messages/system_config.hpp"
 #include "modelreg/tensor/npy.hpp"
@@ -494,6 +497,46 @@ std::optional<std::string> as_text(const tensor& t) {
   return bytes;
 }
 
+/// Why `inputs` do not fit what catalog entry `name` declares (`entry`
+/// from "catalog_details"), or empty. Names and dtypes; shapes are the
+/// model's to check (several can be right).
+std::string check_inputs(const std::string& name, const nlohmann::json& entry,
+                         const tensor_map& inputs) {
+  if (!entry.contains("inputs"))
+    return {};
+  std::map<std::string, nlohmann::json> declared;
+  for (const auto& t : entry["inputs"]) {
+    if (t["name"] == "*")
+      return {}; // any inputs
+    declared[t["name"].get<std::string>()] = t;
+  }
+  for (const auto& [in_name, t] : inputs) {
+    auto d = declared.find(in_name);
+    if (d == declared.end()) {
+      std::string known;
+      for (const auto& [k, v] : declared)
+        known += (known.empty() ? "" : ", ") + k;
+      return "model '" + name + "' has no input '" + in_name + "'; its inputs: " + known;
+    }
+    auto want = d->second["dtype"].get<std::string>();
+    auto have = to_string(t.type());
+    bool ok = want == "*";
+    for (size_t at = 0; !ok && at <= want.size();) {
+      auto bar = std::min(want.find('|', at), want.size());
+      ok = want.substr(at, bar - at) == have;
+      at = bar + 1;
+    }
+    if (!ok)
+      return "model '" + name + "' wants input '" + in_name + "' as " + want + "; the file holds " +
+             t.describe();
+  }
+  for (const auto& [k, v] : declared)
+    if (!v.value("optional", false) && inputs.count(k) == 0)
+      return "model '" + name + "' needs input '" + k + "' (" + v["dtype"].get<std::string>() +
+             ": " + v["doc"].get<std::string>() + "): give --input " + k + "=FILE.npy";
+  return {};
+}
+
 int run_infer(const infer_options& o) {
   namespace fs = std::filesystem;
   tensor_map inputs;
@@ -526,6 +569,17 @@ int run_infer(const infer_options& o) {
   if (!reg)
     return rc;
   caf::timespan timeout{o.node.timeout};
+  // The inputs against what the model declares, before anything is sent.
+  if (auto status = status_json(cs.sys, *reg, timeout)) {
+    const auto& details = (*status)["catalog_details"];
+    if (details.is_object() && details.contains(o.name)) {
+      if (auto why = check_inputs(o.name, details[o.name], inputs); !why.empty()) {
+        caf::anon_send(*reg, shutdown_atom::value);
+        std::cerr << "modelreg: " << why << "\n  (see 'modelreg describe " << o.name << "')\n";
+        return exit_failed;
+      }
+    }
+  }
   caf::expected<model_handle> h{caf::error{}};
   {
     interrupt_note note{o.name};
@@ -584,6 +638,104 @@ int run_infer(const infer_options& o) {
   else
     std::printf("%s answered in %s\n", o.name.c_str(), human_duration(took).c_str());
   return exit_ok;
+}
+
+// -- describe ------------------------------------------------------------------
+
+struct describe_options {
+  node_options node;
+  std::string name;
+  bool json = false;
+};
+
+std::string shape_text(const nlohmann::json& shape) {
+  if (shape.is_null())
+    return "any shape";
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    auto d = shape[i].get<int64_t>();
+    out += (i ? ", " : "") + (d < 0 ? std::string{"N"} : std::to_string(d));
+  }
+  return out + "]";
+}
+
+int run_describe(const describe_options& o) {
+  client_system cs{o.node};
+  int rc = exit_ok;
+  auto reg = connect_node(cs.sys, o.node, rc);
+  if (!reg)
+    return rc;
+  auto status = status_json(cs.sys, *reg, caf::timespan{o.node.timeout});
+  caf::anon_send(*reg, shutdown_atom::value);
+  if (!status)
+    return failed(status.error());
+  const auto& details = (*status)["catalog_details"];
+  if (!details.is_object() || !details.contains(o.name)) {
+    std::vector<std::string> names = status->value("catalog", std::vector<std::string>{});
+    auto near = modelreg::nearest_name(o.name, names);
+    std::string all;
+    for (const auto& n : names)
+      all += (all.empty() ? "" : ", ") + n;
+    std::cerr << "modelreg: the node's catalog has no '" << o.name << "'"
+              << (near.empty() ? "" : "; did you mean '" + near + "'?") << " (it has: " << all
+              << ")\n";
+    return exit_failed;
+  }
+  const auto& e = details[o.name];
+  if (o.json) {
+    std::cout << e.dump() << std::endl;
+    return exit_ok;
+  }
+  std::printf("%s: backend '%s'%s%s\n", o.name.c_str(), e["backend"].get<std::string>().c_str(),
+              e.contains("doc") ? ": " : "", e.value("doc", std::string{}).c_str());
+  auto given = e["params"];
+  if (e.contains("parameters") && !e["parameters"].empty()) {
+    std::printf("\nparameters:\n");
+    for (const auto& p : e["parameters"]) {
+      auto n = p["name"].get<std::string>();
+      auto value = given.contains(n) ? given[n].get<std::string>() + " (catalog)"
+                                     : p["default"].get<std::string>() + " (default)";
+      std::printf("  %-16s %-8s %-28s %s\n", n.c_str(), p["type"].get<std::string>().c_str(),
+                  value.c_str(), p["doc"].get<std::string>().c_str());
+    }
+  } else if (!given.empty()) {
+    std::printf("\nparameters (not declared by the backend):\n");
+    for (const auto& [k, v] : given.items())
+      std::printf("  %-16s %s\n", k.c_str(), v.get<std::string>().c_str());
+  }
+  for (const char* side : {"inputs", "outputs"}) {
+    if (!e.contains(side))
+      continue;
+    std::printf("\n%s:\n", side);
+    for (const auto& t : e[side])
+      std::printf("  %-16s %-8s %-12s %s%s\n", t["name"].get<std::string>().c_str(),
+                  t["dtype"].get<std::string>().c_str(), shape_text(t["shape"]).c_str(),
+                  t["doc"].get<std::string>().c_str(), t.value("optional", false) ? " (optional)" : "");
+  }
+  return exit_ok;
+}
+
+// -- catalog check ---------------------------------------------------------------
+
+int run_catalog_check(const std::vector<std::string>& files) {
+  auto backends = backend_registry::with_builtins();
+  int rc = exit_ok;
+  for (const auto& file : files) {
+    auto cat = catalog::load_file(file);
+    if (!cat) {
+      std::cerr << "modelreg: " << describe(cat.error()) << "\n";
+      rc = exit_failed;
+      continue;
+    }
+    auto problems = cat->check(*backends);
+    for (const auto& p : problems)
+      std::cerr << p << "\n";
+    if (problems.empty())
+      std::printf("%s: %zu entries, all valid\n", file.c_str(), cat->size());
+    else
+      rc = exit_failed;
+  }
+  return rc;
 }
 
 constexpr const char* exit_codes =
@@ -649,6 +801,25 @@ std::vector<command> add_client_commands(CLI::App& app) {
   add_node_options(infer, in->node, 10min, "default 10m, for the load and the inference each");
   infer->footer(exit_codes);
   out.push_back({infer, [in] { return run_infer(*in); }});
+
+  auto de = std::make_shared<describe_options>();
+  auto* describe_cmd = app.add_subcommand(
+    "describe", "a catalog model's backend, parameters, inputs and outputs, as the node has it");
+  describe_cmd->add_option("NAME", de->name, "catalog name")->required();
+  describe_cmd->add_flag("--json", de->json, "as JSON");
+  add_node_options(describe_cmd, de->node, 5s, "default 5s");
+  describe_cmd->footer(exit_codes);
+  out.push_back({describe_cmd, [de] { return run_describe(*de); }});
+
+  auto* catalog_cmd = app.add_subcommand("catalog", "work with catalog files");
+  catalog_cmd->require_subcommand(1);
+  auto files = std::make_shared<std::vector<std::string>>();
+  auto* check = catalog_cmd->add_subcommand(
+    "check", "check catalog files offline as `serve` does at start-up: JSON, backends, "
+             "parameter names and values, with file positions");
+  check->add_option("FILE", *files, "catalog files")->required();
+  check->footer("\nexit codes: 0 every file is valid, 1 a problem was printed, 2 usage error\n");
+  out.push_back({check, [files] { return run_catalog_check(*files); }});
   return out;
 }
 

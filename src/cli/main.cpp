@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/args.hpp"
+#include "modelreg/nearest.hpp"
 #include "cli/commands.hpp"
 #include "cli/default_catalog.hpp"
 #include "modelreg/backend/catalog.hpp"
@@ -378,7 +379,7 @@ int main(int argc, char** argv) {
     if (args[i].rfind("-", 0) == 0)
       continue;
     if (std::find(names.begin(), names.end(), args[i]) == names.end()) {
-      auto near = nearest(args[i], names);
+      auto near = modelreg::nearest_name(args[i], names);
       return usage_error("unknown command '" + args[i] + "'" +
                          (near.empty() ? "" : "; did you mean '" + near + "'?"));
     }

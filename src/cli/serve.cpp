@@ -29,6 +29,8 @@
 #include "modelreg/actors/remote_registry.hpp"
 #include "modelreg/actors/shm_gateway.hpp"
 #include "modelreg/actors/tcp_guard.hpp"
+#include "modelreg/backend/backend_registry.hpp"
+#include "modelreg/backend/catalog.hpp"
 #include "modelreg/log.hpp"
 #include "modelreg/messages/error.hpp"
 #include "modelreg/messages/system_config.hpp"
@@ -205,6 +207,16 @@ int run_serve(serve_options o) {
     std::cerr << "modelreg serve: " << describe(cat.error()) << "\n";
     return exit_failed;
   }
+  // Every entry against its backend's parameters: a misspelt one would
+  // otherwise be ignored and the model load with its default.
+  auto backends = backend_registry::with_builtins();
+  if (auto problems = cat->check(*backends); !problems.empty()) {
+    for (const auto& p : problems)
+      std::cerr << "modelreg serve: " << p << "\n";
+    std::cerr << "modelreg serve: the catalog has " << problems.size()
+              << " problem(s); nothing was started ('modelreg catalog check FILE' checks a file)\n";
+    return exit_failed;
+  }
   std::string tcp_host;
   uint16_t tcp_port = 0;
   if (tcp) {
@@ -277,10 +289,12 @@ int run_serve(serve_options o) {
   caf::actor_system sys{cfg};
   auto logger = log::get("modelreg.serve");
   rcfg.catalog = std::make_shared<catalog>(std::move(*cat));
+  rcfg.backends = backends;
   auto registry = spawn_registry(sys, rcfg);
   auto ep = transport::endpoint::start(eopts);
   gateway_options gopts;
   gopts.catalog = rcfg.catalog->names();
+  gopts.catalog_details = rcfg.catalog->describe_json(*backends);
   gopts.endpoint = ep;
   gopts.admin_uids = admins;
   gopts.max_in_flight_per_peer = max_in_flight;

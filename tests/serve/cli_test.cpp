@@ -194,14 +194,24 @@ TEST_F(cli_test, LatencyCountsSuccessfulRequestsOnlyAndErrorsAreShownApart) {
                  sock_flag, socket})
               .code,
             0);
+  // Refusals by the model itself (the CLI would refuse these inputs before
+  // sending them, so they come from a library client).
+  client c;
+  auto reg = c.connect(uri(), false);
+  ASSERT_TRUE(reg) << describe(reg.error());
   for (int i = 0; i < 2; ++i) {
-    auto bad = run({"infer", "slow-gain", "--input", "audio=" + ints, "--output", dir + "/o" + std::to_string(i),
-                    sock_flag, socket});
-    EXPECT_EQ(bad.code, 1);
-    // The code once, and what to do about it.
-    EXPECT_EQ(bad.err.find("invalid_argument"), bad.err.rfind("invalid_argument")) << bad.err;
-    EXPECT_TRUE(contains(bad.err, "change it")) << bad.err;
+    auto r = c.ask<tensor_map>(*reg, infer_atom::value, std::string{"slow-gain"},
+                               tensor_map{{"audio", *tensor::from_values<int16_t>({1, 2})}});
+    ASSERT_FALSE(r);
+    // The code once.
+    auto text = describe(r.error());
+    EXPECT_EQ(text.find("invalid_argument"), text.rfind("invalid_argument")) << text;
   }
+  // The CLI says what to do about an error, on a line of its own.
+  auto unknown = run({"load", "nope", sock_flag, socket});
+  EXPECT_EQ(unknown.code, 1);
+  EXPECT_TRUE(contains(unknown.err, "model_not_found")) << unknown.err;
+  EXPECT_TRUE(contains(unknown.err, "\n  (the request itself is wrong")) << unknown.err;
   auto m = model_status("slow-gain");
   EXPECT_EQ(m["requests"], 3);
   EXPECT_EQ(m["errors"], 2);
@@ -254,6 +264,61 @@ TEST_F(cli_test, StoppingAnswersWaitingLoadsAtOnceAndASecondSignalStopsTheNodeNo
   EXPECT_TRUE(node->wait_for_exit(10s)) << "a second SIGINT must stop the node";
   EXPECT_FALSE(fs::exists(socket)) << "the socket file is removed";
   node.reset();
+}
+
+TEST_F(cli_test, CatalogProblemsStopServeNamingTheEntryTheParameterAndThePosition) {
+  auto bad = dir + "/bad.json";
+  std::ofstream{bad} << R"({
+  "models": {
+    "half": { "backend": "gain", "params": { "gian": 0.5 } },
+    "abc": { "backend": "gain", "params": { "gain": "abc" } },
+    "nope": { "backend": "frobnicator" }
+  }
+})";
+  auto r = run({"serve", "--socket", socket, "--catalog", bad});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.err, "bad.json:3:")) << r.err;
+  EXPECT_TRUE(contains(r.err, "'half'") && contains(r.err, "did you mean 'gain'")) << r.err;
+  EXPECT_TRUE(contains(r.err, "bad.json:4:") && contains(r.err, "gain='abc'")) << r.err;
+  EXPECT_TRUE(contains(r.err, "bad.json:5:") && contains(r.err, "frobnicator")) << r.err;
+  EXPECT_FALSE(fs::exists(socket));
+  // The same offline; a trailing comma says where it is.
+  auto comma = dir + "/comma.json";
+  std::ofstream{comma} << "{ \"models\": {\n  \"a\": { \"backend\": \"gain\" },\n} }";
+  auto check = run({"catalog", "check", bad, comma});
+  EXPECT_EQ(check.code, 1);
+  EXPECT_TRUE(contains(check.err, "did you mean 'gain'")) << check.err;
+  EXPECT_TRUE(contains(check.err, "line 3, column 1")) << check.err;
+  auto good = run({"catalog", "check", catalog_path});
+  EXPECT_EQ(good.code, 0) << good.err;
+  EXPECT_TRUE(contains(good.out, "all valid")) << good.out;
+}
+
+TEST_F(cli_test, DescribeShowsWhatAModelWantsAndInferChecksInputsBeforeSending) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  auto d = run({"describe", "gain", sock_flag, socket});
+  EXPECT_EQ(d.code, 0) << d.err;
+  EXPECT_TRUE(contains(d.out, "audio") && contains(d.out, "f32")) << d.out;
+  EXPECT_TRUE(contains(d.out, "2 (catalog)")) << d.out;
+  auto j = run({"describe", "gain", "--json", sock_flag, socket});
+  ASSERT_EQ(j.code, 0);
+  auto e = nlohmann::json::parse(j.out);
+  EXPECT_EQ(e["inputs"][0]["name"], "audio");
+  EXPECT_EQ(e["inputs"][0]["dtype"], "f32");
+  auto typo = run({"describe", "gian", sock_flag, socket});
+  EXPECT_EQ(typo.code, 1);
+  EXPECT_TRUE(contains(typo.err, "did you mean 'gain'")) << typo.err;
+  // A wrong input name or dtype is refused before anything is sent: the
+  // model is not even loaded.
+  auto input = dir + "/in.npy";
+  ASSERT_FALSE(npy::save(input, *tensor::from_values<int16_t>({1, 2})));
+  auto wrong_name = run({"infer", "gain", "--input", "x=" + input, sock_flag, socket});
+  EXPECT_EQ(wrong_name.code, 1);
+  EXPECT_TRUE(contains(wrong_name.err, "no input 'x'")) << wrong_name.err;
+  auto wrong_type = run({"infer", "gain", "--input", "audio=" + input, sock_flag, socket});
+  EXPECT_EQ(wrong_type.code, 1);
+  EXPECT_TRUE(contains(wrong_type.err, "as f32")) << wrong_type.err;
+  EXPECT_TRUE(model_status("gain").empty()) << "nothing reached the node";
 }
 
 } // namespace

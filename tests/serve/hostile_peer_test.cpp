@@ -42,6 +42,16 @@ size_t fds_of(pid_t pid) {
   return n;
 }
 
+/// What each open descriptor of process `pid` is (for failure messages).
+std::string fd_targets_of(pid_t pid) {
+  std::string out;
+  std::error_code ec;
+  for (auto it = fs::directory_iterator{"/proc/" + std::to_string(pid) + "/fd", ec};
+       !ec && it != fs::directory_iterator{}; it.increment(ec))
+    out += it->path().filename().string() + "->" + fs::read_symlink(it->path(), ec).string() + " ";
+  return out;
+}
+
 /// The fields of /proc/PID/stat after the command name: state first.
 std::string stat_fields_of(pid_t pid) {
   std::ifstream in{"/proc/" + std::to_string(pid) + "/stat"};
@@ -168,8 +178,8 @@ protected:
       auto s = c.status(reg);
       return s["connections"] == 1 && s["transport"]["connections"] == 1 &&
              s["transport"]["loans_outstanding"] == 0 && fds_of(node->pid()) == baseline_fds;
-    })) << c.status(reg).dump() << " fds " << fds_of(node->pid()) << " (baseline "
-        << baseline_fds << ")";
+    })) << c.status(reg)["transport"].dump() << " fds " << fds_of(node->pid()) << " (baseline "
+        << baseline_fds << "): " << fd_targets_of(node->pid());
   }
 
   /// Starts the node and the well-behaved client, has it use "echo" once,
@@ -184,6 +194,9 @@ protected:
                                      model_spec{});
     ASSERT_TRUE(h) << describe(h.error());
     expect_served(*good, reg, 2);
+    // A status answer (several KiB: the catalog's details) takes a chunk of
+    // a larger class, hence a segment, in the node's pool for this client.
+    good->status(reg);
     baseline = fds_of(node->pid());
   }
 

@@ -26,7 +26,26 @@ TEST(backend_registry, KnowsTheBuiltins) {
 TEST(backend_registry, UnknownBackendIsNamedInTheError) {
   auto m = build({"nope", {}});
   ASSERT_FALSE(m);
-  EXPECT_EQ(describe(m.error()), "backend_not_found: no backend named 'nope'");
+  EXPECT_EQ(describe(m.error()).rfind("backend_not_found: no backend named 'nope' (this node has: gain, identity", 0), 0u)
+    << describe(m.error());
+}
+
+TEST(backend_registry, ParametersAreCheckedAgainstWhatTheBackendDeclares) {
+  auto sut = backend_registry::with_builtins();
+  EXPECT_FALSE(sut->check({"gain", {{"gain", "0.5"}, {"batchable", "true"}}}));
+  auto typo = sut->check({"gain", {{"gian", "0.5"}}});
+  EXPECT_TRUE(is(typo, errc::invalid_argument));
+  EXPECT_NE(describe(typo).find("did you mean 'gain'"), std::string::npos) << describe(typo);
+  auto bad = sut->check({"gain", {{"gain", "abc"}}});
+  EXPECT_NE(describe(bad).find("gain='abc' is not a number"), std::string::npos) << describe(bad);
+  EXPECT_TRUE(is(sut->check({"identity", {{"thread_safe", "maybe"}}}), errc::invalid_argument));
+  // A load checks the same before it runs anything.
+  EXPECT_FALSE(sut->loader_for({"gain", {{"gian", "0.5"}}}));
+  // A backend added without a declaration accepts any parameters.
+  sut->add("custom", [](const model_spec&) -> caf::expected<model_ptr> {
+    return make_error(errc::load_failed, "not built");
+  });
+  EXPECT_FALSE(sut->check({"custom", {{"anything", "1"}}}));
 }
 
 TEST(builtin, IdentitySharesInputStorage) {

@@ -332,6 +332,9 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
             auto json = nlohmann::json::parse(to_json(snap));
             json["connections"] = self->state.peers.size();
             json["catalog"] = self->state.options.catalog;
+            if (!self->state.options.catalog_details.empty())
+              json["catalog_details"] =
+                nlohmann::json::parse(self->state.options.catalog_details, nullptr, false);
             if (auto ep = self->state.options.endpoint.lock()) {
               auto es = ep->stats();
               json["transport"] = {{"connections", es.connections},

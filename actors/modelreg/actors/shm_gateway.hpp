@@ -70,6 +70,9 @@ struct gateway_options {
   std::chrono::milliseconds drain_timeout{std::chrono::seconds{5}};
   /// Catalog names to list in status answers.
   std::vector<std::string> catalog;
+  /// The catalog's entries with their backends' declarations (JSON, see
+  /// `catalog::describe_json`), in status answers as "catalog_details".
+  std::string catalog_details;
   /// The shared-memory endpoint whose counters status answers include
   /// (zero-copy tensors, copied bytes, memory lent to peers); optional.
   std::weak_ptr<transport::endpoint> endpoint;

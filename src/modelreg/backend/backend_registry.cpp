@@ -1,10 +1,12 @@
 #include "modelreg/backend/backend_registry.hpp"
 
+#include <algorithm>
 #include <charconv>
 
 #include "modelreg/backend/builtin.hpp"
 #include "modelreg/backend/pocketsphinx.hpp"
 #include "modelreg/messages/error.hpp"
+#include "modelreg/nearest.hpp"
 
 namespace modelreg {
 
@@ -16,7 +18,84 @@ std::shared_ptr<backend_registry> backend_registry::with_builtins() {
 }
 
 void backend_registry::add(std::string name, backend_factory factory) {
+  backend_info open;
+  open.open = true;
+  add(std::move(name), std::move(factory), std::move(open));
+}
+
+void backend_registry::add(std::string name, backend_factory factory, backend_info info) {
+  infos_[name] = std::move(info);
   factories_[std::move(name)] = std::move(factory);
+}
+
+const backend_info* backend_registry::info(const std::string& name) const {
+  auto i = infos_.find(name);
+  return i == infos_.end() ? nullptr : &i->second;
+}
+
+std::string to_string(param_info::kind k) {
+  switch (k) {
+    case param_info::kind::number:
+      return "number";
+    case param_info::kind::count:
+      return "count";
+    case param_info::kind::boolean:
+      return "boolean";
+    default:
+      return "text";
+  }
+}
+
+
+caf::error backend_registry::check(const model_spec& spec) const {
+  auto i = infos_.find(spec.backend);
+  if (i == infos_.end()) {
+    std::string known;
+    for (const auto& [name, f] : factories_)
+      known += (known.empty() ? "" : ", ") + name;
+    return make_error(errc::backend_not_found,
+                      "no backend named '" + spec.backend + "' (this node has: " + known + ")");
+  }
+  const auto& info = i->second;
+  if (info.open)
+    return {};
+  for (const auto& [name, value] : spec.params) {
+    auto p = std::find_if(info.params.begin(), info.params.end(),
+                          [&](const param_info& x) { return x.name == name; });
+    if (p == info.params.end()) {
+      std::string known;
+      std::vector<std::string> names;
+      for (const auto& x : info.params) {
+        known += (known.empty() ? "" : ", ") + x.name;
+        names.push_back(x.name);
+      }
+      auto near = nearest_name(name, names);
+      auto hint = near.empty() ? std::string{} : " (did you mean '" + near + "'?)";
+      return make_error(errc::invalid_argument, "backend '" + spec.backend +
+                                                  "' has no parameter '" + name + "'" + hint +
+                                                  "; it has: " + (known.empty() ? "none" : known));
+    }
+    caf::error bad;
+    switch (p->type) {
+      case param_info::kind::number:
+        if (auto v = param_double(spec, name, 0); !v)
+          bad = v.error();
+        break;
+      case param_info::kind::count:
+        if (auto v = param_u64(spec, name, 0); !v)
+          bad = v.error();
+        break;
+      case param_info::kind::boolean:
+        if (auto v = param_bool(spec, name, false); !v)
+          bad = v.error();
+        break;
+      default:
+        break;
+    }
+    if (bad)
+      return bad;
+  }
+  return {};
 }
 
 bool backend_registry::contains(const std::string& name) const {
@@ -31,10 +110,9 @@ std::vector<std::string> backend_registry::names() const {
 }
 
 caf::expected<loader_fn> backend_registry::loader_for(const model_spec& spec) const {
-  auto i = factories_.find(spec.backend);
-  if (i == factories_.end())
-    return make_error(errc::backend_not_found, "no backend named '" + spec.backend + "'");
-  auto factory = i->second;
+  if (auto err = check(spec))
+    return err;
+  auto factory = factories_.at(spec.backend);
   return loader_fn{[factory, spec]() { return factory(spec); }};
 }
 

@@ -7,6 +7,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,16 +19,60 @@ namespace modelreg {
 /// Builds a model from a spec's parameters. Runs on a loader thread.
 using backend_factory = std::function<caf::expected<model_ptr>(const model_spec&)>;
 
+/// One parameter a backend reads from its spec.
+struct param_info {
+  enum class kind { number, count, boolean, text };
+  std::string name;
+  kind type = kind::text;
+  std::string fallback; ///< its value when absent, as text
+  std::string doc;
+};
+
+/// One input or output tensor of a backend's models.
+struct tensor_info {
+  std::string name;  ///< "*": any name (every input comes back, say)
+  std::string dtype; ///< "f32", "i16", ...; alternatives "i32|i64"; "*": any
+  /// Dimensions, -1 for any size; nothing: any shape.
+  std::optional<std::vector<int64_t>> shape;
+  std::string doc;
+  bool optional = false;
+};
+
+/// What a backend declares about itself: `serve` checks catalog entries
+/// against the parameters, and `modelreg describe` shows all of it.
+struct backend_info {
+  std::string doc;
+  std::vector<param_info> params;
+  std::vector<tensor_info> inputs;
+  std::vector<tensor_info> outputs;
+  /// Parameters are not declared: any are accepted (a backend added
+  /// without an info).
+  bool open = false;
+};
+
+std::string to_string(param_info::kind k);
+
 class backend_registry {
 public:
   /// A registry holding the built-in backends (see builtin.hpp).
   static std::shared_ptr<backend_registry> with_builtins();
 
-  /// Registers `factory` under `name`, replacing an earlier one.
+  /// Registers `factory` under `name`, replacing an earlier one. Without
+  /// `info`, its parameters are not checked before a load.
   void add(std::string name, backend_factory factory);
+  void add(std::string name, backend_factory factory, backend_info info);
 
   bool contains(const std::string& name) const;
   std::vector<std::string> names() const;
+
+  /// What backend `name` declares, or null if there is no such backend.
+  const backend_info* info(const std::string& name) const;
+
+  /// Whether `spec` can be loaded as far as can be told without loading
+  /// it: the backend exists, every parameter is one it declares (a
+  /// misspelt one names the nearest), every value has the declared type.
+  /// `backend_not_found` or `invalid_argument`, naming the parameter.
+  caf::error check(const model_spec& spec) const;
 
   /// A loader that builds `spec` when called; `backend_not_found` if no
   /// backend has that name.
@@ -35,6 +80,7 @@ public:
 
 private:
   std::map<std::string, backend_factory> factories_;
+  std::map<std::string, backend_info> infos_;
 };
 
 /// Reads a parameter of `spec`, or `fallback` if absent; `invalid_argument`

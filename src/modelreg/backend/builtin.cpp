@@ -129,9 +129,34 @@ private:
   std::chrono::milliseconds delay_;
 };
 
+/// The parameters both built-ins read (see `prepare`).
+std::vector<param_info> common_param_infos() {
+  using k = param_info::kind;
+  return {
+    {"reserve_bytes", k::count, "0", "resident bytes the model holds, standing in for weights"},
+    {"load_delay_ms", k::count, "0", "the load takes this long"},
+    {"fail_load", k::boolean, "false", "the load fails (load_failed)"},
+    {"batchable", k::boolean, "false", "requests may be batched along dimension 0"},
+    {"infer_delay_ms", k::count, "0", "each inference takes this long"},
+  };
+}
+
 } // namespace
 
 void add_builtin_backends(backend_registry& registry) {
+  backend_info identity;
+  identity.doc = "returns its inputs unchanged (tests, benchmarks, the transport's echo)";
+  identity.params = common_param_infos();
+  identity.params.push_back({"thread_safe", param_info::kind::boolean, "false",
+                             "infer may run on several threads at once"});
+  identity.inputs = {{"*", "*", std::nullopt, "any tensors"}};
+  identity.outputs = {{"*", "*", std::nullopt, "the inputs, unchanged"}};
+  backend_info gain;
+  gain.doc = "multiplies float audio by a constant";
+  gain.params = common_param_infos();
+  gain.params.push_back({"gain", param_info::kind::number, "1", "the factor"});
+  gain.inputs = {{"audio", "f32", std::nullopt, "samples, any shape"}};
+  gain.outputs = {{"audio", "f32", std::nullopt, "audio times gain, same shape"}};
   registry.add("identity", [](const model_spec& spec) -> caf::expected<model_ptr> {
     auto thread_safe = param_bool(spec, "thread_safe", false);
     if (!thread_safe)
@@ -140,7 +165,7 @@ void add_builtin_backends(backend_registry& registry) {
     if (!common)
       return common.error();
     return std::make_shared<identity_model>(*common, *thread_safe);
-  });
+  }, std::move(identity));
   registry.add("gain", [](const model_spec& spec) -> caf::expected<model_ptr> {
     auto gain = param_double(spec, "gain", 1.0);
     if (!gain)
@@ -149,7 +174,7 @@ void add_builtin_backends(backend_registry& registry) {
     if (!common)
       return common.error();
     return std::make_shared<gain_model>(static_cast<float>(*gain), *common);
-  });
+  }, std::move(gain));
 }
 
 } // namespace modelreg

@@ -5,14 +5,111 @@
 
 #include <nlohmann/json.hpp>
 
+#include "modelreg/backend/backend_registry.hpp"
 #include "modelreg/messages/error.hpp"
 
 namespace modelreg {
 
+namespace {
+
+/// "LINE:COLUMN" (from 1) of byte `offset` in `text`.
+std::string line_col(const std::string& text, size_t offset) {
+  size_t line = 1, col = 1;
+  for (size_t i = 0; i < offset && i < text.size(); ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      col = 1;
+    } else {
+      ++col;
+    }
+  }
+  return std::to_string(line) + ":" + std::to_string(col);
+}
+
+/// Where the key `"name"` (followed by a colon) is in `text` from `from`.
+size_t find_key(const std::string& text, const std::string& name, size_t from) {
+  auto quoted = "\"" + name + "\"";
+  for (auto at = text.find(quoted, from); at != std::string::npos;
+       at = text.find(quoted, at + 1)) {
+    auto after = text.find_first_not_of(" \t\r\n", at + quoted.size());
+    if (after != std::string::npos && text[after] == ':')
+      return at;
+  }
+  return std::string::npos;
+}
+
+} // namespace
+
+std::string catalog::where(const std::string& entry, const std::string& param) const {
+  auto models = find_key(text_, "models", 0);
+  auto at = find_key(text_, entry, models == std::string::npos ? 0 : models);
+  if (at != std::string::npos && !param.empty()) {
+    auto p = find_key(text_, param, at);
+    if (p != std::string::npos)
+      at = p;
+  }
+  return source_ + (at == std::string::npos ? "" : ":" + line_col(text_, at));
+}
+
+std::vector<std::string> catalog::check(const backend_registry& backends) const {
+  std::vector<std::string> problems;
+  for (const auto& [name, spec] : entries_) {
+    auto err = backends.check(spec);
+    if (!err)
+      continue;
+    // The parameter it names, if any, for the position.
+    std::string param;
+    for (const auto& [key, value] : spec.params)
+      if (describe(err).find("'" + key + "'") != std::string::npos ||
+          describe(err).find(" " + key + "=") != std::string::npos)
+        param = key;
+    problems.push_back(where(name, param) + ": catalog entry '" + name + "': " + describe(err));
+  }
+  return problems;
+}
+
+std::string catalog::describe_json(const backend_registry& backends) const {
+  auto tensors = [](const std::vector<tensor_info>& xs) {
+    auto out = nlohmann::json::array();
+    for (const auto& t : xs)
+      out.push_back({{"name", t.name},
+                     {"dtype", t.dtype},
+                     {"shape", t.shape ? nlohmann::json(*t.shape) : nlohmann::json(nullptr)},
+                     {"doc", t.doc},
+                     {"optional", t.optional}});
+    return out;
+  };
+  auto out = nlohmann::json::object();
+  for (const auto& [name, spec] : entries_) {
+    nlohmann::json e = {{"backend", spec.backend}, {"params", spec.params}};
+    if (const auto* info = backends.info(spec.backend)) {
+      e["doc"] = info->doc;
+      auto params = nlohmann::json::array();
+      for (const auto& p : info->params)
+        params.push_back(
+          {{"name", p.name}, {"type", to_string(p.type)}, {"default", p.fallback}, {"doc", p.doc}});
+      e["parameters"] = params;
+      e["inputs"] = tensors(info->inputs);
+      e["outputs"] = tensors(info->outputs);
+    }
+    out[name] = e;
+  }
+  return out.dump();
+}
+
 caf::expected<catalog> catalog::parse(const std::string& text) {
-  auto doc = nlohmann::json::parse(text, nullptr, false);
-  if (doc.is_discarded())
-    return make_error(errc::invalid_argument, "catalog: not valid JSON");
+  nlohmann::json doc;
+  try {
+    doc = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    // e.what() is "[json.exception.parse_error.101] parse error at line 3,
+    // column 5: syntax error ...": keep what follows the tag.
+    std::string what = e.what();
+    auto tag = what.find("] ");
+    return make_error(errc::invalid_argument,
+                      "catalog: not valid JSON: " +
+                        (tag == std::string::npos ? what : what.substr(tag + 2)));
+  }
   if (!doc.is_object() || !doc.contains("models") || !doc["models"].is_object())
     return make_error(errc::invalid_argument, "catalog: expected an object with a \"models\" object");
   catalog out;
@@ -46,18 +143,21 @@ caf::expected<catalog> catalog::parse(const std::string& text) {
         return make_error(errc::invalid_argument, where + "unknown field '" + key + "'");
     out.add(name, std::move(spec));
   }
+  out.text_ = text;
   return out;
 }
 
 caf::expected<catalog> catalog::load_file(const std::string& path) {
   std::ifstream in{path};
   if (!in)
-    return make_error(errc::invalid_argument, "catalog: cannot read '" + path + "'");
+    return make_error(errc::invalid_argument,
+                      "catalog: cannot read '" + path + "': " + std::strerror(errno));
   std::stringstream text;
   text << in.rdbuf();
   auto parsed = parse(text.str());
   if (!parsed)
     return make_error(errc::invalid_argument, path + ": " + describe(parsed.error()));
+  parsed->source_ = path;
   return parsed;
 }
 

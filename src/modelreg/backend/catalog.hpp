@@ -23,6 +23,8 @@
 
 namespace modelreg {
 
+class backend_registry;
+
 class catalog {
 public:
   /// Parses catalog JSON; `invalid_argument` naming the offending entry.
@@ -40,8 +42,24 @@ public:
   std::vector<std::string> names() const;
   size_t size() const noexcept { return entries_.size(); }
 
+  /// Every entry checked against what `backends` declare, without loading
+  /// anything: the backend exists, each parameter is one it has (a misspelt
+  /// one names the nearest), each value has its type. One line per
+  /// problem, "FILE:LINE:COLUMN: catalog entry 'x': ..."; empty if none.
+  std::vector<std::string> check(const backend_registry& backends) const;
+
+  /// Each entry with its backend's declaration, as JSON: {"NAME": {"backend",
+  /// "params" (as given), "doc", "parameters": [{"name", "type", "default",
+  /// "doc"}], "inputs"/"outputs": [{"name", "dtype", "shape" (null: any),
+  /// "doc", "optional"}]}}. What `modelreg describe` shows.
+  std::string describe_json(const backend_registry& backends) const;
+
 private:
   std::map<std::string, model_spec> entries_;
+  std::string source_ = "catalog"; ///< the file, for positions
+  std::string text_;               ///< the JSON it was parsed from
+  /// "FILE:LINE:COLUMN" of `entry` (and of its parameter `param`).
+  std::string where(const std::string& entry, const std::string& param = {}) const;
 };
 
 } // namespace modelreg

@@ -144,6 +144,22 @@ std::mutex init_mutex;
 } // namespace
 
 void add_pocketsphinx_backend(backend_registry& registry) {
+  backend_info info;
+  info.doc = "speech recognition (CMU pocketsphinx; Debian's en-us model by default)";
+  info.params = {
+    {"hmm", param_info::kind::text, default_hmm, "acoustic model folder"},
+    {"lm", param_info::kind::text, default_lm, "language model file"},
+    {"dict", param_info::kind::text, default_dict, "pronunciation dictionary"},
+  };
+  info.inputs = {
+    {"audio", "i16", std::vector<int64_t>{-1}, "16 kHz mono PCM: [samples] or [1, samples]"},
+    {"sample_rate", "i32|i64", std::vector<int64_t>{1}, "16000 if given (int32 or int64)", true},
+  };
+  info.outputs = {
+    {"text", "u8", std::vector<int64_t>{-1}, "the transcript, UTF-8"},
+    {"words", "u8", std::vector<int64_t>{-1}, "one word per line, UTF-8"},
+    {"word_times", "f32", std::vector<int64_t>{-1, 3}, "start s, end s, confidence per word"},
+  };
   registry.add("pocketsphinx", [](const model_spec& spec) -> caf::expected<model_ptr> {
     auto hmm = param_string(spec, "hmm", default_hmm);
     auto lm = param_string(spec, "lm", default_lm);
@@ -166,7 +182,7 @@ void add_pocketsphinx_backend(backend_registry& registry) {
     auto after = resident_bytes();
     return std::make_shared<pocketsphinx_model>(ps, config, after > before ? after - before : 0,
                                                 "pocketsphinx(" + lm.substr(lm.rfind('/') + 1) + ")");
-  });
+  }, std::move(info));
 }
 
 bool have_pocketsphinx() noexcept {
