@@ -35,12 +35,13 @@ test: build
 
 # A second build with clang, AddressSanitizer and UndefinedBehaviorSanitizer:
 # every test again (the multi-process ones included) and a bounded libFuzzer
-# run of the frame decoder.
+# run of the frame decoder. It is also CI's non-default option combination:
+# no benchmarks, examples or Python package.
 test-sanitize: deps
 	@cmake -S . -B $(SANITIZE_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
 	  -DMODELREG_SANITIZE=ON -DMODELREG_FUZZ=ON \
-	  -DMODELREG_BUILD_EXAMPLES=OFF -DMODELREG_BUILD_PYTHON=OFF > /dev/null
+	  -DMODELREG_BUILD_EXAMPLES=OFF -DMODELREG_BUILD_PYTHON=OFF -DMODELREG_BUILD_BENCH=OFF > /dev/null
 	@cmake --build $(SANITIZE_DIR) -j $(JOBS) --target modelreg_tests modelreg_cli frame_fuzz
 	@cd $(SANITIZE_DIR) && ctest --output-on-failure -j $(JOBS) -E "^cli\\."
 

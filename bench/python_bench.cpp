@@ -16,13 +16,15 @@
 #include <caf/actor_system.hpp>
 #include <caf/send.hpp>
 
-#include "bench/child_process.hpp"
-#include "bench/private_node.hpp"
+#include "tools/child_process.hpp"
+#include "tools/private_node.hpp"
 #include "modelreg/actors/remote_registry.hpp"
 #include "modelreg/messages/error.hpp"
 #include "modelreg/messages/system_config.hpp"
 
 namespace modelreg::bench {
+
+using namespace modelreg::tools;
 
 namespace {
 

@@ -18,90 +18,17 @@
 #include <caf/stateful_actor.hpp>
 #include <caf/send.hpp>
 
-#include "bench/child_process.hpp"
-#include "bench/private_node.hpp"
+#include "tools/child_process.hpp"
+#include "tools/private_node.hpp"
 #include "modelreg/actors/remote_registry.hpp"
 #include "modelreg/messages/error.hpp"
 #include "modelreg/messages/system_config.hpp"
 
 namespace modelreg::bench {
 
+using namespace modelreg::tools;
+
 namespace {
-
-int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-           std::chrono::steady_clock::now().time_since_epoch())
-    .count();
-}
-
-using go_atom = caf::atom_constant<caf::atom("go")>;
-
-struct driver_result {
-  uint64_t done = 0;
-  uint64_t errors = 0;
-  uint64_t wrong = 0;
-  std::vector<uint32_t> latencies_us;
-  std::string first_error;
-};
-
-struct driver_state {
-  registry_actor reg;
-  std::string model;
-  tensor input;
-  uint64_t total = 0;
-  uint64_t sent = 0;
-  std::shared_ptr<driver_result> out;
-};
-
-void send_one(caf::stateful_actor<driver_state>* self) {
-  auto& st = self->state;
-  if (st.sent >= st.total)
-    return;
-  ++st.sent;
-  auto started = now_ns();
-  auto finish_one = [self] {
-    if (++self->state.out->done == self->state.total)
-      self->quit();
-    else
-      send_one(self);
-  };
-  self->request(st.reg, caf::infinite, infer_atom::value, st.model, tensor_map{{"x", st.input}})
-    .then(
-      [self, started, finish_one](const tensor_map& result) {
-        auto& st = self->state;
-        st.out->latencies_us.push_back(static_cast<uint32_t>((now_ns() - started) / 1000));
-        auto i = result.find("x");
-        if (i == result.end() || i->second.nbytes() != st.input.nbytes() ||
-            std::memcmp(i->second.data(), st.input.data(), st.input.nbytes()) != 0)
-          ++st.out->wrong;
-        finish_one();
-      },
-      [self, finish_one](caf::error& err) {
-        auto& out = *self->state.out;
-        ++out.errors;
-        if (out.first_error.empty())
-          out.first_error = describe(err);
-        finish_one();
-      });
-}
-
-/// Keeps `in_flight` requests outstanding until `total` were answered.
-caf::behavior driver(caf::stateful_actor<driver_state>* self, registry_actor reg,
-                     std::string model, tensor input, uint64_t total, size_t in_flight,
-                     std::shared_ptr<driver_result> out) {
-  auto& st = self->state;
-  st.reg = std::move(reg);
-  st.model = std::move(model);
-  st.input = std::move(input);
-  st.total = total;
-  st.out = std::move(out);
-  return {
-    [self, in_flight](go_atom) {
-      for (size_t i = 0; i < in_flight; ++i)
-        send_one(self);
-    },
-  };
-}
 
 double percentile(std::vector<uint32_t>& v, double q) {
   if (v.empty())
@@ -112,56 +39,6 @@ double percentile(std::vector<uint32_t>& v, double q) {
 }
 
 } // namespace
-
-int run_serve_bench_client(const std::string& uri, const std::string& model, uint64_t requests,
-                           size_t in_flight, size_t elements, const std::string& latency_file) {
-  system_config cfg;
-  caf::actor_system sys{cfg};
-  auto reg = connect(sys, uri);
-  if (!reg) {
-    std::printf("{\"error\":\"%s\"}\n", describe(reg.error()).c_str());
-    return 1;
-  }
-  auto handle = get_model(sys, *reg, model);
-  if (!handle) {
-    std::printf("{\"error\":\"%s\"}\n", describe(handle.error()).c_str());
-    return 1;
-  }
-  // The input lives in shared memory: each request sends a reference.
-  auto input = allocate_input(sys, *reg, dtype::f32, {static_cast<int64_t>(elements)});
-  if (!input) {
-    std::printf("{\"error\":\"%s\"}\n", describe(input.error()).c_str());
-    return 1;
-  }
-  auto values = input->mutable_values<float>();
-  for (size_t i = 0; i < elements; ++i)
-    (*values)[i] = static_cast<float>(i) * 0.5f;
-  std::printf("ready\n");
-  std::fflush(stdout);
-  char line[16];
-  (void) std::fgets(line, sizeof(line), stdin); // a line or EOF: go
-  auto out = std::make_shared<driver_result>();
-  out->latencies_us.reserve(requests);
-  int64_t start = now_ns();
-  {
-    caf::scoped_actor self{sys};
-    auto d = sys.spawn(driver, *reg, model, *input, requests, in_flight, out);
-    self->monitor(d);
-    caf::anon_send(d, go_atom::value);
-    self->receive([](const caf::down_msg&) {});
-  }
-  int64_t end = now_ns();
-  std::ofstream lat{latency_file, std::ios::binary};
-  lat.write(reinterpret_cast<const char*>(out->latencies_us.data()),
-            static_cast<std::streamsize>(out->latencies_us.size() * sizeof(uint32_t)));
-  nlohmann::json j = {{"requests", out->done}, {"errors", out->errors}, {"wrong", out->wrong},
-                      {"start_ns", start},     {"end_ns", end},         {"first_error", out->first_error}};
-  std::printf("%s\n", j.dump().c_str());
-  std::fflush(stdout);
-  handle->release();
-  caf::anon_send(*reg, shutdown_atom::value);
-  return 0;
-}
 
 std::string run_serve_bench(const serve_bench_options& opts) {
   char tmpl[] = "/tmp/modelreg-bench-serve-XXXXXX";

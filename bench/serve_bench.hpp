@@ -30,10 +30,4 @@ struct serve_bench_options {
 /// stalled_peer.
 std::string run_serve_bench(const serve_bench_options& opts);
 
-/// One client process: connects to `uri`, gets `model`, prints "ready", waits
-/// for a line on stdin, runs, prints its JSON and writes its latencies (u32
-/// microseconds) to `latency_file`.
-int run_serve_bench_client(const std::string& uri, const std::string& model, uint64_t requests,
-                           size_t in_flight, size_t elements, const std::string& latency_file);
-
 } // namespace modelreg::bench

@@ -23,13 +23,14 @@
 #include "modelreg/backend/catalog.hpp"
 #include "modelreg/log.hpp"
 
+#include "tools/asr_demo.hpp"
+#include "tools/serve_client.hpp"
+#include "tools/transport_peer.hpp"
 #ifdef MODELREG_WITH_BENCH
-#include "bench/asr_demo.hpp"
 #include "bench/python_bench.hpp"
 #include "bench/registry_bench.hpp"
 #include "bench/serve_bench.hpp"
 #include "bench/transport_bench.hpp"
-#include "bench/transport_peer.hpp"
 #endif
 #ifdef MODELREG_WITH_GRPC
 #include "bench/grpc_bench.hpp"
@@ -190,7 +191,7 @@ std::vector<command> add_benchmarks(CLI::App& app) {
     add_count(sub, "--clients", *clients, "processes (default 4)", 1, 64);
     sub->add_option("--model", *model, "catalog model (default asr-en-us)");
     out.push_back({sub, [clients, model, json] {
-      auto result = modelreg::bench::run_memory_bench(self_path(), *clients, *model);
+      auto result = modelreg::tools::run_memory_bench(self_path(), *clients, *model);
       auto j = nlohmann::json::parse(result);
       if (*json) {
         std::cout << result << std::endl;
@@ -249,10 +250,11 @@ std::vector<command> add_benchmarks(CLI::App& app) {
   }
   return out;
 }
+#endif
 
 /// The main job.
 command add_demo(CLI::App& app) {
-  auto opts = std::make_shared<modelreg::bench::demo_options>();
+  auto opts = std::make_shared<modelreg::tools::demo_options>();
   auto expect = std::make_shared<std::vector<std::string>>();
   auto* sub = app.add_subcommand(
     "demo", "the main job: 4 pipeline-node processes share one speech recogniser held by a "
@@ -270,7 +272,7 @@ command add_demo(CLI::App& app) {
         if (r.file.find(e.substr(0, eq)) != std::string::npos)
           r.expected = e.substr(eq + 1);
     }
-    return modelreg::bench::run_demo(*opts);
+    return modelreg::tools::run_demo(*opts);
   }};
 }
 
@@ -292,8 +294,9 @@ std::optional<int> run_hidden(const std::string& command, std::vector<std::strin
     uint64_t quota = 0;
     if (args.size() >= 3 && args[1] == "--quota-bytes")
       quota = n(args[2]);
-    return modelreg::bench::run_echo_server(args[0], !inline_only, quota);
+    return modelreg::tools::run_echo_server(args[0], !inline_only, quota);
   }
+#ifdef MODELREG_WITH_BENCH
 #ifdef MODELREG_WITH_GRPC
   if (command == "__grpc-echo-server" && !args.empty())
     return modelreg::bench::run_grpc_echo_server(args[0]);
@@ -302,27 +305,26 @@ std::optional<int> run_hidden(const std::string& command, std::vector<std::strin
     return modelreg::bench::run_caf_echo_server();
   if (command == "__bench-rtt-client" && args.size() == 2)
     return modelreg::bench::run_rtt_client(args[0], args[1]);
+#endif
   if (command == "__bench-serve-client" && args.size() == 6)
-    return modelreg::bench::run_serve_bench_client(args[0], args[1], n(args[2]), n(args[3]),
+    return modelreg::tools::run_serve_bench_client(args[0], args[1], n(args[2]), n(args[3]),
                                                    n(args[4]), args[5]);
   if (command == "__asr-node-client" && args.size() >= 3)
-    return modelreg::bench::run_asr_node_client(
+    return modelreg::tools::run_asr_node_client(
       args[0], args[1], std::vector<std::string>(args.begin() + 2, args.end()));
   if (command == "__asr-alone" && args.size() == 2)
-    return modelreg::bench::run_asr_alone(builtin_spec(args[0]), args[1]);
+    return modelreg::tools::run_asr_alone(builtin_spec(args[0]), args[1]);
   if (command == "__hold" && args.size() == 3)
-    return modelreg::bench::run_holding_client(args[0], n(args[1]), n(args[2]));
+    return modelreg::tools::run_holding_client(args[0], n(args[1]), n(args[2]));
   if (command == "__flood-client" && args.size() == 3)
-    return modelreg::bench::run_flood_client(args[0], n(args[1]), n(args[2]));
+    return modelreg::tools::run_flood_client(args[0], n(args[1]), n(args[2]));
   return std::nullopt;
 }
-#endif
 
 } // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
-#ifdef MODELREG_WITH_BENCH
   if (!args.empty() && args.front().rfind("__", 0) == 0) {
     modelreg::log::init(std::nullopt);
     try {
@@ -334,7 +336,6 @@ int main(int argc, char** argv) {
     }
     return usage_error("unknown internal command " + args.front());
   }
-#endif
   CLI::App app{"modelreg: load each ML model once and share it"};
   app.name("modelreg");
   app.footer(footer);
@@ -351,8 +352,8 @@ int main(int argc, char** argv) {
     commands.push_back(std::move(c));
   for (auto& c : add_client_commands(app))
     commands.push_back(std::move(c));
-#ifdef MODELREG_WITH_BENCH
   commands.push_back(add_demo(app));
+#ifdef MODELREG_WITH_BENCH
   for (auto& c : add_benchmarks(app))
     commands.push_back(std::move(c));
 #endif

@@ -82,12 +82,17 @@ TEST_F(cli_test, EveryCommandAnswersHelpAndAMistypedOneGetsTheNearest) {
          {"unload"},
          {"infer"},
          {"demo"},
+         {"describe"},
+         {"catalog"},
+         {"catalog", "check"},
+#ifdef MODELREG_CLI_HAS_BENCH
          {"bench"},
          {"bench", "serve"},
          {"bench", "memory"},
          {"bench", "python"},
          {"bench", "registry"},
          {"bench", "transport"},
+#endif
        }) {
     cmd.push_back("--help");
     auto r = run(cmd);

@@ -15,13 +15,13 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/registry_fixture.hpp"
-#include "bench/child_process.hpp"
+#include "tools/child_process.hpp"
 #include "modelreg/actors/remote_registry.hpp"
 
 namespace modelreg::test {
 
 using namespace std::chrono_literals;
-using bench::child_process;
+using tools::child_process;
 namespace fs = std::filesystem;
 
 inline constexpr const char* test_catalog = R"({

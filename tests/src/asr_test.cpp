@@ -8,7 +8,7 @@
 
 #include <gtest/gtest.h>
 
-#include "bench/asr_demo.hpp"
+#include "tools/asr_demo.hpp"
 #include "modelreg/backend/backend_registry.hpp"
 #include "modelreg/backend/pocketsphinx.hpp"
 #include "modelreg/messages/error.hpp"
@@ -83,13 +83,13 @@ protected:
 TEST_F(asr_test, DebiansRecordingsGiveThePinnedTranscripts) {
   EXPECT_GT(recogniser->memory_bytes(), 10u << 20); // measured: tens of MiB
   EXPECT_FALSE(recogniser->capabilities().thread_safe);
-  for (const auto& r : bench::default_recordings()) {
+  for (const auto& r : tools::default_recordings()) {
     auto out = recognise({{"audio", pcm_tensor(read_file(r.file))}});
     ASSERT_TRUE(out) << describe(out.error());
     EXPECT_EQ(as_string(out->at("text")), r.expected) << r.file;
   }
   // Word segments: one row per word, ordered, inside the recording.
-  auto out = recognise({{"audio", pcm_tensor(read_file(bench::default_recordings()[0].file))}});
+  auto out = recognise({{"audio", pcm_tensor(read_file(tools::default_recordings()[0].file))}});
   ASSERT_TRUE(out);
   EXPECT_EQ(as_string(out->at("words")), "go\nforward\nten\nmeters\n");
   const auto& times = out->at("word_times");
@@ -135,7 +135,7 @@ TEST_F(asr_test, APhraseSpokenByEspeakGoesThroughTheWholePipeline) {
 }
 
 TEST_F(asr_test, AudioItCannotTakeGetsAClearError) {
-  auto pcm = read_file(bench::default_recordings()[0].file);
+  auto pcm = read_file(tools::default_recordings()[0].file);
   auto check = [&](const tensor_map& in, const std::string& mentions) {
     auto out = recognise(in);
     ASSERT_FALSE(out) << mentions;

@@ -11,8 +11,8 @@
 
 #include <dlpack/dlpack.h>
 
-#include "bench/transport_peer.hpp"
-#include "bench/child_process.hpp"
+#include "tools/transport_peer.hpp"
+#include "tools/child_process.hpp"
 #include "modelreg/messages/error.hpp"
 #include "modelreg/tensor/dlpack.hpp"
 #include "modelreg/transport/rpc.hpp"
@@ -23,7 +23,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using namespace modelreg::transport;
-using modelreg::bench::child_process;
+using modelreg::tools::child_process;
 
 std::set<std::string> dev_shm_entries() {
   std::set<std::string> result;
@@ -96,7 +96,7 @@ TEST_F(transport_test, TensorsOfEverySizeCrossBetweenProcessesWithoutACopy) {
       bytes[i] = static_cast<std::byte>(i / 4096 * 7 + size);
     if (size > 0)
       bytes[size - 1] = std::byte{0x5a};
-    auto expected = bench::checksum(t->data(), size);
+    auto expected = tools::checksum(t->data(), size);
     // Act
     auto reply = echo(**client, *t);
     // Assert
@@ -127,7 +127,7 @@ TEST_F(transport_test, FallsBackToInlineTensorsWhenThePeerOffersNoSharedMemory) 
   auto reply = echo(**client, *t);
   ASSERT_TRUE(reply) << describe(reply.error());
   auto out = outputs_of(*reply);
-  EXPECT_EQ(first<uint64_t>(out.at("__checksum")), bench::checksum(t->data(), t->nbytes()));
+  EXPECT_EQ(first<uint64_t>(out.at("__checksum")), tools::checksum(t->data(), t->nbytes()));
   EXPECT_EQ(out.at("x").nbytes(), data.size());
   EXPECT_GE(ep->counters().copied_bytes.load(), data.size()) << "inline tensors are copied";
   ep->stop();
@@ -144,7 +144,7 @@ TEST_F(transport_test, KilledPeerIsReclaimedAtOnceAndLeavesNoFdsAndNothingInDevS
     auto* raw = ep.get();
     std::atomic<int> disconnects{0};
     ASSERT_FALSE(ep->listen(
-      path, [raw](const connection_ptr& c, frame_ptr f) { bench::answer_echo(*raw, c, f); },
+      path, [raw](const connection_ptr& c, frame_ptr f) { tools::answer_echo(*raw, c, f); },
       [&](const connection_ptr&, const caf::error& err) {
         if (is(err, errc::peer_disconnected))
           ++disconnects;
@@ -191,7 +191,7 @@ TEST_F(transport_test, ADlpackExportOfAReceivedTensorHoldsItsLoanUntilTheDeleter
   auto server = endpoint::start();
   auto* raw = server.get();
   ASSERT_FALSE(server->listen(
-    path, [raw](const connection_ptr& c, frame_ptr f) { bench::answer_echo(*raw, c, f); }));
+    path, [raw](const connection_ptr& c, frame_ptr f) { tools::answer_echo(*raw, c, f); }));
   auto ep = endpoint::start();
   auto client = rpc_client::connect(ep, path);
   ASSERT_TRUE(client);
@@ -340,7 +340,7 @@ protected:
     server = endpoint::start(opts);
     auto* raw = server.get();
     if (server->listen(
-          path, [raw](const connection_ptr& c, frame_ptr f) { bench::answer_echo(*raw, c, f); },
+          path, [raw](const connection_ptr& c, frame_ptr f) { tools::answer_echo(*raw, c, f); },
           [this](const connection_ptr&, const caf::error& err) {
             std::lock_guard guard{mutex};
             errors.push_back(err);

@@ -1,4 +1,4 @@
-#include "bench/asr_demo.hpp"
+#include "tools/asr_demo.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -16,14 +16,14 @@
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 
-#include "bench/child_process.hpp"
-#include "bench/private_node.hpp"
+#include "tools/child_process.hpp"
+#include "tools/private_node.hpp"
 #include "modelreg/actors/remote_registry.hpp"
 #include "modelreg/backend/backend_registry.hpp"
 #include "modelreg/messages/error.hpp"
 #include "modelreg/messages/system_config.hpp"
 
-namespace modelreg::bench {
+namespace modelreg::tools {
 
 namespace {
 
@@ -344,4 +344,4 @@ std::string run_memory_bench(const std::string& self_path, size_t clients, const
     .dump();
 }
 
-} // namespace modelreg::bench
+} // namespace modelreg::tools

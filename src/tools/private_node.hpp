@@ -14,10 +14,10 @@
 #include <caf/actor_system.hpp>
 #include <caf/scoped_actor.hpp>
 
-#include "bench/child_process.hpp"
+#include "tools/child_process.hpp"
 #include "modelreg/actors/registry_actor.hpp"
 
-namespace modelreg::bench {
+namespace modelreg::tools {
 
 /// A node on a private socket in a fresh /tmp directory, started from this
 /// executable; stopped (SIGTERM) and its directory removed at the end.
@@ -56,4 +56,4 @@ inline caf::expected<model_handle> get_model(caf::actor_system& sys, const regis
   return out;
 }
 
-} // namespace modelreg::bench
+} // namespace modelreg::tools

@@ -1,4 +1,4 @@
-#include "bench/transport_peer.hpp"
+#include "tools/transport_peer.hpp"
 
 #include <cstring>
 #include <atomic>
@@ -10,7 +10,7 @@
 #include "modelreg/messages/error.hpp"
 #include "modelreg/transport/rpc.hpp"
 
-namespace modelreg::bench {
+namespace modelreg::tools {
 
 using namespace modelreg::transport;
 
@@ -171,4 +171,4 @@ int run_flood_client(const std::string& path, size_t count, size_t bytes) {
   return 0;
 }
 
-} // namespace modelreg::bench
+} // namespace modelreg::tools

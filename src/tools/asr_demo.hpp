@@ -9,7 +9,7 @@
 
 #include "modelreg/messages/model_spec.hpp"
 
-namespace modelreg::bench {
+namespace modelreg::tools {
 
 /// The recordings the demo transcribes, with what the recogniser returns.
 struct recording {
@@ -49,4 +49,4 @@ int run_asr_alone(const model_spec& spec, const std::string& file);
 /// Proportional set size of process `pid` in bytes (smaps_rollup), 0 if unknown.
 uint64_t pss_bytes(int pid);
 
-} // namespace modelreg::bench
+} // namespace modelreg::tools

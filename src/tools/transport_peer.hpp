@@ -11,7 +11,7 @@
 
 #include "modelreg/transport/endpoint.hpp"
 
-namespace modelreg::bench {
+namespace modelreg::tools {
 
 /// FNV-1a over 64-bit words (then the tail bytes): fast enough for 256 MiB.
 uint64_t checksum(const std::byte* data, size_t n);
@@ -41,4 +41,4 @@ int run_holding_client(const std::string& path, size_t count, size_t bytes);
 /// stops draining its ring, or dies with requests in flight.
 int run_flood_client(const std::string& path, size_t count, size_t bytes);
 
-} // namespace modelreg::bench
+} // namespace modelreg::tools

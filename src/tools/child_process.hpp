@@ -15,7 +15,7 @@
 
 extern char** environ;
 
-namespace modelreg::bench {
+namespace modelreg::tools {
 
 class child_process {
 public:
@@ -122,4 +122,4 @@ private:
   std::string buffer_;
 };
 
-} // namespace modelreg::bench
+} // namespace modelreg::tools
