@@ -101,14 +101,14 @@ int run_rtt_client(const std::string& uri, const std::string& model) {
   copts.reconnect = false;
   auto reg = connect(sys, uri, copts);
   if (!reg) {
-    std::printf("{\"error\":\"%s\"}\n", describe(reg.error()).c_str());
+    std::printf("%s\n", nlohmann::json{{"error", describe(reg.error())}}.dump().c_str());
     return 1;
   }
   // A synchronous caller, as a pipeline node written against connect()
   // would be.
   auto handle = get_model(sys, *reg, model);
   if (!handle) {
-    std::printf("{\"error\":\"%s\"}\n", describe(handle.error()).c_str());
+    std::printf("%s\n", nlohmann::json{{"error", describe(handle.error())}}.dump().c_str());
     return 1;
   }
   // Its fastest path: the request written by this thread, the answer
@@ -127,7 +127,7 @@ int run_rtt_client(const std::string& uri, const std::string& model) {
       auto elements = static_cast<int64_t>(bytes / sizeof(float));
       auto t = allocate_input(sys, *reg, dtype::f32, {elements});
       if (!t) {
-        std::printf("{\"error\":\"%s\"}\n", describe(t.error()).c_str());
+        std::printf("%s\n", nlohmann::json{{"error", describe(t.error())}}.dump().c_str());
         return 1;
       }
       auto values = t->mutable_values<float>();

@@ -297,7 +297,11 @@ std::string run_transport_bench(const transport_bench_options& opts) {
   // that has threads.
   auto floor = eventfd_floor(opts.iterations / 2);
   char tmpl[] = "/tmp/modelreg-bench-XXXXXX";
-  std::string dir = ::mkdtemp(tmpl);
+  if (::mkdtemp(tmpl) == nullptr)
+    return nlohmann::json{{"error", std::string{"cannot create a folder in /tmp: "} +
+                                      std::strerror(errno)}}
+      .dump();
+  std::string dir = tmpl;
   auto shm_rows = run_modelreg(opts, true, dir + "/run");
   auto after = eventfd_floor(opts.iterations / 2);
   floor.insert(floor.end(), after.begin(), after.end());

@@ -272,7 +272,7 @@ public:
     cfg.max_concurrent_loads = max_concurrent_loads;
     if (load_timeout_seconds > 0)
       cfg.load_timeout = std::chrono::milliseconds{static_cast<int64_t>(load_timeout_seconds * 1000)};
-    reg_ = std::make_unique<registry>(*rt_->sys, cfg);
+    reg_ = std::make_shared<registry>(*rt_->sys, cfg);
     std::lock_guard guard{live_mutex};
     live_registries.insert(this);
   }
@@ -284,10 +284,12 @@ public:
     close();
   }
 
-  /// Stops the registry (its models are dropped on actor threads, which take
-  /// the GIL: the caller must not hold it).
+  /// Stops the registry once no call uses it any more: later calls raise
+  /// `shutting_down`, calls already running finish first (they hold it).
+  /// Its models are dropped on actor threads, which take the GIL: the
+  /// caller must not hold it.
   void close() {
-    std::unique_ptr<registry> r;
+    std::shared_ptr<registry> r;
     {
       std::lock_guard guard{mutex_};
       r = std::move(reg_);
@@ -295,16 +297,28 @@ public:
     r.reset();
   }
 
-  registry& get() {
+  /// The registry for one call. Whoever drops the last reference destroys
+  /// it, which needs the GIL released: `use` does that at the end of the
+  /// call (it is made and dropped with the GIL held).
+  struct use {
+    std::shared_ptr<registry> ptr;
+    registry* operator->() const { return ptr.get(); }
+    ~use() {
+      py::gil_scoped_release nogil;
+      ptr.reset();
+    }
+  };
+
+  use get() {
     std::lock_guard guard{mutex_};
     if (!reg_)
       throw error{"shutting_down", "the registry was closed"};
-    return *reg_;
+    return use{reg_};
   }
 
   std::unique_ptr<handle_wrapper> get_or_load(const std::string& key, py::function loader) {
     auto fn = std::make_shared<gil_object>(std::move(loader));
-    auto& reg = get();
+    auto reg = get();
     loader_fn load = [fn, key, objs = objects_]() -> caf::expected<model_ptr> {
       py::gil_scoped_acquire gil;
       try {
@@ -329,7 +343,7 @@ public:
         return make_error(errc::load_failed, "loader for '" + key + "' failed: " + e.what());
       }
     };
-    auto h = without_gil([&] { return reg.get_or_load(key, std::move(load)); });
+    auto h = without_gil([&] { return reg->get_or_load(key, std::move(load)); });
     auto obj = object_of(h);
     if (!obj)
       throw error{"model_crashed", "the model under '" + key + "' is gone"};
@@ -337,19 +351,19 @@ public:
   }
 
   std::string metrics_json() {
-    auto& reg = get();
-    return to_json(without_gil([&] { return reg.metrics(); }));
+    auto reg = get();
+    return to_json(without_gil([&] { return reg->metrics(); }));
   }
 
   py::tuple evict_expired() {
-    auto& reg = get();
-    auto rep = without_gil([&] { return reg.evict_expired(); });
+    auto reg = get();
+    auto rep = without_gil([&] { return reg->evict_expired(); });
     return py::make_tuple(rep.count, rep.freed_bytes);
   }
 
   py::tuple unload(const std::string& key) {
-    auto& reg = get();
-    auto rep = without_gil([&] { return reg.unload(key); });
+    auto reg = get();
+    auto rep = without_gil([&] { return reg->unload(key); });
     return py::make_tuple(rep.count, rep.freed_bytes);
   }
 
@@ -373,7 +387,7 @@ private:
 
   std::shared_ptr<runtime> rt_;
   std::mutex mutex_;
-  std::unique_ptr<registry> reg_;
+  std::shared_ptr<registry> reg_;
   std::shared_ptr<objects> objects_ = std::make_shared<objects>();
 };
 

@@ -159,3 +159,39 @@ def test_exit_with_loaded_models_and_held_handles_is_clean():
         out = subprocess.run([sys.executable, "-c", EXIT_WITH_MODELS], capture_output=True,
                              text=True, timeout=60)
         assert (out.returncode, out.stdout, out.stderr) == (0, "loaded\n", "")
+
+
+def test_close_while_other_threads_call_never_crashes():
+    # Before: close() destroyed the registry under calls still using it
+    # (a segfault in 2 of 3 runs). Now each call finishes or raises
+    # ModelRegError("shutting_down"); nothing else.
+    for _ in range(3):
+        r = modelreg.Registry()
+        stop = threading.Event()
+        outcomes = []
+
+        def call(i):
+            while not stop.is_set():
+                try:
+                    with r.get_or_load(f"k{i % 3}", lambda: Weights(64)):
+                        pass
+                    r.metrics()
+                    outcomes.append("ok")
+                except modelreg.ModelRegError as e:
+                    outcomes.append(e.code)
+                    if e.code == "shutting_down":
+                        return
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        assert eventually(lambda: len(outcomes) >= 30)
+        r.close()
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+            assert not t.is_alive()
+        assert set(outcomes) <= {"ok", "shutting_down"}, set(outcomes)
+        with pytest.raises(modelreg.ModelRegError) as e:
+            r.get_or_load("k0", lambda: Weights(1))
+        assert e.value.code == "shutting_down"

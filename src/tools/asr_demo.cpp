@@ -112,7 +112,7 @@ int run_asr_node_client(const std::string& uri, const std::string& model,
   caf::actor_system sys{cfg};
   auto reg = connect(sys, uri);
   if (!reg) {
-    std::printf("{\"error\":\"%s\"}\n", describe(reg.error()).c_str());
+    std::printf("%s\n", nlohmann::json{{"error", describe(reg.error())}}.dump().c_str());
     return 1;
   }
   std::printf("connected\n");
@@ -123,7 +123,7 @@ int run_asr_node_client(const std::string& uri, const std::string& model,
   auto asked = std::chrono::steady_clock::now();
   auto handle = get_model(sys, *reg, model);
   if (!handle) {
-    std::printf("{\"error\":\"%s\"}\n", describe(handle.error()).c_str());
+    std::printf("%s\n", nlohmann::json{{"error", describe(handle.error())}}.dump().c_str());
     return 1;
   }
   auto load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - asked).count();
@@ -133,7 +133,7 @@ int run_asr_node_client(const std::string& uri, const std::string& model,
     // Written straight into shared memory: the recogniser reads it in place.
     auto audio = allocate_input(sys, *reg, dtype::i16, {samples});
     if (!audio) {
-      std::printf("{\"error\":\"%s\"}\n", describe(audio.error()).c_str());
+      std::printf("%s\n", nlohmann::json{{"error", describe(audio.error())}}.dump().c_str());
       return 1;
     }
     std::memcpy(audio->mutable_data(), pcm.data(), static_cast<size_t>(samples) * 2);
@@ -164,12 +164,12 @@ int run_asr_node_client(const std::string& uri, const std::string& model,
 int run_asr_alone(const model_spec& spec, const std::string& file) {
   auto loader = backend_registry::with_builtins()->loader_for(spec);
   if (!loader) {
-    std::printf("{\"error\":\"%s\"}\n", describe(loader.error()).c_str());
+    std::printf("%s\n", nlohmann::json{{"error", describe(loader.error())}}.dump().c_str());
     return 1;
   }
   auto m = (*loader)();
   if (!m) {
-    std::printf("{\"error\":\"%s\"}\n", describe(m.error()).c_str());
+    std::printf("%s\n", nlohmann::json{{"error", describe(m.error())}}.dump().c_str());
     return 1;
   }
   auto pcm = read_file(file);

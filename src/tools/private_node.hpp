@@ -24,16 +24,21 @@ namespace modelreg::tools {
 struct private_node {
   private_node(const std::string& self_path, const std::string& name) {
     std::string tmpl = "/tmp/modelreg-" + name + "-XXXXXX";
-    dir = ::mkdtemp(tmpl.data());
+    if (::mkdtemp(tmpl.data()) == nullptr)
+      return; // `ready` stays false: the caller reports it
+    dir = tmpl;
     socket = dir + "/node.sock";
     process = std::make_unique<child_process>(
       std::vector<std::string>{self_path, "serve", "--socket", socket});
     ready = process->read_line(std::chrono::seconds{30}).rfind("ready", 0) == 0;
   }
   ~private_node() {
-    process->kill(SIGTERM);
-    process->wait_for_exit(std::chrono::seconds{10});
-    std::filesystem::remove_all(dir);
+    if (process) {
+      process->kill(SIGTERM);
+      process->wait_for_exit(std::chrono::seconds{10});
+    }
+    if (!dir.empty())
+      std::filesystem::remove_all(dir);
   }
   private_node(const private_node&) = delete;
   private_node& operator=(const private_node&) = delete;

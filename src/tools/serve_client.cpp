@@ -110,18 +110,18 @@ int run_serve_bench_client(const std::string& uri, const std::string& model, uin
   caf::actor_system sys{cfg};
   auto reg = connect(sys, uri);
   if (!reg) {
-    std::printf("{\"error\":\"%s\"}\n", describe(reg.error()).c_str());
+    std::printf("%s\n", nlohmann::json{{"error", describe(reg.error())}}.dump().c_str());
     return 1;
   }
   auto handle = get_model(sys, *reg, model);
   if (!handle) {
-    std::printf("{\"error\":\"%s\"}\n", describe(handle.error()).c_str());
+    std::printf("%s\n", nlohmann::json{{"error", describe(handle.error())}}.dump().c_str());
     return 1;
   }
   // The input lives in shared memory: each request sends a reference.
   auto input = allocate_input(sys, *reg, dtype::f32, {static_cast<int64_t>(elements)});
   if (!input) {
-    std::printf("{\"error\":\"%s\"}\n", describe(input.error()).c_str());
+    std::printf("%s\n", nlohmann::json{{"error", describe(input.error())}}.dump().c_str());
     return 1;
   }
   auto values = input->mutable_values<float>();

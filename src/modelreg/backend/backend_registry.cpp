@@ -59,7 +59,8 @@ caf::error backend_registry::check(const model_spec& spec) const {
   const auto& info = i->second;
   if (info.open)
     return {};
-  for (const auto& [name, value] : spec.params) {
+  for (const auto& kv : spec.params) {
+    const auto& name = kv.first; // (clang 14 cannot capture a structured binding)
     auto p = std::find_if(info.params.begin(), info.params.end(),
                           [&](const param_info& x) { return x.name == name; });
     if (p == info.params.end()) {
