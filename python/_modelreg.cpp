@@ -7,6 +7,7 @@
 // held. At interpreter exit, `_shutdown` (registered with atexit) releases
 // every handle, stops every registry and the actor system with the GIL
 // released, so no actor thread waits for a GIL the exiting thread holds.
+#include <fstream>
 #include <map>
 #include <optional>
 #include <memory>
@@ -440,8 +441,34 @@ dtype dtype_of_array(const py::array& a) {
 /// A tensor from a worker, for Python: read-only, zero-copy through the array
 /// interface and DLPack; its memory stays the worker's until the last
 /// reference (array, DLPack consumer or this object) is gone.
+/// Where the bytes at `p` live, for a Tensor's repr: the mapping in
+/// /proc/self/maps that holds them.
+std::string memory_of(const void* p) {
+  auto addr = reinterpret_cast<uintptr_t>(p);
+  std::ifstream maps{"/proc/self/maps"};
+  std::string line;
+  while (std::getline(maps, line)) {
+    uintptr_t lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx", &lo, &hi) != 2 || addr < lo || addr >= hi)
+      continue;
+    if (line.find("memfd:modelreg") != std::string::npos)
+      return "shared memory, zero-copy";
+    return "this process's memory";
+  }
+  return "unknown memory";
+}
+
 struct tensor_wrapper {
   tensor t;
+
+  std::string repr() const {
+    std::string shape;
+    for (size_t i = 0; i < t.rank(); ++i)
+      shape += (i ? ", " : "") + std::to_string(t.shape()[i]);
+    return "<modelreg.Tensor " + to_string(t.type()) + "[" + shape + "], " +
+           std::to_string(t.nbytes()) + " bytes, " + (t.writable() ? "writable" : "read-only") +
+           ", in " + memory_of(t.data()) + ">";
+  }
 
   py::dict array_interface() const {
     py::dict d;
@@ -751,6 +778,7 @@ void shutdown() {
 PYBIND11_MODULE(_modelreg, m) {
   using namespace modelreg::python;
   m.doc() = "modelreg: load each model once and share it (C++ core)";
+  m.attr("__version__") = MODELREG_VERSION;
   static py::exception<error> base_exc(m, "ModelRegError");
   static py::exception<load_error> load_exc(m, "LoadError", base_exc.ptr());
   py::register_exception_translator([](std::exception_ptr p) {
@@ -786,7 +814,12 @@ PYBIND11_MODULE(_modelreg, m) {
       py::gil_scoped_release nogil;
       r.close();
     });
-  py::class_<tensor_wrapper>(m, "Tensor")
+  py::class_<tensor_wrapper>(m, "Tensor", R"(An output tensor of a node.
+
+Read it without a copy: ``numpy.asarray(t)`` (the array interface) or
+``torch.from_dlpack(t)`` (DLPack). Its memory stays valid while the Tensor or
+anything made from it lives; then it goes back to the node.)")
+    .def("__repr__", &tensor_wrapper::repr)
     .def_property_readonly("__array_interface__", &tensor_wrapper::array_interface)
     .def("__dlpack__", &tensor_wrapper::dlpack, py::arg("stream") = py::none())
     .def("__dlpack_device__", [](const tensor_wrapper&) { return py::make_tuple(1, 0); })

@@ -13,6 +13,7 @@ The interpreter running pip must be the one the module is built for
 (Debian's /usr/bin/python3, or a virtual environment made from it).
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,7 +46,20 @@ class CMakeBuild(build_ext):
         dest = Path(self.get_ext_fullpath(ext.name))
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(built[0], dest)
+        # The installed module carries no debug information (a quarter of
+        # its size); the build tree keeps it for debugging.
+        if shutil.which("strip"):
+            subprocess.check_call(["strip", "--strip-debug", str(dest)])
 
 
-setup(ext_modules=[Extension("modelreg._modelreg", sources=[])],
+def project_version():
+    """The version, written once: project(modelreg VERSION x.y.z) in CMake."""
+    text = (ROOT / "CMakeLists.txt").read_text()
+    match = re.search(r"project\(modelreg VERSION ([0-9.]+)", text)
+    if not match:
+        raise RuntimeError("modelreg: no project(modelreg VERSION ...) in CMakeLists.txt")
+    return match.group(1)
+
+
+setup(version=project_version(), ext_modules=[Extension("modelreg._modelreg", sources=[])],
       cmdclass={"build_ext": CMakeBuild})

@@ -19,12 +19,12 @@ objects read through DLPack (NumPy, PyTorch) or the array interface without a
 copy. ``connect("tcp://HOST:PORT", tls_cert=..., tls_key=..., tls_ca=...)``
 reaches a node on another host. See docs/python.md.
 """
-import atexit
-import json
-import threading
+import atexit as _atexit
+import json as _json
+import threading as _threading
 
 from . import _modelreg
-from ._modelreg import LoadError, ModelRegError
+from ._modelreg import LoadError, ModelRegError, __version__
 
 __all__ = ["Registry", "Handle", "get_or_load", "LoadError", "ModelRegError", "default_registry",
            "connect", "default_uri", "Client", "Tensor"]
@@ -107,7 +107,7 @@ class Registry:
 
     def metrics(self):
         """Models, their counters and the totals, as a dict."""
-        return json.loads(self._r.metrics_json())
+        return _json.loads(self._r.metrics_json())
 
     def list(self):
         """The loaded models (dicts: key, state, handles, memory_bytes, ...)."""
@@ -134,7 +134,7 @@ class Registry:
 
 
 _default = None
-_default_lock = threading.Lock()
+_default_lock = _threading.Lock()
 
 
 def default_registry():
@@ -192,7 +192,7 @@ class Client:
 
     def status(self):
         """The node's status: models, totals, connections, transport counters."""
-        return json.loads(self._c.status_json())
+        return _json.loads(self._c.status_json())
 
     def counters(self):
         """This connection's counters: zero-copy tensors, copied bytes."""
@@ -227,4 +227,4 @@ def connect(uri=None, *, tls_cert=None, tls_key=None, tls_ca=None):
     return Client(uri or default_uri(), tls_cert, tls_key, tls_ca)
 
 
-atexit.register(_modelreg._shutdown)
+_atexit.register(_modelreg._shutdown)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,3 +288,21 @@ def test_tls_client_with_the_right_ca_works_and_bad_files_raise(scratch):
         assert plain.value.code == "unavailable"
     finally:
         stop_node(p)
+
+
+def test_a_tensor_says_what_it_is_and_where_its_memory_lives(node):
+    with modelreg.connect(node) as c:
+        x = c.empty((2, 3), np.float32)
+        x[:] = 1.0
+        t = c.infer("gain", {"audio": x})["audio"]
+        text = repr(t)
+        assert "f32[2, 3]" in text and "24 bytes" in text, text
+        assert "read-only" in text and "shared memory" in text, text
+        assert modelreg.Tensor.__doc__ and "DLPack" in modelreg.Tensor.__doc__
+
+
+def test_the_version_is_the_projects_and_internals_do_not_leak():
+    cmake = (Path(__file__).resolve().parents[2] / "CMakeLists.txt").read_text()
+    assert f"project(modelreg VERSION {modelreg.__version__} " in cmake
+    for internal in ("atexit", "json", "threading"):
+        assert internal not in dir(modelreg), internal

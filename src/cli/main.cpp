@@ -40,7 +40,7 @@ namespace {
 
 using namespace modelreg::cli;
 
-constexpr const char* version = "0.1.0";
+constexpr const char* version = MODELREG_VERSION; // project() in CMakeLists.txt
 
 constexpr const char* footer = R"(
 exit codes: 0 success, 1 the command failed, 2 usage error, 3 no node reachable
