@@ -90,6 +90,44 @@ TEST_F(registry_test, LoaderReturningAnErrorReachesEveryWaiter) {
   EXPECT_EQ(describe(ra.error()), "load_failed: no such file");
 }
 
+TEST_F(registry_test, LoaderAndModelErrorsReachCallersWithModelregCodesOnly) {
+  auto& reg = start();
+  // Another category (CAF's own) becomes load_failed, naming the original.
+  auto caf_error = []() -> caf::expected<model_ptr> {
+    return caf::make_error(caf::sec::runtime_error, "weights server said no");
+  };
+  auto r = reg.get_or_load("caf", caf_error);
+  ASSERT_FALSE(r);
+  EXPECT_TRUE(is(r.error(), errc::load_failed)) << describe(r.error());
+  EXPECT_NE(describe(r.error()).find("runtime_error"), std::string::npos) << describe(r.error());
+  // A modelreg code keeps its meaning: the spec was wrong.
+  auto bad_param = []() -> caf::expected<model_ptr> {
+    return make_error(errc::invalid_argument, "parameter gain='abc' is not a number");
+  };
+  auto p = reg.get_or_load("param", bad_param);
+  ASSERT_FALSE(p);
+  EXPECT_TRUE(is(p.error(), errc::invalid_argument)) << describe(p.error());
+  // The same for a model's infer.
+  struct refusing final : model {
+    caf::expected<tensor_map> infer(const tensor_map& in, tensor_allocator&) override {
+      if (in.count("caf"))
+        return caf::make_error(caf::sec::unexpected_message);
+      return make_error(errc::invalid_argument, "input 'x' must be f32");
+    }
+    uint64_t memory_bytes() const override { return 1; }
+    std::string describe() const override { return "refusing"; }
+  };
+  auto h = reg.get_or_load("m", []() -> caf::expected<model_ptr> { return std::make_shared<refusing>(); });
+  ASSERT_TRUE(h) << describe(h.error());
+  auto x = *tensor::from_values<float>({1.f});
+  auto other = h->infer({{"caf", x}});
+  ASSERT_FALSE(other);
+  EXPECT_TRUE(is(other.error(), errc::infer_failed)) << describe(other.error());
+  auto mine = h->infer({{"x", x}});
+  ASSERT_FALSE(mine);
+  EXPECT_TRUE(is(mine.error(), errc::invalid_argument)) << describe(mine.error());
+}
+
 TEST_F(registry_test, LoadTimeoutAnswersEveryWaiterAndLateResultLeaksNothing) {
   rcfg.load_timeout = 100ms;
   auto& reg = start();

@@ -66,17 +66,6 @@ char state_of(pid_t pid) {
   return fields.empty() ? '?' : fields.front();
 }
 
-/// CPU seconds process `pid` has used (user + system).
-double cpu_seconds_of(pid_t pid) {
-  std::istringstream ss{stat_fields_of(pid)};
-  std::string skip;
-  for (int i = 0; i < 11; ++i) // state ... cmajflt: fields 3 to 13
-    ss >> skip;
-  double utime = 0, stime = 0;
-  ss >> utime >> stime;
-  return (utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
-}
-
 /// A hello datagram as docs/wire-format.md describes it.
 std::vector<std::byte> hello_datagram(bool offer_shm) {
   capnp::MallocMessageBuilder msg;

@@ -20,7 +20,10 @@ using flush_atom = caf::atom_constant<caf::atom("flush")>;
 /// Calls the model once, turning exceptions into errors.
 caf::expected<tensor_map> call_model(model& m, const tensor_map& in, tensor_allocator& out) {
   try {
-    return m.infer(in, out);
+    auto result = m.infer(in, out);
+    if (!result)
+      return as_modelreg_error(std::move(result.error()), errc::infer_failed, m.describe());
+    return result;
   } catch (const std::exception& e) {
     return make_error(errc::infer_failed, m.describe() + " threw: " + e.what());
   } catch (...) {

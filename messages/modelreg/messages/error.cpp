@@ -94,4 +94,11 @@ std::string describe(const caf::error& err) {
   return result;
 }
 
+caf::error as_modelreg_error(caf::error err, errc fallback, const std::string& who) {
+  errc code;
+  if (!err || to_errc(err, code))
+    return err;
+  return make_error(fallback, who + " failed: " + caf::to_string(err));
+}
+
 } // namespace modelreg

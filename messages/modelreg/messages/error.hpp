@@ -67,4 +67,12 @@ error_advice advice(const caf::error& err);
 /// Readable rendering without an actor system: "out_of_memory: needs ...".
 std::string describe(const caf::error& err);
 
+/// What a loader or a model returned, as callers see it: a modelreg error
+/// keeps its code (a loader's `invalid_argument` for a bad parameter, a
+/// model's for a bad input: the request is wrong either way); any other
+/// error (a CAF `sec`, another category) becomes `fallback` (`load_failed`,
+/// `infer_failed`) with the original rendered after `who`. No other
+/// category ever reaches a caller.
+caf::error as_modelreg_error(caf::error err, errc fallback, const std::string& who);
+
 } // namespace modelreg

@@ -297,7 +297,7 @@ void start_load(supervisor_ptr self, const std::string& key, entry& e) {
     try {
       auto result = loader();
       if (!result)
-        outcome.error = std::move(result.error());
+        outcome.error = as_modelreg_error(std::move(result.error()), errc::load_failed, "loader");
       else if (!*result)
         outcome.error = make_error(errc::load_failed, "loader returned no model");
       else
