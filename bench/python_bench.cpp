@@ -100,17 +100,13 @@ int run_rtt_client(const std::string& uri, const std::string& model) {
   connect_options copts;
   copts.reconnect = false;
   auto reg = connect(sys, uri, copts);
-  if (!reg) {
-    std::printf("%s\n", nlohmann::json{{"error", describe(reg.error())}}.dump().c_str());
-    return 1;
-  }
+  if (!reg)
+    return report_error(reg.error());
   // A synchronous caller, as a pipeline node written against connect()
   // would be.
   auto handle = get_model(sys, *reg, model);
-  if (!handle) {
-    std::printf("%s\n", nlohmann::json{{"error", describe(handle.error())}}.dump().c_str());
-    return 1;
-  }
+  if (!handle)
+    return report_error(handle.error());
   // Its fastest path: the request written by this thread, the answer
   // handed over by the connection's thread (blocking_client).
   blocking_client caller{sys, *reg};
@@ -126,10 +122,8 @@ int run_rtt_client(const std::string& uri, const std::string& model) {
     if (!input.data()) {
       auto elements = static_cast<int64_t>(bytes / sizeof(float));
       auto t = allocate_input(sys, *reg, dtype::f32, {elements});
-      if (!t) {
-        std::printf("%s\n", nlohmann::json{{"error", describe(t.error())}}.dump().c_str());
-        return 1;
-      }
+      if (!t)
+        return report_error(t.error());
       auto values = t->mutable_values<float>();
       for (int64_t i = 0; i < elements; ++i)
         (*values)[static_cast<size_t>(i)] = static_cast<float>(i) * 0.5f;

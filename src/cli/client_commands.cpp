@@ -197,6 +197,17 @@ struct interrupt_note {
   struct sigaction old_ {};
 };
 
+/// Gets catalog model `name`, showing elapsed time while it loads; Ctrl-C
+/// meanwhile says that the load goes on in the node.
+caf::expected<model_handle> load_with_progress(caf::actor_system& sys, const registry_actor& reg,
+                                               const std::string& name, caf::timespan timeout) {
+  interrupt_note note{name};
+  return with_progress("loading " + name, std::async(std::launch::async, [&] {
+                         return ask<model_handle>(sys, reg, timeout, get_or_load_atom::value, name,
+                                                  model_spec{});
+                       }));
+}
+
 /// The node's status as JSON (the raw answer: catalog and connections too).
 caf::expected<nlohmann::json> status_json(caf::actor_system& sys, const registry_actor& reg,
                                           caf::timespan timeout) {
@@ -415,14 +426,7 @@ int run_load(const load_options& o) {
   if (auto before = status_json(cs.sys, *reg, timeout))
     was_loaded = state_of(*before, o.name) == "ready";
   auto started = std::chrono::steady_clock::now();
-  caf::expected<model_handle> h{caf::error{}};
-  {
-    interrupt_note note{o.name};
-    h = with_progress("loading " + o.name, std::async(std::launch::async, [&] {
-                        return ask<model_handle>(cs.sys, *reg, timeout, get_or_load_atom::value,
-                                                 o.name, model_spec{});
-                      }));
-  }
+  auto h = load_with_progress(cs.sys, *reg, o.name, timeout);
   auto took = std::chrono::steady_clock::now() - started;
   if (!h) {
     rc = failed(h.error());
@@ -580,14 +584,7 @@ int run_infer(const infer_options& o) {
       }
     }
   }
-  caf::expected<model_handle> h{caf::error{}};
-  {
-    interrupt_note note{o.name};
-    h = with_progress("loading " + o.name, std::async(std::launch::async, [&] {
-                        return ask<model_handle>(cs.sys, *reg, timeout, get_or_load_atom::value,
-                                                 o.name, model_spec{});
-                      }));
-  }
+  auto h = load_with_progress(cs.sys, *reg, o.name, timeout);
   if (!h) {
     caf::anon_send(*reg, shutdown_atom::value);
     return failed(h.error());

@@ -111,10 +111,8 @@ int run_asr_node_client(const std::string& uri, const std::string& model,
   system_config cfg;
   caf::actor_system sys{cfg};
   auto reg = connect(sys, uri);
-  if (!reg) {
-    std::printf("%s\n", nlohmann::json{{"error", describe(reg.error())}}.dump().c_str());
-    return 1;
-  }
+  if (!reg)
+    return report_error(reg.error());
   std::printf("connected\n");
   std::fflush(stdout);
   char line[16];
@@ -122,20 +120,16 @@ int run_asr_node_client(const std::string& uri, const std::string& model,
   caf::scoped_actor self{sys};
   auto asked = std::chrono::steady_clock::now();
   auto handle = get_model(sys, *reg, model);
-  if (!handle) {
-    std::printf("%s\n", nlohmann::json{{"error", describe(handle.error())}}.dump().c_str());
-    return 1;
-  }
+  if (!handle)
+    return report_error(handle.error());
   auto load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - asked).count();
   for (const auto& f : files) {
     auto pcm = read_file(f);
     auto samples = static_cast<int64_t>(pcm.size() / 2);
     // Written straight into shared memory: the recogniser reads it in place.
     auto audio = allocate_input(sys, *reg, dtype::i16, {samples});
-    if (!audio) {
-      std::printf("%s\n", nlohmann::json{{"error", describe(audio.error())}}.dump().c_str());
-      return 1;
-    }
+    if (!audio)
+      return report_error(audio.error());
     std::memcpy(audio->mutable_data(), pcm.data(), static_cast<size_t>(samples) * 2);
     auto started = std::chrono::steady_clock::now();
     nlohmann::json j = {{"file", std::filesystem::path{f}.filename().string()},
@@ -163,15 +157,11 @@ int run_asr_node_client(const std::string& uri, const std::string& model,
 
 int run_asr_alone(const model_spec& spec, const std::string& file) {
   auto loader = backend_registry::with_builtins()->loader_for(spec);
-  if (!loader) {
-    std::printf("%s\n", nlohmann::json{{"error", describe(loader.error())}}.dump().c_str());
-    return 1;
-  }
+  if (!loader)
+    return report_error(loader.error());
   auto m = (*loader)();
-  if (!m) {
-    std::printf("%s\n", nlohmann::json{{"error", describe(m.error())}}.dump().c_str());
-    return 1;
-  }
+  if (!m)
+    return report_error(m.error());
   auto pcm = read_file(file);
   auto audio = tensor::allocate(dtype::i16, {static_cast<int64_t>(pcm.size() / 2)});
   std::memcpy(audio->mutable_data(), pcm.data(), pcm.size() / 2 * 2);

@@ -11,13 +11,25 @@
 
 #include <stdlib.h>
 
+#include <cstdio>
+
+#include <nlohmann/json.hpp>
+
 #include <caf/actor_system.hpp>
 #include <caf/scoped_actor.hpp>
 
 #include "tools/child_process.hpp"
 #include "modelreg/actors/registry_actor.hpp"
+#include "modelreg/messages/error.hpp"
 
 namespace modelreg::tools {
+
+/// A child process's failure, as the process that reads its stdout expects
+/// it: one JSON line {"error": "..."}; returns the exit code 1.
+inline int report_error(const caf::error& err) {
+  std::printf("%s\n", nlohmann::json{{"error", describe(err)}}.dump().c_str());
+  return 1;
+}
 
 /// A node on a private socket in a fresh /tmp directory, started from this
 /// executable; stopped (SIGTERM) and its directory removed at the end.

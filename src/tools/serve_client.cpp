@@ -109,21 +109,15 @@ int run_serve_bench_client(const std::string& uri, const std::string& model, uin
   system_config cfg;
   caf::actor_system sys{cfg};
   auto reg = connect(sys, uri);
-  if (!reg) {
-    std::printf("%s\n", nlohmann::json{{"error", describe(reg.error())}}.dump().c_str());
-    return 1;
-  }
+  if (!reg)
+    return report_error(reg.error());
   auto handle = get_model(sys, *reg, model);
-  if (!handle) {
-    std::printf("%s\n", nlohmann::json{{"error", describe(handle.error())}}.dump().c_str());
-    return 1;
-  }
+  if (!handle)
+    return report_error(handle.error());
   // The input lives in shared memory: each request sends a reference.
   auto input = allocate_input(sys, *reg, dtype::f32, {static_cast<int64_t>(elements)});
-  if (!input) {
-    std::printf("%s\n", nlohmann::json{{"error", describe(input.error())}}.dump().c_str());
-    return 1;
-  }
+  if (!input)
+    return report_error(input.error());
   auto values = input->mutable_values<float>();
   for (size_t i = 0; i < elements; ++i)
     (*values)[i] = static_cast<float>(i) * 0.5f;

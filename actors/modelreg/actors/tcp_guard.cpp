@@ -42,9 +42,6 @@ struct tracked_connection {
 struct tcp_guard::state {
   tcp_guard_options options;
   std::atomic<uint64_t> buffered{0};
-  std::atomic<uint64_t> accepted{0};
-  std::atomic<uint64_t> refused_messages{0};
-  std::atomic<uint64_t> closed_without_handshake{0};
   std::shared_ptr<spdlog::logger> logger = log::get("modelreg.tcp");
 
   std::mutex mutex; // guards everything below
@@ -55,7 +52,6 @@ struct tcp_guard::state {
   std::shared_ptr<tracked_connection> track(int fd) {
     auto c = std::make_shared<tracked_connection>();
     c->fd = fd;
-    ++accepted;
     std::lock_guard lock{mutex};
     waiting.push_back(c);
     return c;
@@ -77,7 +73,6 @@ struct tcp_guard::state {
       // Read and write ends both: CAF's loop sees end-of-file and retires
       // the connection as it does any other.
       ::shutdown(c->fd, SHUT_RDWR);
-      ++closed_without_handshake;
       logger->info("closed a TCP peer that did not complete CAF's handshake within {} ms",
                    options.handshake_timeout.count());
       return true;
@@ -139,7 +134,6 @@ private:
   void refuse(uint64_t want) {
     st_->buffered -= reserved_;
     reserved_ = 0;
-    ++st_->refused_messages;
     const auto& o = st_->options;
     st_->logger->warn("closed a TCP peer that announced a message of {} bytes: over {} "
                       "(--max-tcp-message {}, all peers together {})",
@@ -236,11 +230,6 @@ caf::expected<uint16_t> tcp_guard::publish(caf::actor_system& sys,
       }
     }};
   return actual;
-}
-
-tcp_guard_counters tcp_guard::counters() const {
-  return {state_->accepted.load(), state_->refused_messages.load(),
-          state_->closed_without_handshake.load()};
 }
 
 } // namespace modelreg

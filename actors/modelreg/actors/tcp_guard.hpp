@@ -33,13 +33,6 @@ struct tcp_guard_options {
   std::chrono::milliseconds handshake_timeout{2000};
 };
 
-/// What the guard did, for logs and tests.
-struct tcp_guard_counters {
-  uint64_t accepted = 0;
-  uint64_t refused_messages = 0;
-  uint64_t closed_without_handshake = 0;
-};
-
 class tcp_guard {
 public:
   explicit tcp_guard(tcp_guard_options options = {});
@@ -53,8 +46,6 @@ public:
   caf::expected<uint16_t> publish(caf::actor_system& sys, const caf::strong_actor_ptr& whom,
                                   const std::set<std::string>& signatures, uint16_t port,
                                   const std::string& host);
-
-  tcp_guard_counters counters() const;
 
   struct state;
 

@@ -58,12 +58,13 @@ std::vector<std::string> catalog::check(const backend_registry& backends) const 
     if (!err)
       continue;
     // The parameter it names, if any, for the position.
+    auto text = describe(err);
     std::string param;
     for (const auto& [key, value] : spec.params)
-      if (describe(err).find("'" + key + "'") != std::string::npos ||
-          describe(err).find(" " + key + "=") != std::string::npos)
+      if (text.find("'" + key + "'") != std::string::npos ||
+          text.find(" " + key + "=") != std::string::npos)
         param = key;
-    problems.push_back(where(name, param) + ": catalog entry '" + name + "': " + describe(err));
+    problems.push_back(where(name, param) + ": catalog entry '" + name + "': " + text);
   }
   return problems;
 }
