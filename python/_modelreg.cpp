@@ -2,17 +2,24 @@
 // objects. Python code sees it through python/modelreg/__init__.py.
 //
 // GIL rules: every call that may wait (get_or_load, metrics, unload, ...)
-// releases the GIL first; loaders run on the registry's loader threads and
-// take the GIL themselves; Python objects are only ever dropped with the GIL
-// held. At interpreter exit, `_shutdown` (registered with atexit) releases
-// every handle, stops every registry and the actor system with the GIL
-// released, so no actor thread waits for a GIL the exiting thread holds.
+// releases the GIL first and takes it back through `python_gate`; a Python
+// loader runs on a Python daemon thread of its own, which the registry's
+// loader thread starts and waits for; Python objects are only ever dropped
+// with the GIL held. At interpreter exit, `_shutdown` (registered with
+// atexit) closes the gate, releases every handle, stops every registry and
+// the actor system with the GIL released, so no actor thread waits for a
+// GIL the exiting thread holds, and no thread takes the GIL while the
+// interpreter finalizes.
+#include <condition_variable>
 #include <fstream>
+#include <functional>
+#include <future>
 #include <map>
 #include <optional>
 #include <memory>
 #include <mutex>
 #include <set>
+#include <thread>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -61,18 +68,100 @@ struct load_error : error {
   throw error{to_string(code), describe(err)};
 }
 
+/// The door back into Python for threads that left it (a call waiting with
+/// the GIL released) or were never in it (a registry loader thread).
+///
+/// CPython ends any thread that takes the GIL once the interpreter is
+/// finalizing (pthread_exit). Unwinding that through C++ frames aborts the
+/// process ("terminate called without an active exception", or "exception
+/// not rethrown" through a catch-all). So at exit `_shutdown` closes this
+/// gate, before finalization starts, and waits for the threads inside (on
+/// their way back into Python, or a loader thread starting a loader); a call
+/// that returns after that parks its thread for good instead of taking the
+/// GIL. The process then exits normally around it.
+struct python_gate {
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool closed = false;
+  std::thread::id closer; // the exiting thread: the one that finalizes
+  size_t inside = 0;      // threads between `try_enter` and `leave`
+
+  /// False once closed (except for the thread that closed it, which goes on
+  /// to finalize the interpreter); else the caller may take the GIL and
+  /// must call `leave()` once it is back in Python's hands (a Python thread
+  /// holding the GIL) or out of Python (any other thread, GIL released).
+  bool try_enter() {
+    std::lock_guard guard{mutex};
+    if (closed && std::this_thread::get_id() != closer)
+      return false;
+    ++inside;
+    return true;
+  }
+  void leave() {
+    std::lock_guard guard{mutex};
+    --inside;
+    cv.notify_all();
+  }
+  /// Blocks the calling thread forever (the process is exiting).
+  [[noreturn]] void park() {
+    std::unique_lock lock{mutex};
+    for (;;)
+      cv.wait(lock);
+  }
+  /// At exit, with the GIL released: no thread enters Python after this.
+  void close() {
+    std::unique_lock lock{mutex};
+    closed = true;
+    closer = std::this_thread::get_id();
+    cv.wait(lock, [this] { return inside == 0; });
+  }
+};
+
+python_gate& gate() {
+  static auto* g = new python_gate; // never destroyed: parked threads use it
+  return *g;
+}
+
+/// Runs `f` with the GIL released and returns what it returns; takes the
+/// GIL back through the gate (never returns once the interpreter exits).
+template <class F>
+auto released(F&& f) {
+  auto* state = PyEval_SaveThread();
+  auto take_back = [state] {
+    if (!gate().try_enter())
+      gate().park();
+    PyEval_RestoreThread(state);
+    gate().leave();
+  };
+  if constexpr (std::is_void_v<std::invoke_result_t<F&>>) {
+    try {
+      f();
+    } catch (...) {
+      take_back();
+      throw;
+    }
+    take_back();
+  } else {
+    std::optional<std::invoke_result_t<F&>> out;
+    try {
+      out.emplace(f());
+    } catch (...) {
+      take_back();
+      throw;
+    }
+    take_back();
+    return std::move(*out);
+  }
+}
+
 /// Runs `f` (which returns a caf::expected) with the GIL released: its value,
 /// or its error raised in Python.
 template <class F>
 auto without_gil(F&& f) {
-  std::optional<std::invoke_result_t<F&>> out;
-  {
-    py::gil_scoped_release nogil;
-    out.emplace(f());
-  }
-  if (!*out)
-    raise(out->error());
-  return std::move(**out);
+  auto out = released(std::forward<F>(f));
+  if (!out)
+    raise(out.error());
+  return std::move(*out);
 }
 
 /// References to drop on the main thread: the last owner of a Python object
@@ -260,6 +349,51 @@ private:
   std::string key_;
 };
 
+/// `modelreg._run_loader`, set when the package is imported.
+PyObject* loader_runner = nullptr;
+
+/// Runs a Python loader on a daemon thread of its own, started from the
+/// registry's loader thread, which waits for it without the GIL. Python code
+/// never runs on the registry's thread: if the interpreter exits while a
+/// loader runs (one that timed out, or one a daemon thread waits for),
+/// CPython ends the thread running it, which only a Python thread survives.
+caf::expected<model_ptr> run_python_loader(gil_object& fn, const std::string& key,
+                                           std::function<void(const std::shared_ptr<py_model>&)> on_model) {
+  auto result = std::make_shared<std::promise<caf::expected<model_ptr>>>();
+  auto future = result->get_future();
+  if (!gate().try_enter())
+    return make_error(errc::shutting_down, "the Python interpreter is exiting");
+  // This thread is not a Python thread: it must be out of Python before the
+  // interpreter finalizes (the gate waits for it), and is, quickly: it only
+  // starts the loader's thread.
+  auto gil = PyGILState_Ensure();
+  try {
+    // Called once by modelreg._run_loader on the loader's thread.
+    auto done = py::cpp_function([result, key, on_model](py::object obj, uint64_t bytes,
+                                                         const std::string& type_name,
+                                                         const std::string& traceback) {
+      if (!traceback.empty()) {
+        // The whole traceback travels in the error: every waiter raises it.
+        result->set_value(make_error(errc::load_failed, "loader for '" + key + "' raised:\n" + traceback));
+        return;
+      }
+      auto m = std::make_shared<py_model>(std::move(obj), bytes, type_name);
+      on_model(m);
+      result->set_value(model_ptr{std::move(m)});
+    });
+    py::module_::import("threading")
+      .attr("Thread")(py::arg("target") = py::handle{loader_runner},
+                      py::arg("args") = py::make_tuple(fn.obj, std::move(done)),
+                      py::arg("name") = "modelreg loader " + key, py::arg("daemon") = true)
+      .attr("start")();
+  } catch (py::error_already_set& e) {
+    result->set_value(make_error(errc::load_failed, "could not start the loader of '" + key + "': " + e.what()));
+  }
+  PyGILState_Release(gil);
+  gate().leave();
+  return future.get();
+}
+
 class registry_wrapper {
 public:
   registry_wrapper(double ttl_seconds, uint64_t max_memory_bytes, size_t max_models,
@@ -305,8 +439,7 @@ public:
     std::shared_ptr<registry> ptr;
     registry* operator->() const { return ptr.get(); }
     ~use() {
-      py::gil_scoped_release nogil;
-      ptr.reset();
+      released([this] { ptr.reset(); });
     }
   };
 
@@ -321,28 +454,10 @@ public:
     auto fn = std::make_shared<gil_object>(std::move(loader));
     auto reg = get();
     loader_fn load = [fn, key, objs = objects_]() -> caf::expected<model_ptr> {
-      py::gil_scoped_acquire gil;
-      try {
-        py::object obj = fn->obj();
-        uint64_t bytes = 0;
-        if (py::hasattr(obj, "nbytes"))
-          bytes = obj.attr("nbytes").cast<uint64_t>();
-        else
-          bytes = py::module_::import("sys").attr("getsizeof")(obj).cast<uint64_t>();
-        auto name = py::str(obj.get_type().attr("__name__")).cast<std::string>();
-        auto m = std::make_shared<py_model>(std::move(obj), bytes, name);
+      return run_python_loader(*fn, key, [objs, key](const std::shared_ptr<py_model>& m) {
         std::lock_guard guard{objs->mutex};
         objs->by_key[key] = m;
-        return m;
-      } catch (py::error_already_set& e) {
-        // The whole traceback travels in the error: every waiter raises it.
-        auto tb = py::module_::import("traceback")
-                    .attr("format_exception")(e.type(), e.value(), e.trace());
-        auto text = py::str("").attr("join")(tb).cast<std::string>();
-        return make_error(errc::load_failed, "loader for '" + key + "' raised:\n" + text);
-      } catch (const std::exception& e) {
-        return make_error(errc::load_failed, "loader for '" + key + "' failed: " + e.what());
-      }
+      });
     };
     auto h = without_gil([&] { return reg->get_or_load(key, std::move(load)); });
     auto obj = object_of(h);
@@ -520,10 +635,7 @@ public:
       rt_ = get_runtime(uri, tls);
       return connect(*rt_->sys, uri);
     });
-    {
-      py::gil_scoped_release nogil;
-      caller_.emplace(*rt_->sys, reg_);
-    }
+    released([this] { caller_.emplace(*rt_->sys, reg_); });
     std::lock_guard guard{live_mutex};
     live_clients.insert(this);
   }
@@ -566,9 +678,8 @@ public:
   template <class T, class... Ts>
   T ask_within(caf::timespan timeout, Ts&&... xs) {
     auto reg = current();
-    caf::expected<T> out{caf::error{}};
-    {
-      py::gil_scoped_release nogil;
+    return without_gil([&] {
+      caf::expected<T> out{caf::error{}};
       auto self = take_caller();
       (*self)->request(reg, timeout, std::forward<Ts>(xs)...)
         .receive([&](T& x) { out = std::move(x); }, [&](caf::error& e) { out = std::move(e); });
@@ -576,10 +687,8 @@ public:
       // not reused.
       if (out)
         give_back(std::move(self));
-    }
-    if (!out)
-      raise(out.error());
-    return std::move(*out);
+      return out;
+    });
   }
 
   /// The node's proxy; `shutting_down` once closed.
@@ -761,14 +870,16 @@ void shutdown() {
     clients.assign(live_clients.begin(), live_clients.end());
     runtimes.swap(the_runtimes);
   }
-  py::gil_scoped_release nogil;
-  for (auto* h : handles)
-    h->drop();
-  for (auto* r : registries)
-    r->close();
-  for (auto* c : clients)
-    c->close();
-  runtimes.clear();
+  released([&] {
+    gate().close();
+    for (auto* h : handles)
+      h->drop();
+    for (auto* r : registries)
+      r->close();
+    for (auto* c : clients)
+      c->close();
+    runtimes.clear();
+  });
 }
 
 } // namespace
@@ -810,10 +921,7 @@ PYBIND11_MODULE(_modelreg, m) {
     .def("metrics_json", &registry_wrapper::metrics_json)
     .def("evict_expired", &registry_wrapper::evict_expired)
     .def("unload", &registry_wrapper::unload)
-    .def("close", [](registry_wrapper& r) {
-      py::gil_scoped_release nogil;
-      r.close();
-    });
+    .def("close", [](registry_wrapper& r) { released([&] { r.close(); }); });
   py::class_<tensor_wrapper>(m, "Tensor", R"(An output tensor of a node.
 
 Read it without a copy: ``numpy.asarray(t)`` (the array interface) or
@@ -844,5 +952,6 @@ anything made from it lives; then it goes back to the node.)")
     .def("counters", &client_wrapper::counters)
     .def("close", &client_wrapper::close);
   m.def("_shutdown", &shutdown);
+  m.def("_set_loader_runner", [](py::object runner) { loader_runner = runner.release().ptr(); });
   m.def("default_socket_path", &modelreg::default_socket_path);
 }

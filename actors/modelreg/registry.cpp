@@ -3,6 +3,7 @@
 #include <caf/event_based_actor.hpp>
 #include <caf/exit_reason.hpp>
 #include <caf/scoped_actor.hpp>
+#include <caf/sec.hpp>
 #include <caf/send.hpp>
 
 #include "modelreg/actors/detail/lease.hpp"
@@ -14,8 +15,20 @@ namespace modelreg {
 namespace {
 
 /// Callers wait at most this long beyond the load timeout: the supervisor
-/// always answers, so this only guards against a wedged system.
+/// always answers (a load, queued or running, within `load_timeout` of its
+/// request), so this only guards against a wedged system.
 constexpr auto reply_margin = std::chrono::seconds{30};
+
+/// The supervisor's answer as callers see it: always a modelreg error, never
+/// one of CAF's own codes.
+caf::error from_supervisor(caf::error err) {
+  if (err == caf::sec::request_receiver_down)
+    return make_error(errc::unavailable, "the registry has stopped");
+  if (err == caf::sec::request_timeout)
+    return make_error(errc::unavailable, "the registry did not answer within load_timeout + " +
+                                           std::to_string(reply_margin.count()) + " s");
+  return as_modelreg_error(std::move(err), errc::unavailable, "registry");
+}
 
 std::future<caf::expected<model_handle>> ready_future(caf::expected<model_handle> x) {
   std::promise<caf::expected<model_handle>> p;
@@ -41,11 +54,7 @@ caf::expected<T> registry::call(Ts&&... xs) {
   caf::expected<T> result{caf::error{}};
   self->request(actor_, cfg_.load_timeout + reply_margin, std::forward<Ts>(xs)...)
     .receive([&](T& x) { result = std::move(x); },
-             [&](caf::error& err) {
-               result = err == caf::sec::request_receiver_down
-                          ? make_error(errc::unavailable, "the registry has stopped")
-                          : std::move(err);
-             });
+             [&](caf::error& err) { result = from_supervisor(std::move(err)); });
   return result;
 }
 
@@ -72,9 +81,7 @@ registry::request_handle(const std::string& key, loader_fn loader, const model_s
   auto timeout = cfg_.load_timeout + reply_margin;
   auto on_reply = [promise](model_handle& h) { promise->set_value(std::move(h)); };
   auto on_error = [promise](caf::error& err) {
-    promise->set_value(err == caf::sec::request_receiver_down
-                         ? make_error(errc::unavailable, "the registry has stopped")
-                         : std::move(err));
+    promise->set_value(from_supervisor(std::move(err)));
   };
   // A one-shot actor waits for the reply so no thread blocks. (Arguments go
   // through spawn: CAF 0.17 dereferences a null tuple for functions spawned

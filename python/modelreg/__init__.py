@@ -8,8 +8,9 @@ In one process::
         h.model.transcribe(audio)
 
 ``Registry`` gives TTL, byte budget and LRU eviction, metrics and listing;
-``get_or_load`` uses one default registry. Loaders run on the registry's loader
-threads; callers wait with the GIL released; an exception raised by a loader
+``get_or_load`` uses one default registry. Each load runs its loader on a daemon
+thread of its own (at most ``max_concurrent_loads`` at a time); callers wait
+with the GIL released; an exception raised by a loader
 is raised in every waiter as ``LoadError``, with the loader's traceback in its
 message.
 
@@ -21,7 +22,9 @@ reaches a node on another host. See docs/python.md.
 """
 import atexit as _atexit
 import json as _json
+import sys as _sys
 import threading as _threading
+import traceback as _traceback
 
 from . import _modelreg
 from ._modelreg import LoadError, ModelRegError, __version__
@@ -227,4 +230,20 @@ def connect(uri=None, *, tls_cert=None, tls_key=None, tls_ca=None):
     return Client(uri or default_uri(), tls_cert, tls_key, tls_ca)
 
 
+def _run_loader(loader, done):
+    # The body of a loader's thread: calls the loader, sizes its model and
+    # reports once through `done` (model, bytes, type name, traceback or "").
+    try:
+        model = loader()
+        size = int(model.nbytes) if hasattr(model, "nbytes") else _sys.getsizeof(model)
+        if not 0 <= size < 2**64:
+            raise ValueError(f"the model's nbytes is {size}, not a size in bytes")
+        kind = type(model).__name__
+    except BaseException:
+        done(None, 0, "", _traceback.format_exc())
+        return
+    done(model, size, kind, "")
+
+
+_modelreg._set_loader_runner(_run_loader)
 _atexit.register(_modelreg._shutdown)

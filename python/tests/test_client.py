@@ -165,6 +165,36 @@ def test_a_request_past_its_timeout_raises_and_the_client_goes_on(node):
         assert eventually(lambda: c.status()["transport"]["loans_outstanding"] == 0)
 
 
+BLOCKED_IN_INFER = """
+import sys, threading, numpy as np, modelreg
+c = modelreg.connect(sys.argv[1])
+c.load("slow-infer")
+calling = threading.Barrier(4)
+def call():
+    calling.wait()
+    while True:
+        c.infer("slow-infer", {"x": np.ones(4, np.float32)}, timeout=60)
+for _ in range(3):
+    threading.Thread(target=call, daemon=True).start()
+calling.wait()
+print("exiting", flush=True)
+"""
+
+
+def test_exit_while_daemon_threads_wait_in_infer_is_clean(node):
+    # Before: "terminate called without an active exception" in 10 of 10
+    # runs (the waiting thread took the GIL back while Python finalized).
+    with modelreg.connect(node) as c:
+        base = c.status()["connections"]
+        for _ in range(20):
+            out = subprocess.run([sys.executable, "-c", BLOCKED_IN_INFER, node],
+                                 capture_output=True, text=True, timeout=60)
+            assert (out.returncode, out.stdout) == (0, "exiting\n"), out.stderr
+            assert "terminate" not in out.stderr and "Fatal" not in out.stderr, out.stderr
+        # The node noticed every exit.
+        assert eventually(lambda: c.status()["connections"] == base)
+
+
 def test_dropping_the_arrays_returns_the_workers_memory(node):
     with modelreg.connect(node) as c:
         outs = [c.infer("gain", {"audio": np.ones(1000, np.float32)}) for _ in range(5)]

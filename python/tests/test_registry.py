@@ -161,6 +161,64 @@ def test_exit_with_loaded_models_and_held_handles_is_clean():
         assert (out.returncode, out.stdout, out.stderr) == (0, "loaded\n", "")
 
 
+BLOCKED_IN_GET_OR_LOAD = """
+import threading, time, modelreg
+r = modelreg.Registry()
+started = threading.Event()
+def hang():
+    started.set()
+    while True:            # Python code, running when the interpreter exits
+        sum(range(100))
+threading.Thread(target=lambda: r.get_or_load("k", hang), daemon=True).start()
+started.wait()
+print("exiting", flush=True)
+"""
+
+LOADER_RUNS_AFTER_ITS_TIMEOUT = """
+import time, modelreg
+r = modelreg.Registry(load_timeout=0.05)
+def slow():
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        sum(range(100))
+    return bytearray(1)
+try:
+    r.get_or_load("k", slow)
+except modelreg.ModelRegError as e:
+    print(e.code, flush=True)
+"""
+
+
+@pytest.mark.parametrize("script,printed", [(BLOCKED_IN_GET_OR_LOAD, "exiting"),
+                                            (LOADER_RUNS_AFTER_ITS_TIMEOUT, "load_timeout")],
+                         ids=["daemon-thread-in-get_or_load", "loader-past-its-timeout"])
+def test_exit_while_a_loader_runs_python_code_is_clean(script, printed):
+    # Before: "terminate called without an active exception" or "FATAL:
+    # exception not rethrown" (CPython ended the thread running the loader
+    # mid-C++). Now loaders run on Python threads of their own and waiting
+    # threads never take the GIL back once exit has begun.
+    import subprocess
+    import sys
+    for _ in range(20):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == printed + "\n"
+        assert "Fatal" not in out.stderr and "terminate" not in out.stderr, out.stderr
+
+
+def test_a_loader_that_reports_a_bad_size_fails_its_load():
+    class Odd:
+        nbytes = -5
+    r = modelreg.Registry()
+    with pytest.raises(modelreg.LoadError) as e:
+        r.get_or_load("odd", Odd)
+    assert "not a size in bytes" in str(e.value)
+    with r.get_or_load("odd", lambda: Weights(8)) as h:
+        assert h.model.nbytes == 8
+    r.close()
+
+
 def test_close_while_other_threads_call_never_crashes():
     # Before: close() destroyed the registry under calls still using it
     # (a segfault in 2 of 3 runs). Now each call finishes or raises

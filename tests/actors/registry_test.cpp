@@ -4,6 +4,7 @@
 #include <latch>
 #include <thread>
 
+#include <caf/scheduler/test_coordinator.hpp>
 #include <caf/scoped_actor.hpp>
 
 #include "actors/registry_fixture.hpp"
@@ -146,6 +147,43 @@ TEST_F(registry_test, LoadTimeoutAnswersEveryWaiterAndLateResultLeaksNothing) {
   EXPECT_TRUE(eventually([&] { return snapshot().totals.late_results_disposed == 1; }));
   EXPECT_TRUE(eventually([&] { return counted_model::live.load() == 0; }));
   EXPECT_EQ(snapshot().totals.load_timeouts, 1u);
+}
+
+TEST_F(registry_test, QueuedLoadTimesOutFromItsRequestAndHungLoadersGiveTheirSlotBack) {
+  // One load slot; two loaders that hang until the end of the test.
+  rcfg.max_concurrent_loads = 1;
+  rcfg.load_timeout = 300ms;
+  auto& reg = start();
+  auto hang = std::make_shared<gate>();
+  auto started = std::make_shared<std::atomic<int>>(0);
+  auto hanging = [hang, started]() -> caf::expected<model_ptr> {
+    ++*started;
+    hang->wait();
+    return std::make_shared<counted_model>();
+  };
+  auto first = reg.get_or_load_async("first", hanging);
+  ASSERT_TRUE(eventually([&] { return started->load() == 1; }));
+  // The second queues behind the first. Its timeout counts from its request:
+  // it fails with load_timeout (it used to wait for a slot the hung loader
+  // never gave back, then got CAF's request_timeout 30 s later).
+  auto second = reg.get_or_load_async("second", hanging);
+  for (auto* f : {&first, &second}) {
+    auto r = f->get();
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(is(r.error(), errc::load_timeout)) << describe(r.error());
+  }
+  // Both loaders still run, but their slots went to the next load.
+  auto runs = std::make_shared<std::atomic<int>>(0);
+  auto later = reg.get_or_load("later", counting_loader(runs));
+  ASSERT_TRUE(later) << describe(later.error());
+  EXPECT_EQ(runs->load(), 1);
+  auto snap = snapshot();
+  EXPECT_EQ(snap.totals.load_timeouts, 2u);
+  EXPECT_EQ(snap.totals.loads_in_progress, 0u);
+  later = caf::error{};
+  // When the hung loaders return, their models are disposed of, not leaked.
+  hang->open();
+  EXPECT_TRUE(eventually([&] { return snapshot().totals.late_results_disposed == 2; }));
 }
 
 TEST_F(registry_test, StatusHitsAndOtherLoadsAreAnsweredWhileASlowLoadRuns) {
@@ -377,6 +415,46 @@ TEST_F(registry_test, SubscriberReceivesPeriodicSnapshots) {
     std::lock_guard guard{log->mutex};
     return log->snapshots >= 3;
   }));
+}
+
+// Snapshots keep their interval whatever the TTL sweep's period. Virtual time
+// (CAF's test coordinator) makes this exact: every advance of one interval
+// yields one snapshot, none in between.
+TEST(registry_snapshots, ArriveEveryIntervalWhateverTheTtl) {
+  struct params {
+    std::chrono::milliseconds interval, ttl;
+  };
+  for (auto p : {params{1000ms, 3000ms}, params{300ms, 1000ms}, params{200ms, 20ms}}) {
+    SCOPED_TRACE("interval " + std::to_string(p.interval.count()) + " ms, ttl " +
+                 std::to_string(p.ttl.count()) + " ms");
+    system_config cfg;
+    cfg.set("scheduler.policy", caf::atom("testing"));
+    caf::actor_system sys{cfg};
+    auto& sched = dynamic_cast<caf::scheduler::test_coordinator&>(sys.scheduler());
+    registry_config rcfg;
+    rcfg.snapshot_interval = p.interval;
+    rcfg.idle_ttl = p.ttl;
+    auto reg = spawn_registry(sys, rcfg);
+    auto log = std::make_shared<status_log>();
+    auto listener = sys.spawn(recorder, log);
+    caf::anon_send(reg, subscribe_atom::value, listener);
+    sched.run();
+    ASSERT_EQ(log->snapshots, 1u) << "one snapshot right after subscribing";
+    auto step = p.interval / 10;
+    for (size_t expected = 2; expected <= 6; ++expected) {
+      for (int i = 0; i < 9; ++i) {
+        sched.advance_time(step);
+        sched.run();
+      }
+      EXPECT_EQ(log->snapshots, expected - 1) << "early";
+      sched.advance_time(step);
+      sched.run();
+      EXPECT_EQ(log->snapshots, expected) << "late";
+    }
+    caf::anon_send_exit(listener, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(reg, caf::exit_reason::user_shutdown);
+    sched.run();
+  }
 }
 
 TEST_F(registry_test, ShutdownAnswersEveryWaiterAndLeavesNothing) {

@@ -59,8 +59,9 @@ TEST_F(cli_test, ServeValuesAreParsedStrictlyAndABadOneIsNamedBeforeAnythingStar
     auto r = run(argv);
     EXPECT_EQ(r.code, 2) << bad.front();
     EXPECT_TRUE(contains(r.err, bad.front())) << "the option is named: " << r.err;
-    if (bad.size() > 1)
+    if (bad.size() > 1) {
       EXPECT_TRUE(contains(r.err, bad[1])) << "the value is named: " << r.err;
+    }
     EXPECT_FALSE(fs::exists(socket)) << "nothing may start on a bad value";
   }
   // What operators write is understood: 2G is two gibibytes (a 2-byte budget

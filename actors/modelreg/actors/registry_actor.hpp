@@ -75,7 +75,8 @@ struct registry_config {
   size_t max_models = 0;
   /// Loads running at once (each on its own thread); 0: unlimited.
   size_t max_concurrent_loads = 2;
-  /// A load taking longer fails for all its waiters with `load_timeout`.
+  /// A load not done this long after its request (queued time included)
+  /// fails for all its waiters with `load_timeout`.
   std::chrono::milliseconds load_timeout{std::chrono::seconds{120}};
   /// How often subscribers receive snapshots.
   std::chrono::milliseconds snapshot_interval{std::chrono::seconds{1}};

@@ -5,9 +5,11 @@
 #include <algorithm>
 #include <deque>
 #include <mutex>
+#include <unordered_set>
 #include <vector>
 
 #include <caf/actor_cast.hpp>
+#include <caf/actor_clock.hpp>
 #include <caf/actor_system.hpp>
 #include <caf/blocking_actor.hpp>
 #include <caf/scheduler/abstract_coordinator.hpp>
@@ -82,12 +84,16 @@ struct supervisor_state {
   std::unordered_map<caf::actor_addr, std::string> key_of_actor;
   std::deque<std::pair<std::string, uint64_t>> queued_loads; // (key, generation)
   size_t active_loads = 0;
+  /// Loads that timed out while their loader still runs: their slot was
+  /// given back, their result will be disposed of when it comes.
+  std::unordered_set<uint64_t> abandoned_loads; // generations
   uint64_t next_generation = 1;
   uint64_t next_seq = 1;
   registry_totals totals;
   std::vector<status_listener> subscribers;
   bool tick_armed = false;
-  int64_t last_snapshot_ns = 0;
+  bool snapshot_armed = false;
+  caf::actor_clock::time_point next_snapshot; // fixed-rate schedule
 };
 
 using supervisor_ptr = supervisor_actor::stateful_pointer<supervisor_state>;
@@ -145,26 +151,39 @@ registry_snapshot make_snapshot(supervisor_ptr self) {
 
 // -- timers -------------------------------------------------------------------
 
-caf::timespan tick_period(const registry_config& cfg, bool subscribed) {
+// Two independent timers: the TTL sweep, and the snapshots. A snapshot never
+// waits for a sweep tick, so subscribers get one every `snapshot_interval`
+// whatever the TTL.
+
+caf::timespan tick_period(const registry_config& cfg) {
   using namespace std::chrono;
-  milliseconds period = seconds{1};
-  if (cfg.idle_ttl.count() > 0)
-    period = std::clamp(cfg.idle_ttl / 4, milliseconds{5}, milliseconds{1000});
-  if (subscribed)
-    period = std::min(period, cfg.snapshot_interval);
-  return period;
+  return std::clamp(cfg.idle_ttl / 4, milliseconds{5}, milliseconds{1000});
 }
 
-/// Keeps one tick pending while there is something to watch: models that may
-/// expire, or subscribers that want snapshots. An idle registry sleeps.
+/// Keeps one sweep tick pending while models may expire. An idle registry
+/// sleeps.
 void arm_tick(supervisor_ptr self) {
   auto& st = self->state;
-  bool watching = (st.cfg.ttl_sweep && st.cfg.idle_ttl.count() > 0 && !st.entries.empty()) ||
-                  !st.subscribers.empty();
+  bool watching = st.cfg.ttl_sweep && st.cfg.idle_ttl.count() > 0 && !st.entries.empty();
   if (st.tick_armed || !watching)
     return;
   st.tick_armed = true;
-  self->delayed_send(self, tick_period(st.cfg, !st.subscribers.empty()), tick_atom::value);
+  self->delayed_send(self, tick_period(st.cfg), tick_atom::value);
+}
+
+/// Keeps the next snapshot pending while anyone subscribes. The schedule is
+/// fixed-rate (due times are multiples of the interval from the first), so a
+/// late wake-up does not push every later snapshot back; one missed entirely
+/// is skipped rather than sent twice.
+void arm_snapshot(supervisor_ptr self) {
+  auto& st = self->state;
+  if (st.snapshot_armed || st.subscribers.empty())
+    return;
+  auto now = self->clock().now();
+  if (st.next_snapshot <= now)
+    st.next_snapshot = now + st.cfg.snapshot_interval;
+  st.snapshot_armed = true;
+  self->delayed_send(self, st.next_snapshot - now, snapshot_atom::value);
 }
 
 // -- leases ------------------------------------------------------------------
@@ -274,6 +293,9 @@ void begin_load(supervisor_ptr self, const std::string& key, loader_fn loader,
   e.waiters.push_back(std::move(rp));
   publish_event(self, key, model_state::loading, e.generation, 0, {});
   st.queued_loads.emplace_back(key, e.generation);
+  // The timeout counts from the request, time queued behind
+  // max_concurrent_loads included.
+  self->delayed_send(self, st.cfg.load_timeout, load_timeout_atom::value, key, e.generation);
   pump_queue(self);
   arm_tick(self);
 }
@@ -311,7 +333,6 @@ void start_load(supervisor_ptr self, const std::string& key, entry& e) {
     loader_self->send(sup, loaded_atom::value, key, generation, std::move(outcome));
   };
   self->system().spawn(run, std::move(loader), key, generation, sup);
-  self->delayed_send(self, st.cfg.load_timeout, load_timeout_atom::value, key, generation);
 }
 
 /// Ends a load in failure: every waiter gets `err`, the key is absent again.
@@ -401,8 +422,10 @@ void finish_load(supervisor_ptr self, std::unordered_map<std::string, entry>::it
 void on_loaded(supervisor_ptr self, const std::string& key, uint64_t generation,
                load_outcome& outcome) {
   auto& st = self->state;
-  st.active_loads -= std::min<size_t>(st.active_loads, 1);
-  pump_queue(self);
+  if (st.abandoned_loads.erase(generation) == 0) {
+    st.active_loads -= std::min<size_t>(st.active_loads, 1);
+    pump_queue(self);
+  }
   auto i = st.entries.find(key);
   if (i == st.entries.end() || i->second.generation != generation ||
       i->second.state != model_state::loading) {
@@ -570,7 +593,7 @@ supervisor_actor::behavior_type supervisor(supervisor_ptr self, registry_config 
       self->monitor(listener);
       self->state.subscribers.push_back(listener);
       self->send(listener, snapshot_atom::value, make_snapshot(self));
-      arm_tick(self);
+      arm_snapshot(self);
     },
     [self](unsubscribe_atom, const status_listener& listener) {
       auto& subs = self->state.subscribers;
@@ -588,8 +611,22 @@ supervisor_actor::behavior_type supervisor(supervisor_ptr self, registry_config 
         return;
       ++st.totals.load_timeouts;
       auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(st.cfg.load_timeout);
+      auto started = i->second.load_started;
       fail_load(self, i, make_error(errc::load_timeout, "loading '" + key + "' took longer than " +
                                                           std::to_string(ms.count()) + " ms"));
+      if (!started) {
+        auto& q = st.queued_loads;
+        q.erase(std::remove(q.begin(), q.end(), std::make_pair(key, generation)), q.end());
+      } else {
+        // The loader thread cannot be stopped; it keeps running, and its
+        // result is disposed of when it comes. Its slot goes to the next
+        // queued load, so a hung loader cannot stop every later load.
+        st.abandoned_loads.insert(generation);
+        st.active_loads -= std::min<size_t>(st.active_loads, 1);
+        st.log->warn("{} #{}: loader still running after load_timeout; {} such loader(s)", key,
+                     generation, st.abandoned_loads.size());
+        pump_queue(self);
+      }
     },
     [self](handles_zero_atom, const std::string& key, uint64_t) {
       self->state.log->debug("{}: last handle released", key);
@@ -600,17 +637,18 @@ supervisor_actor::behavior_type supervisor(supervisor_ptr self, registry_config 
       st.tick_armed = false;
       if (st.cfg.ttl_sweep)
         evict_expired(self);
-      if (!st.subscribers.empty()) {
-        auto now = steady_now_ns();
-        auto interval = std::chrono::duration_cast<std::chrono::nanoseconds>(st.cfg.snapshot_interval);
-        if (now - st.last_snapshot_ns >= interval.count() * 9 / 10) {
-          st.last_snapshot_ns = now;
-          auto snap = make_snapshot(self);
-          for (const auto& sub : st.subscribers)
-            self->send(sub, snapshot_atom::value, snap);
-        }
-      }
       arm_tick(self);
+    },
+    [self](snapshot_atom) {
+      auto& st = self->state;
+      st.snapshot_armed = false;
+      if (st.subscribers.empty())
+        return;
+      auto snap = make_snapshot(self);
+      for (const auto& sub : st.subscribers)
+        self->send(sub, snapshot_atom::value, snap);
+      st.next_snapshot += st.cfg.snapshot_interval;
+      arm_snapshot(self);
     },
   };
 }

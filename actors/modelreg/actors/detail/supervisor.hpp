@@ -28,7 +28,8 @@ using supervisor_actor = registry_actor::extend<
   caf::reacts_to<loaded_atom, std::string, uint64_t, load_outcome>,
   caf::reacts_to<load_timeout_atom, std::string, uint64_t>,
   caf::reacts_to<handles_zero_atom, std::string, uint64_t>,
-  caf::reacts_to<tick_atom>>;
+  caf::reacts_to<tick_atom>,
+  caf::reacts_to<snapshot_atom>>;
 
 /// Ready models, published by the supervisor for lookups that need no
 /// mailbox round trip. Writers: the supervisor only. Readers: any thread.
