@@ -58,9 +58,8 @@ struct load_error : error {
   using error::error;
 };
 
-[[noreturn]] void raise(const caf::error& err) {
-  if (err == caf::sec::request_timeout)
-    throw error{"timeout", "no answer within the timeout (the request may still run on the node)"};
+[[noreturn]] void raise(const caf::error& caught) {
+  auto err = as_modelreg_error(caught, errc::unavailable, "the node");
   errc code = errc::unavailable;
   to_errc(err, code);
   if (code == errc::load_failed || code == errc::load_timeout)

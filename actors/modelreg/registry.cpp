@@ -9,6 +9,7 @@
 #include "modelreg/actors/detail/lease.hpp"
 #include "modelreg/actors/detail/supervisor.hpp"
 #include "modelreg/messages/error.hpp"
+#include "modelreg/messages/timeouts.hpp"
 
 namespace modelreg {
 
@@ -17,17 +18,16 @@ namespace {
 /// Callers wait at most this long beyond the load timeout: the supervisor
 /// always answers (a load, queued or running, within `load_timeout` of its
 /// request), so this only guards against a wedged system.
-constexpr auto reply_margin = std::chrono::seconds{30};
+constexpr auto reply_margin = timeouts::supervisor_margin;
 
 /// The supervisor's answer as callers see it: always a modelreg error, never
 /// one of CAF's own codes.
 caf::error from_supervisor(caf::error err) {
   if (err == caf::sec::request_receiver_down)
     return make_error(errc::unavailable, "the registry has stopped");
-  if (err == caf::sec::request_timeout)
-    return make_error(errc::unavailable, "the registry did not answer within load_timeout + " +
-                                           std::to_string(reply_margin.count()) + " s");
-  return as_modelreg_error(std::move(err), errc::unavailable, "registry");
+  return as_modelreg_error(std::move(err), errc::unavailable, "the registry (load_timeout + " +
+                                                                std::to_string(reply_margin.count()) +
+                                                                " s)");
 }
 
 std::future<caf::expected<model_handle>> ready_future(caf::expected<model_handle> x) {

@@ -105,7 +105,7 @@ int failed(const caf::error& err) {
   std::cerr << "modelreg: " << describe(err) << "\n";
   if (auto a = advice_line(err); !a.empty())
     std::cerr << "  (" << a << ")\n";
-  return is(err, errc::unavailable) ? exit_unreachable : exit_failed;
+  return is(err, errc::unavailable) || is(err, errc::timeout) ? exit_unreachable : exit_failed;
 }
 
 /// Connects without reconnecting (a command wants an answer, not a wait),
@@ -139,11 +139,11 @@ caf::expected<T> ask(caf::actor_system& sys, const registry_actor& reg, caf::tim
     .receive([&](T& x) { out = std::move(x); },
              [&](caf::error& err) {
                if (err == caf::sec::request_timeout)
-                 err = make_error(errc::unavailable,
+                 err = make_error(errc::timeout,
                                   "no answer within " +
                                     human_duration(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout)) +
                                     " (--timeout)");
-               out = std::move(err);
+               out = as_modelreg_error(std::move(err), errc::unavailable, "the node");
              });
   return out;
 }

@@ -31,5 +31,21 @@ TEST(error, AdviceFollowsTheGroups) {
   EXPECT_EQ(advice(caf::make_error(caf::sec::request_receiver_down)), error_advice::reconnect);
 }
 
+TEST(error, OneMappingTurnsEveryForeignErrorIntoAModelregCode) {
+  // A modelreg error keeps its code.
+  auto mine = make_error(errc::invalid_argument, "bad gain");
+  EXPECT_TRUE(is(as_modelreg_error(mine, errc::load_failed, "loader"), errc::invalid_argument));
+  // CAF's timeout is modelreg's timeout, whoever asked.
+  auto late = as_modelreg_error(caf::make_error(caf::sec::request_timeout), errc::unavailable, "the node");
+  EXPECT_TRUE(is(late, errc::timeout)) << describe(late);
+  EXPECT_EQ(advice(late), error_advice::back_off);
+  EXPECT_EQ(describe(late), "timeout: the node: no answer within the request's deadline");
+  // Anything else becomes the caller's fallback, naming the original.
+  auto other = as_modelreg_error(caf::make_error(caf::sec::runtime_error), errc::infer_failed, "gain");
+  EXPECT_TRUE(is(other, errc::infer_failed));
+  EXPECT_NE(describe(other).find("runtime_error"), std::string::npos) << describe(other);
+  EXPECT_EQ(to_string(errc::timeout), "timeout");
+}
+
 } // namespace
 } // namespace modelreg

@@ -68,7 +68,7 @@ caf::expected<tensor_map> model_handle::infer(const tensor_map& inputs,
                if (err == caf::sec::request_receiver_down)
                  result = make_error(errc::model_crashed, "model actor of '" + key() + "' is down");
                else
-                 result = std::move(err);
+                 result = as_modelreg_error(std::move(err), errc::infer_failed, "model '" + key() + "'");
              });
   return result;
 }

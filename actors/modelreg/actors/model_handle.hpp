@@ -17,6 +17,7 @@
 #include <caf/timespan.hpp>
 
 #include "modelreg/actors/model_actor.hpp"
+#include "modelreg/messages/timeouts.hpp"
 
 namespace modelreg {
 
@@ -48,7 +49,7 @@ public:
   /// Runs the model and waits for its outputs (blocking; do not call from
   /// inside an actor: request `actor()` there).
   caf::expected<tensor_map> infer(const tensor_map& inputs,
-                                  caf::timespan timeout = std::chrono::seconds{30}) const;
+                                  caf::timespan timeout = timeouts::request) const;
 
   /// A ticket that counts one request as in flight (see model_actor.hpp).
   request_ticket ticket() const;

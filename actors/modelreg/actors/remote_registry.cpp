@@ -217,7 +217,11 @@ struct direct_link {
     if (!w->cv.wait_for(guard, timeout, [&] { return w->done; })) {
       guard.unlock();
       forget();
-      return caf::make_error(caf::sec::request_timeout);
+      return make_error(errc::timeout,
+                        "no answer from " + uri + " within " +
+                          std::to_string(
+                            std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count()) +
+                          " ms (the request may still run on the node)");
     }
     if (w->error)
       return w->error;
@@ -845,7 +849,7 @@ caf::expected<tensor> allocate_input(caf::actor_system& sys, const registry_acto
                                      dtype type, std::vector<int64_t> shape) {
   caf::scoped_actor self{sys};
   caf::expected<tensor> out{caf::error{}};
-  self->request(caf::actor_cast<caf::actor>(remote), std::chrono::seconds{30},
+  self->request(caf::actor_cast<caf::actor>(remote), timeouts::request,
                 allocate_atom::value, static_cast<uint8_t>(type), std::move(shape))
     .receive([&](tensor& t) { out = std::move(t); },
              [&](caf::error& err) {
@@ -859,7 +863,7 @@ caf::expected<tensor> allocate_input(caf::actor_system& sys, const registry_acto
 blocking_client::blocking_client(caf::actor_system& sys, registry_actor remote)
   : sys_(&sys), remote_(std::move(remote)) {
   caf::scoped_actor self{sys};
-  self->request(caf::actor_cast<caf::actor>(remote_), std::chrono::seconds{30}, direct_atom::value)
+  self->request(caf::actor_cast<caf::actor>(remote_), timeouts::request, direct_atom::value)
     .receive([&](std::shared_ptr<detail::direct_link>& link) { link_ = std::move(link); },
              [](caf::error&) {}); // not a proxy from connect(): ordinary requests
 }
@@ -872,15 +876,16 @@ caf::expected<tensor_map> blocking_client::infer(const std::string& key, const t
   caf::expected<tensor_map> out{caf::error{}};
   self->request(remote_, timeout, infer_atom::value, key, inputs)
     .receive([&](tensor_map& x) { out = std::move(x); },
-             [&](caf::error& err) { out = std::move(err); });
+             [&](caf::error& err) { out = as_modelreg_error(std::move(err), errc::unavailable, "the node"); });
   return out;
 }
 
 caf::expected<remote_stats> stats_of(caf::actor_system& sys, const registry_actor& remote) {
   caf::scoped_actor self{sys};
   caf::expected<remote_stats> out{caf::error{}};
-  self->request(caf::actor_cast<caf::actor>(remote), std::chrono::seconds{30}, stats_atom::value)
-    .receive([&](remote_stats& s) { out = s; }, [&](caf::error& err) { out = std::move(err); });
+  self->request(caf::actor_cast<caf::actor>(remote), timeouts::request, stats_atom::value)
+    .receive([&](remote_stats& s) { out = s; },
+             [&](caf::error& err) { out = as_modelreg_error(std::move(err), errc::unavailable, "the node"); });
   return out;
 }
 
@@ -892,7 +897,7 @@ caf::expected<std::string> remote_status_json(caf::actor_system& sys,
   self->request(caf::actor_cast<caf::actor>(remote), timeout,
                 raw_status_atom::value)
     .receive([&](std::string& s) { out = std::move(s); },
-             [&](caf::error& err) { out = std::move(err); });
+             [&](caf::error& err) { out = as_modelreg_error(std::move(err), errc::unavailable, "the node"); });
   return out;
 }
 

@@ -38,6 +38,7 @@
 #include <caf/expected.hpp>
 
 #include "modelreg/actors/registry_actor.hpp"
+#include "modelreg/messages/timeouts.hpp"
 #include "modelreg/transport/endpoint.hpp"
 
 namespace modelreg {
@@ -52,7 +53,7 @@ struct connect_options {
   std::shared_ptr<transport::endpoint> endpoint;
   /// How long a tcp:// connect may take, CAF's handshake included (CAF's
   /// own would wait for ever on a port where something else listens).
-  std::chrono::milliseconds connect_timeout{std::chrono::seconds{10}};
+  std::chrono::milliseconds connect_timeout{timeouts::connect};
 };
 
 /// Where a node listens unless told otherwise: $MODELREG_SOCKET, else
@@ -136,7 +137,7 @@ private:
 /// plus "connections" and "catalog".
 caf::expected<std::string> remote_status_json(caf::actor_system& sys,
                                               const registry_actor& remote,
-                                              caf::timespan timeout = std::chrono::seconds{30});
+                                              caf::timespan timeout = timeouts::request);
 
 } // namespace modelreg
 

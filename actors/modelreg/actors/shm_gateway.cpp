@@ -235,6 +235,8 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
     // reload, not reconnect.
     if (err == caf::sec::request_receiver_down)
       err = make_error(errc::model_crashed, "the model actor is down; the next load reloads it");
+    else
+      err = as_modelreg_error(std::move(err), errc::infer_failed, "the model");
     respond_error(*link, id, err);
     f.done();
   };

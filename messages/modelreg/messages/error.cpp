@@ -21,6 +21,7 @@ std::string to_string(errc code) {
     case errc::quota_exceeded: return "quota_exceeded";
     case errc::busy: return "busy";
     case errc::load_timeout: return "load_timeout";
+    case errc::timeout: return "timeout";
     case errc::peer_disconnected: return "peer_disconnected";
     case errc::unavailable: return "unavailable";
     case errc::model_crashed: return "model_crashed";
@@ -98,6 +99,8 @@ caf::error as_modelreg_error(caf::error err, errc fallback, const std::string& w
   errc code;
   if (!err || to_errc(err, code))
     return err;
+  if (err == caf::sec::request_timeout)
+    return make_error(errc::timeout, who + ": no answer within the request's deadline");
   return make_error(fallback, who + " failed: " + caf::to_string(err));
 }
 

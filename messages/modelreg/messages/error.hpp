@@ -31,6 +31,7 @@ enum class errc : uint8_t {
   quota_exceeded = 22,   ///< a per-connection quota is exhausted
   busy = 23,             ///< the model is in use (handles or requests)
   load_timeout = 24,     ///< the loader did not finish within load_timeout
+  timeout = 25,          ///< no answer within the request's deadline (it may still run)
   // -- reconnect or reload ------------------------------------------------
   peer_disconnected = 40, ///< the other process went away
   unavailable = 41,      ///< the registry or worker is not reachable
@@ -67,12 +68,14 @@ error_advice advice(const caf::error& err);
 /// Readable rendering without an actor system: "out_of_memory: needs ...".
 std::string describe(const caf::error& err);
 
-/// What a loader or a model returned, as callers see it: a modelreg error
-/// keeps its code (a loader's `invalid_argument` for a bad parameter, a
-/// model's for a bad input: the request is wrong either way); any other
-/// error (a CAF `sec`, another category) becomes `fallback` (`load_failed`,
-/// `infer_failed`) with the original rendered after `who`. No other
-/// category ever reaches a caller.
+/// The one mapping of foreign errors to modelreg's. A modelreg error keeps its
+/// code (a loader's `invalid_argument` for a bad parameter, a model's for a
+/// bad input: the request is wrong either way); CAF's `request_timeout`
+/// becomes `timeout`; any other error (another `sec`, another category)
+/// becomes `fallback` (`load_failed`, `infer_failed`, `unavailable`) with the
+/// original rendered after `who`. No other category ever reaches a caller.
+/// (A dead receiver means different things to different callers, a crashed
+/// model or a stopped registry: they check `request_receiver_down` first.)
 caf::error as_modelreg_error(caf::error err, errc fallback, const std::string& who);
 
 } // namespace modelreg

@@ -7,10 +7,11 @@
 namespace modelreg::transport {
 
 void put_error(wire::Error::Builder e, const caf::error& err) {
-  errc code = errc::unavailable; // CAF's own errors (timeouts, dead actors)
-  to_errc(err, code);
+  auto mine = as_modelreg_error(err, errc::unavailable, "the node"); // CAF's own, too
+  errc code = errc::unavailable;
+  to_errc(mine, code);
   e.setCode(static_cast<uint8_t>(code));
-  e.setMessage(describe(err));
+  e.setMessage(describe(mine));
 }
 
 caf::error error_of(wire::Error::Reader e) {
@@ -154,8 +155,8 @@ rpc_client::call(const std::function<caf::error(outgoing_frame&, wire::Request::
   std::unique_lock guard{mutex_};
   if (!p->cv.wait_for(guard, timeout, [&] { return p->done.load(); })) {
     pending_.erase(id);
-    return make_error(errc::unavailable, "no response within " +
-                                           std::to_string(timeout.count()) + " ms");
+    return make_error(errc::timeout, "no response within " + std::to_string(timeout.count()) +
+                                       " ms");
   }
   if (p->error)
     return p->error;

@@ -16,6 +16,7 @@
 #include <mutex>
 
 #include "modelreg/messages/model_spec.hpp"
+#include "modelreg/messages/timeouts.hpp"
 #include "modelreg/transport/endpoint.hpp"
 
 namespace modelreg::transport {
@@ -49,10 +50,10 @@ public:
 
   /// Fills a request (its id is set for you), sends it and waits for the
   /// response frame. Errors: the send's (quota_exceeded, ...),
-  /// peer_disconnected, or unavailable after `timeout`.
+  /// peer_disconnected, or `timeout` after `timeout`.
   caf::expected<frame_ptr> call(const std::function<caf::error(outgoing_frame&,
                                                                wire::Request::Builder)>& fill,
-                                std::chrono::milliseconds timeout = std::chrono::seconds{30});
+                                std::chrono::milliseconds timeout = timeouts::request);
 
   const connection_ptr& connection() const noexcept { return conn_; }
 
