@@ -289,6 +289,14 @@ int run_caf_echo_server() {
   return 0;
 }
 
+double shm_rtt_us_p50(const std::string& self_path, size_t bytes, const std::string& dir) {
+  transport_bench_options opts;
+  opts.self_path = self_path;
+  opts.sizes = {bytes};
+  auto rows = run_modelreg(opts, true, dir);
+  return rows.at(0)["rtt_us_p50"].get<double>();
+}
+
 std::string run_transport_bench(const transport_bench_options& opts) {
   nlohmann::json results = nlohmann::json::array();
   // The floor right before and right after the shared-memory rows, so the

@@ -24,6 +24,11 @@ struct transport_bench_options {
 /// Runs every measurement and returns {"results": [...]} (see docs/benchmarks.md).
 std::string run_transport_bench(const transport_bench_options& opts);
 
+/// The `shm` row alone for one size: the transport-only round-trip p50 in
+/// microseconds (an echo process, no registry), in a scratch folder under
+/// `dir`. Throws std::runtime_error on failure.
+double shm_rtt_us_p50(const std::string& self_path, size_t bytes, const std::string& dir);
+
 /// The other side of the `caf_tcp` rows: publishes an echo actor on a free
 /// loopback port, prints the port, serves until stdin closes.
 int run_caf_echo_server();

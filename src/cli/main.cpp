@@ -96,7 +96,13 @@ std::vector<command> add_benchmarks(CLI::App& app) {
     add_count(sub, "--clients", opts->clients, "client processes (default 8)", 1, 256);
     add_count(sub, "--requests", opts->requests, "requests per client", 1);
     add_count(sub, "--in-flight", opts->in_flight, "requests each client keeps in flight", 1, 1024);
-    sub->add_option("--model", opts->model, "catalog model to infer (default echo)");
+    sub->add_option("--model", opts->model,
+                    "echo or gain (default: gain at one request in flight, else echo)")
+      ->check(CLI::IsMember({"echo", "gain"}));
+    add_count(sub, "--elements", opts->elements,
+              "f32 elements per request (default: 1024, i.e. 4 KiB, at one request in flight, "
+              "else 16)",
+              1);
     out.push_back({sub, [opts, json] {
       opts->self_path = self_path();
       auto result = modelreg::bench::run_serve_bench(*opts);
@@ -106,15 +112,21 @@ std::vector<command> add_benchmarks(CLI::App& app) {
       } else if (j.contains("error")) {
         std::cerr << "bench serve: " << j["error"].get<std::string>() << "\n";
       } else {
-        std::printf("serve benchmark: %zu clients x %zu in flight, model '%s'\n", opts->clients,
-                    opts->in_flight, opts->model.c_str());
+        std::printf("serve benchmark: %zu clients x %zu in flight, model '%s', %zu bytes\n",
+                    opts->clients, opts->in_flight, j["model"].get<std::string>().c_str(),
+                    j["bytes"].get<size_t>());
         std::printf("  %llu requests, %llu errors, %llu wrong, %llu load(s)\n",
                     j["requests"].get<unsigned long long>(), j["errors"].get<unsigned long long>(),
                     j["wrong_answers"].get<unsigned long long>(),
                     j["loads"].get<unsigned long long>());
-        std::printf("  %.0f req/s   latency p50 %.0f us   p99 %.0f us\n",
+        std::printf("  %.0f req/s   latency p50 %.0f us   p99 %.0f us   %.1f context switches "
+                    "per request\n",
                     j["req_per_s"].get<double>(), j["latency_us_p50"].get<double>(),
-                    j["latency_us_p99"].get<double>());
+                    j["latency_us_p99"].get<double>(), j["ctx_switches_per_request"].get<double>());
+        if (j.contains("transport_rtt_us_p50"))
+          std::printf("  transport alone, same size: p50 %.0f us (full stack %.2f x)\n",
+                      j["transport_rtt_us_p50"].get<double>(),
+                      j["full_stack_over_transport"].get<double>());
       }
       return j.contains("error") || j["errors"].get<uint64_t>() > 0 ? exit_failed : exit_ok;
     }});
@@ -124,8 +136,8 @@ std::vector<command> add_benchmarks(CLI::App& app) {
     auto json = std::make_shared<bool>(false);
     auto sizes = std::make_shared<std::vector<std::string>>();
     auto* sub = bench->add_subcommand(
-      "python", "round trips of 1 MiB and 64 MiB tensors from a C++ and a Python client to one "
-                "worker: what Python adds");
+      "python", "round trips of 4 KiB, 1 MiB and 64 MiB tensors from a C++ and a Python client "
+                "to one worker: what Python adds");
     sub->add_flag("--json", *json, "as JSON");
     sub->add_flag_callback("--quick", [opts] {
       opts->sessions = 1;
@@ -138,7 +150,7 @@ std::vector<command> add_benchmarks(CLI::App& app) {
     sub->add_option("--pythonpath", opts->python_path, "where the modelreg package is")
       ->type_name("PATH");
     sub->add_option("--model", opts->model, "catalog model (default echo)");
-    sub->add_option("--sizes", *sizes, "tensor sizes, e.g. 1M,64M")
+    sub->add_option("--sizes", *sizes, "tensor sizes (default 4K,1M,64M)")
       ->delimiter(',')
       ->type_name("SIZE,...");
     out.push_back({sub, [opts, json, sizes, sessions] {
@@ -309,6 +321,10 @@ std::optional<int> run_hidden(const std::string& command, std::vector<std::strin
   if (command == "__bench-serve-client" && args.size() == 6)
     return modelreg::tools::run_serve_bench_client(args[0], args[1], n(args[2]), n(args[3]),
                                                    n(args[4]), args[5]);
+  if (command == "__bench-serve-client" && args.size() == 8)
+    return modelreg::tools::run_serve_bench_client(args[0], args[1], n(args[2]), n(args[3]),
+                                                   n(args[4]), args[5], args[6],
+                                                   std::stof(args[7]));
   if (command == "__asr-node-client" && args.size() >= 3)
     return modelreg::tools::run_asr_node_client(
       args[0], args[1], std::vector<std::string>(args.begin() + 2, args.end()));
