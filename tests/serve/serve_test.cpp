@@ -29,6 +29,18 @@ TEST_F(serve_test, RemoteRegistryAnswersLikeALocalOne) {
   ASSERT_TRUE(h) << describe(h.error());
   EXPECT_EQ(h->key(), "gain");
   EXPECT_EQ(h->description(), "gain(x2)");
+  // Its generation is the node's load of "gain", as the header says (it used
+  // to be the lease id, different for every handle).
+  {
+    auto second = c.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"gain"},
+                                      model_spec{});
+    ASSERT_TRUE(second) << describe(second.error());
+    EXPECT_EQ(second->generation(), h->generation());
+    auto loaded = c.ask<registry_snapshot>(*reg, list_atom::value);
+    ASSERT_TRUE(loaded);
+    ASSERT_EQ(loaded->models.size(), 1u);
+    EXPECT_EQ(h->generation(), loaded->models[0].generation);
+  }
   // Input written straight into shared memory: it crosses by reference.
   auto in = allocate_input(*c.sys, *reg, dtype::f32, {4});
   ASSERT_TRUE(in) << describe(in.error());

@@ -568,8 +568,8 @@ model_handle make_handle(proxy_ptr self, wire::Handle::Reader h) {
   std::string key = h.getKey();
   auto fwd = self->system().spawn(forwarder, caf::actor_cast<registry_actor>(self), key);
   auto block = std::make_shared<detail::entry_block>(
-    key, h.getLease(), fwd, caf::actor_cast<caf::weak_actor_ptr>(self), h.getDescription(),
-    h.getMemoryBytes(), std::make_shared<detail::model_stats>(), 0);
+    key, h.getGeneration(), fwd, caf::actor_cast<caf::weak_actor_ptr>(self), h.getDescription(),
+    h.getMemoryBytes(), std::make_shared<detail::model_stats>(), 0, h.getLease());
   block->handles.store(1); // the lease below
   self->state.handles[h.getLease()] = block;
   return model_handle{std::make_shared<detail::lease>(block)};

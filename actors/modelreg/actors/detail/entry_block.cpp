@@ -10,9 +10,10 @@ namespace modelreg::detail {
 entry_block::entry_block(std::string key, uint64_t generation, model_actor actor,
                          caf::weak_actor_ptr supervisor, std::string description,
                          uint64_t memory_bytes, std::shared_ptr<model_stats> stats,
-                         int64_t load_time_us)
+                         int64_t load_time_us, uint64_t lease_id)
   : key(std::move(key)),
     generation(generation),
+    lease_id(lease_id),
     actor(std::move(actor)),
     supervisor(std::move(supervisor)),
     description(std::move(description)),
@@ -33,9 +34,11 @@ bool entry_block::try_acquire() noexcept {
 void entry_block::release_one() noexcept {
   touch();
   if (handles.fetch_sub(1) == 1 && !closed.load()) {
+    // A supervisor knows a load by its generation; a remote registry's proxy
+    // knows a handle by its lease.
     if (auto sup = supervisor.lock())
       caf::anon_send(caf::actor_cast<supervisor_actor>(sup), handles_zero_atom::value, key,
-                     generation);
+                     lease_id != 0 ? lease_id : generation);
   }
 }
 

@@ -44,10 +44,13 @@ struct model_stats {
 struct entry_block {
   entry_block(std::string key, uint64_t generation, model_actor actor,
               caf::weak_actor_ptr supervisor, std::string description, uint64_t memory_bytes,
-              std::shared_ptr<model_stats> stats, int64_t load_time_us);
+              std::shared_ptr<model_stats> stats, int64_t load_time_us, uint64_t lease_id = 0);
 
   const std::string key;
+  /// Which load of `key` (the node's, for a remote handle).
   const uint64_t generation;
+  /// A remote handle's lease on its node; 0 for a local model.
+  const uint64_t lease_id;
   const model_actor actor;
   const caf::weak_actor_ptr supervisor;
   const std::string description;
