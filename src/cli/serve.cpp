@@ -290,8 +290,13 @@ int run_serve(serve_options o) {
   auto logger = log::get("modelreg.serve");
   rcfg.catalog = std::make_shared<catalog>(std::move(*cat));
   rcfg.backends = backends;
+  auto started = transport::endpoint::try_start(eopts);
+  if (!started) {
+    std::cerr << "modelreg serve: " << describe(started.error()) << "\n";
+    return exit_failed;
+  }
+  auto ep = std::move(*started);
   auto registry = spawn_registry(sys, rcfg);
-  auto ep = transport::endpoint::start(eopts);
   gateway_options gopts;
   gopts.catalog = rcfg.catalog->names();
   gopts.catalog_details = rcfg.catalog->describe_json(*backends);

@@ -110,6 +110,24 @@ TEST_F(cli_test, EveryCommandAnswersHelpAndAMistypedOneGetsTheNearest) {
   EXPECT_TRUE(contains(run({"--version"}).out, "modelreg"));
 }
 
+TEST_F(cli_test, AClientOutOfFileDescriptorsSaysWhyAndExits) {
+#ifdef MODELREG_SANITIZED
+  GTEST_SKIP() << "the sanitizers need descriptors of their own";
+#endif
+  // With few descriptors the transport's event loop cannot start (libuv
+  // needs an epoll and an eventfd): every libuv result is checked, so the
+  // command names the reason and exits 3 at every limit.
+  bool loop_named = false;
+  for (int limit = 6; limit <= 16; ++limit) {
+    auto r = run({"status", "--socket", dir + "/nobody.sock"},
+                 {"prlimit", "--nofile=" + std::to_string(limit)});
+    EXPECT_EQ(r.code, 3) << "limit " << limit << ": " << r.err;
+    EXPECT_TRUE(contains(r.err, "modelreg: ")) << r.err;
+    loop_named = loop_named || contains(r.err, "event loop");
+  }
+  EXPECT_TRUE(loop_named) << "no limit stopped the event loop's set-up";
+}
+
 TEST_F(cli_test, ACommandAimedAtSomethingElseGivesUpAtItsTimeoutAndSaysWhy) {
   // A TCP port where something listens that never speaks CAF (as an HTTP
   // server does): CAF alone would wait for ever.

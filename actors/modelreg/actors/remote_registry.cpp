@@ -822,7 +822,10 @@ caf::expected<registry_actor> connect(caf::actor_system& sys, const std::string&
   auto endpoint = options.endpoint;
   bool own_endpoint = false;
   if (where->unix_socket && !endpoint) {
-    endpoint = transport::endpoint::start();
+    auto started = transport::endpoint::try_start();
+    if (!started)
+      return started.error();
+    endpoint = std::move(*started);
     own_endpoint = true;
   }
   auto direct = std::make_shared<detail::direct_link>();

@@ -121,6 +121,13 @@ caf::expected<hello_info> parse_hello(const datagram& d) {
   return info;
 }
 
+/// Logs a libuv call that failed. The calls checked this way fail only on a
+/// programming error (a closed handle): nothing to undo, but never silent.
+void check_uv(int rc, const char* what) {
+  if (rc != 0)
+    log::get("modelreg.transport")->error("{}: {}", what, uv_strerror(rc));
+}
+
 /// A listening socket's poll callback: its data is the accept function.
 void on_listener_readable(uv_poll_t* p, int status, int) {
   if (status >= 0)
@@ -443,11 +450,25 @@ endpoint::endpoint(endpoint_options opts)
 }
 
 std::shared_ptr<endpoint> endpoint::start(endpoint_options opts) {
+  auto ep = try_start(std::move(opts));
+  if (!ep)
+    throw std::runtime_error(describe(ep.error()));
+  return std::move(*ep);
+}
+
+caf::expected<std::shared_ptr<endpoint>> endpoint::try_start(endpoint_options opts) {
   std::shared_ptr<endpoint> ep{new endpoint(std::move(opts))};
   auto& lp = *ep->loop_;
-  uv_loop_init(&lp.uv);
+  auto fail = [](const char* what, int rc) {
+    return make_error(errc::unavailable, std::string{"the transport's event loop: "} + what +
+                                           ": " + uv_strerror(rc));
+  };
+  if (int rc = uv_loop_init(&lp.uv); rc != 0) {
+    ep->loop_->stopping = true; // nothing to stop: no thread, no handles
+    return fail("uv_loop_init", rc);
+  }
   lp.wake.data = ep.get();
-  uv_async_init(&lp.uv, &lp.wake, [](uv_async_t* h) {
+  int rc = uv_async_init(&lp.uv, &lp.wake, [](uv_async_t* h) {
     auto* self = static_cast<endpoint*>(h->data);
     std::vector<std::function<void()>> tasks;
     {
@@ -457,22 +478,29 @@ std::shared_ptr<endpoint> endpoint::start(endpoint_options opts) {
     for (auto& t : tasks)
       t();
   });
-  // One timer for every connection's heartbeat and hello deadline.
-  uv_timer_init(&lp.uv, &lp.sweep);
+  if (rc != 0) {
+    ep->loop_->stopping = true;
+    check_uv(uv_loop_close(&lp.uv), "uv_loop_close");
+    return fail("uv_async_init", rc);
+  }
+  // One timer for every connection's heartbeat and hello deadline. (Timers
+  // cannot fail to initialise or start on an open loop; checked all the same.)
+  check_uv(uv_timer_init(&lp.uv, &lp.sweep), "uv_timer_init");
   lp.sweep.data = ep.get();
   auto period = std::min(ep->options_.heartbeat_interval.count() > 0
                            ? ep->options_.heartbeat_interval
                            : std::chrono::milliseconds{1000},
                          std::chrono::milliseconds{250});
-  uv_timer_start(
-    &lp.sweep, [](uv_timer_t* t) { static_cast<endpoint*>(t->data)->sweep(); },
-    static_cast<uint64_t>(period.count()), static_cast<uint64_t>(period.count()));
-  uv_timer_init(&lp.uv, &lp.accept_retry);
+  check_uv(uv_timer_start(
+             &lp.sweep, [](uv_timer_t* t) { static_cast<endpoint*>(t->data)->sweep(); },
+             static_cast<uint64_t>(period.count()), static_cast<uint64_t>(period.count())),
+           "uv_timer_start (sweep)");
+  check_uv(uv_timer_init(&lp.uv, &lp.accept_retry), "uv_timer_init");
   lp.accept_retry.data = ep.get();
   lp.spare_fd = unique_fd{::open("/dev/null", O_RDONLY | O_CLOEXEC)};
   lp.thread = std::thread{[&lp] {
-    uv_run(&lp.uv, UV_RUN_DEFAULT);
-    uv_loop_close(&lp.uv);
+    uv_run(&lp.uv, UV_RUN_DEFAULT); // returns when no handle is left: stop() closed them
+    check_uv(uv_loop_close(&lp.uv), "uv_loop_close (a handle is still open)");
   }};
   return ep;
 }
@@ -490,7 +518,7 @@ void endpoint::post(std::function<void()> task) {
       return;
     loop_->tasks.push_back(std::move(task));
   }
-  uv_async_send(&loop_->wake);
+  check_uv(uv_async_send(&loop_->wake), "uv_async_send");
 }
 
 void endpoint::stop() {
@@ -518,7 +546,7 @@ void endpoint::stop() {
       uv_close(reinterpret_cast<uv_handle_t*>(&loop_->wake), nullptr);
     });
   }
-  uv_async_send(&loop_->wake);
+  check_uv(uv_async_send(&loop_->wake), "uv_async_send");
   if (loop_->thread.joinable()) {
     if (on_loop_thread())
       loop_->thread.detach(); // the last owner let go inside a loop callback
@@ -558,11 +586,17 @@ caf::error endpoint::listen(const std::string& path, frame_handler on_frame,
   auto raw = fd->get();
   auto self = shared_from_this();
   auto owned = std::make_shared<unique_fd>(std::move(*fd));
-  post([self, raw, h, owned] {
+  post([self, raw, h, owned, path] {
     auto* poll = new uv_poll_t{};
-    uv_poll_init(&self->loop_->uv, poll, raw);
+    if (int rc = uv_poll_init(&self->loop_->uv, poll, raw); rc != 0) {
+      // The socket file stays, but nobody accepts: say so loudly.
+      log::get("modelreg.transport")->error("cannot watch the socket {}: {}", path, uv_strerror(rc));
+      delete poll;
+      return;
+    }
     poll->data = new std::function<void()>{[self, raw, h] { self->accept_pending(raw, h); }};
-    uv_poll_start(poll, UV_READABLE, on_listener_readable);
+    if (int rc = uv_poll_start(poll, UV_READABLE, on_listener_readable); rc != 0)
+      log::get("modelreg.transport")->error("cannot watch the socket {}: {}", path, uv_strerror(rc));
     self->loop_->listeners.emplace_back(poll, std::move(*owned));
   });
   return {};
@@ -595,19 +629,21 @@ void endpoint::accept_pending(int listener, const std::shared_ptr<handlers>& h) 
                 refused);
       for (auto& [poll, owned] : loop_->listeners) {
         if (owned.get() == listener) {
-          uv_poll_stop(poll);
+          check_uv(uv_poll_stop(poll), "uv_poll_stop (listener)");
           loop_->paused.push_back(poll);
         }
       }
-      uv_timer_start(
-        &loop_->accept_retry,
-        [](uv_timer_t* t) {
-          auto* self = static_cast<endpoint*>(t->data);
-          for (auto* poll : self->loop_->paused)
-            uv_poll_start(poll, UV_READABLE, on_listener_readable);
-          self->loop_->paused.clear();
-        },
-        100, 0);
+      check_uv(uv_timer_start(
+                 &loop_->accept_retry,
+                 [](uv_timer_t* t) {
+                   auto* self = static_cast<endpoint*>(t->data);
+                   for (auto* poll : self->loop_->paused)
+                     check_uv(uv_poll_start(poll, UV_READABLE, on_listener_readable),
+                              "uv_poll_start (listener)");
+                   self->loop_->paused.clear();
+                 },
+                 100, 0),
+               "uv_timer_start (accept retry)");
       return;
     }
     if (!*fd)
@@ -636,16 +672,17 @@ void endpoint::start_flushing(const connection_ptr& conn) {
   st.flush_timer.data = conn.get();
   // The ring has no "room again" signal: retry every millisecond while
   // something waits (the socket's backlog too, simplest the same way).
-  uv_timer_start(
-    &st.flush_timer,
-    [](uv_timer_t* t) {
-      auto* c = static_cast<connection*>(t->data);
-      if (c->flush_backlog() || !c->open_.load()) {
-        c->loop_state_->flushing = false;
-        uv_timer_stop(t);
-      }
-    },
-    1, 1);
+  check_uv(uv_timer_start(
+             &st.flush_timer,
+             [](uv_timer_t* t) {
+               auto* c = static_cast<connection*>(t->data);
+               if (c->flush_backlog() || !c->open_.load()) {
+                 c->loop_state_->flushing = false;
+                 check_uv(uv_timer_stop(t), "uv_timer_stop (flush)");
+               }
+             },
+             1, 1),
+           "uv_timer_start (flush)");
 }
 
 void endpoint::sweep() {
@@ -816,13 +853,41 @@ void endpoint::adopt(const connection_ptr& conn, std::shared_ptr<handlers> h) {
   auto& st = *conn->loop_state_;
   st.handlers = h;
   st.keep_alive = conn;
-  uv_timer_init(&loop_->uv, &st.flush_timer);
-  uv_poll_init(&loop_->uv, &st.sock_poll, conn->sock_.get());
+  check_uv(uv_timer_init(&loop_->uv, &st.flush_timer), "uv_timer_init (flush)");
   auto self = shared_from_this();
+  // A socket the loop cannot watch is closed at once: the peer sees it
+  // close, its owner hears why.
+  auto refuse = [&](int rc) {
+    log::get("modelreg.transport")->warn("connection {}: cannot watch its socket: {}", conn->id_,
+                                         uv_strerror(rc));
+    if (h && h->on_error)
+      h->on_error(conn, make_error(errc::unavailable,
+                                   std::string{"cannot watch the socket: "} + uv_strerror(rc)));
+  };
+  if (int rc = uv_poll_init(&loop_->uv, &st.sock_poll, conn->sock_.get()); rc != 0) {
+    // The poll handle does not exist, so `drop` cannot close it: only the
+    // timer is there to close.
+    st.closing = true;
+    conn->open_ = false;
+    {
+      std::lock_guard guard{connections_mutex_};
+      connections_.erase(conn->id_);
+    }
+    conn->pool_->reclaim(conn->id_);
+    st.flush_timer.data = new std::function<void()>{[conn] { conn->loop_state_->keep_alive.reset(); }};
+    close_then(reinterpret_cast<uv_handle_t*>(&st.flush_timer));
+    ::shutdown(conn->sock_.get(), SHUT_RDWR);
+    return refuse(rc);
+  }
   st.sock_poll.data = new std::function<void()>{[self, conn, h] { self->on_readable(conn, h); }};
-  uv_poll_start(&st.sock_poll, UV_READABLE | UV_DISCONNECT, [](uv_poll_t* p, int, int) {
-    (*static_cast<std::function<void()>*>(p->data))();
-  });
+  if (int rc = uv_poll_start(&st.sock_poll, UV_READABLE | UV_DISCONNECT,
+                             [](uv_poll_t* p, int, int) {
+                               (*static_cast<std::function<void()>*>(p->data))();
+                             });
+      rc != 0) {
+    drop(conn);
+    return refuse(rc);
+  }
 }
 
 void endpoint::on_readable(const connection_ptr& conn, const std::shared_ptr<handlers>& h) {
@@ -1136,12 +1201,12 @@ void endpoint::drop(const connection_ptr& conn) {
       delete old;
       finish();
     }};
-    uv_poll_stop(&p);
+    check_uv(uv_poll_stop(&p), "uv_poll_stop");
     close_then(reinterpret_cast<uv_handle_t*>(&p));
   };
   close_poll(st.sock_poll);
   st.flush_timer.data = new std::function<void()>{finish};
-  uv_timer_stop(&st.flush_timer);
+  check_uv(uv_timer_stop(&st.flush_timer), "uv_timer_stop");
   close_then(reinterpret_cast<uv_handle_t*>(&st.flush_timer));
   ::shutdown(conn->sock_.get(), SHUT_RDWR);
 }

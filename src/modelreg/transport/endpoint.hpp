@@ -206,7 +206,11 @@ struct endpoint_stats {
 
 class endpoint : public std::enable_shared_from_this<endpoint> {
 public:
-  /// Starts the loop thread.
+  /// Starts the loop thread; `unavailable` (naming libuv's reason) if the
+  /// loop cannot be set up, e.g. when the process is out of descriptors.
+  static caf::expected<std::shared_ptr<endpoint>> try_start(endpoint_options opts = {});
+  /// try_start for callers that cannot go on without one (tests, tools):
+  /// throws std::runtime_error with the reason.
   static std::shared_ptr<endpoint> start(endpoint_options opts = {});
   ~endpoint();
 
