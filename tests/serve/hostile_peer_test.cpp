@@ -24,6 +24,7 @@
 #include <capnp/serialize.h>
 
 #include "modelreg/actors/shm_gateway.hpp"
+#include "modelreg/actors/tcp_guard.hpp"
 #include "modelreg/shm/segment.hpp"
 #include "modelreg/transport/ring.hpp"
 #include "modelreg/transport/socket.hpp"
@@ -386,6 +387,55 @@ TEST_F(hostile_peer_test, PlainTcpPeersCannotMakeTheNodeAllocateNorHoldSilentCon
                                     tensor_map{{"x", *big}});
   ASSERT_TRUE(r) << describe(r.error());
   EXPECT_EQ(r->at("x").nbytes(), big->nbytes());
+}
+
+TEST(tcp_guard, AllPlainTcpPeersTogetherCannotAnnounceMoreThanTheNodeWideLimit) {
+  // Each peer stays under the per-message limit (1 MiB announced of 2 MiB),
+  // but only three fit the node-wide 3 MiB: exactly one of four is closed,
+  // whichever the node reads last, and the other three stay open.
+  system_config cfg;
+  cfg.load<caf::io::middleman>();
+  caf::actor_system sys{cfg};
+  tcp_guard_options o;
+  o.max_message = 2u << 20;
+  o.max_buffered = 3u << 20;
+  o.handshake_timeout = 10min; // only the size limit may close them here
+  tcp_guard guard{o};
+  auto target = sys.spawn([]() -> caf::behavior { return {[](int x) { return x; }}; });
+  auto port = guard.publish(sys, caf::actor_cast<caf::strong_actor_ptr>(target),
+                            sys.message_types(target), 0, "127.0.0.1");
+  ASSERT_TRUE(port) << sys.render(port.error());
+  constexpr uint8_t client_handshake = 1;
+  std::vector<int> peers;
+  for (int i = 0; i < 4; ++i) {
+    int fd = tcp_connect(*port);
+    ASSERT_GE(fd, 0);
+    peers.push_back(fd);
+    ASSERT_TRUE(transport::wait_readable(fd, 15000)) << "the node sends its handshake first";
+    auto h = basp_header(client_handshake, 1u << 20);
+    ASSERT_EQ(::send(fd, h.data(), h.size(), MSG_NOSIGNAL), static_cast<ssize_t>(h.size()));
+  }
+  auto closed = [](int fd) {
+    char buf[4096];
+    for (;;) {
+      auto n = ::recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+      if (n > 0)
+        continue; // the node's handshake
+      return n == 0 || (errno != EAGAIN && errno != EINTR);
+    }
+  };
+  auto deadline = std::chrono::steady_clock::now() + 15s;
+  size_t n_closed = 0;
+  while (n_closed == 0 && std::chrono::steady_clock::now() < deadline) {
+    for (int fd : peers)
+      transport::wait_readable(fd, 10);
+    n_closed = static_cast<size_t>(std::count_if(peers.begin(), peers.end(), closed));
+  }
+  EXPECT_EQ(n_closed, 1u) << "one peer over the node-wide limit is closed, the others stay";
+  for (int fd : peers)
+    ::close(fd);
+  caf::anon_send_exit(target, caf::exit_reason::user_shutdown);
+  sys.middleman().unpublish(target, *port);
 }
 
 TEST_F(hostile_peer_test, TheNodeWideSharedMemoryLimitRefusesWithATypedErrorAndOthersGoOn) {

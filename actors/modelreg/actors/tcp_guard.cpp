@@ -135,7 +135,7 @@ private:
     st_->buffered -= reserved_;
     reserved_ = 0;
     const auto& o = st_->options;
-    st_->logger->warn("closed a TCP peer that announced a message of {} bytes: over {} "
+    st_->logger->warn("closed a TCP peer whose next read needs {} bytes: over {} "
                       "(--max-tcp-message {}, all peers together {})",
                       want, want > o.max_message ? "the per-message limit" : "what all peers may buffer",
                       o.max_message, o.max_buffered);
