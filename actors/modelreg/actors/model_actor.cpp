@@ -1,6 +1,5 @@
 #include "modelreg/actors/model_actor.hpp"
 
-#include <cstring>
 #include <deque>
 
 #include <caf/actor_system.hpp>
@@ -10,6 +9,7 @@
 #include "modelreg/actors/detail/entry_block.hpp"
 #include "modelreg/log.hpp"
 #include "modelreg/messages/error.hpp"
+#include "modelreg/tensor/batch.hpp"
 
 namespace modelreg {
 
@@ -63,46 +63,6 @@ struct queued {
   int64_t arrived_ns;
 };
 
-/// Rows of a request (dimension 0 of every input), or -1 if it cannot join a
-/// batch (no inputs, a scalar, inputs disagreeing on their rows).
-int64_t rows_of(const tensor_map& in) {
-  int64_t rows = -1;
-  for (const auto& [name, t] : in) {
-    if (t.rank() == 0)
-      return -1;
-    if (rows >= 0 && t.shape()[0] != rows)
-      return -1;
-    rows = t.shape()[0];
-  }
-  return rows;
-}
-
-/// True if `a` and `b` can be concatenated: same names, dtypes, trailing shapes.
-bool compatible(const tensor_map& a, const tensor_map& b) {
-  if (a.size() != b.size())
-    return false;
-  for (auto i = a.begin(), j = b.begin(); i != a.end(); ++i, ++j) {
-    if (i->first != j->first || i->second.type() != j->second.type() ||
-        i->second.rank() != j->second.rank())
-      return false;
-    for (size_t d = 1; d < i->second.rank(); ++d)
-      if (i->second.shape()[d] != j->second.shape()[d])
-        return false;
-  }
-  return true;
-}
-
-/// Copies `t` (any layout) into `dst` as C-contiguous bytes.
-void copy_contiguous(const tensor& t, std::byte* dst) {
-  if (t.is_contiguous()) {
-    std::memcpy(dst, t.data(), t.nbytes());
-    return;
-  }
-  auto copy = t.contiguous_copy();
-  if (copy)
-    std::memcpy(dst, copy->data(), copy->nbytes());
-}
-
 struct batch_state {
   model_ptr model;
   std::shared_ptr<detail::model_stats> stats;
@@ -127,55 +87,25 @@ void run_batch(batch_ptr self, std::vector<queued>& group) {
     }
   };
   std::vector<int64_t> rows;
-  int64_t total = 0;
+  std::vector<const tensor_map*> parts;
   for (auto& q : group) {
-    rows.push_back(rows_of(q.inputs));
-    total += rows.back();
+    rows.push_back(batch_rows(q.inputs));
+    parts.push_back(&q.inputs);
   }
-  tensor_map joined;
-  for (const auto& [name, first] : group.front().inputs) {
-    auto shape = first.shape();
-    shape[0] = total;
-    auto t = tensor::allocate(first.type(), shape);
-    if (!t)
-      return fail_all(t.error());
-    auto* dst = t->mutable_data();
-    for (auto& q : group) {
-      const auto& part = q.inputs.at(name);
-      copy_contiguous(part, dst);
-      dst += part.nbytes();
-    }
-    joined.emplace(name, std::move(*t));
-  }
-  auto out = call_model(m, joined, heap_allocator());
+  auto joined = concat_rows(parts);
+  if (!joined)
+    return fail_all(joined.error());
+  auto out = call_model(m, *joined, heap_allocator());
   if (!out)
     return fail_all(out.error());
   // Each caller's rows of each output: views of the batch's storage.
-  std::vector<tensor_map> answers(group.size());
-  for (const auto& [name, t] : *out) {
-    if (t.rank() == 0 || t.shape()[0] != total || !t.is_contiguous())
-      return fail_all(make_error(errc::infer_failed,
-                                 m.describe() + ": batched output '" + name +
-                                   "' does not have one row per input row"));
-    auto row_bytes = t.nbytes() / static_cast<size_t>(total == 0 ? 1 : total);
-    size_t offset = t.byte_offset();
-    for (size_t k = 0; k < group.size(); ++k) {
-      tensor_layout layout;
-      layout.type = t.type();
-      layout.shape = t.shape();
-      layout.shape[0] = rows[k];
-      layout.byte_offset = offset;
-      auto view = tensor::wrap(t.owner(), t.storage_base(), t.storage_capacity(), layout);
-      if (!view)
-        return fail_all(view.error());
-      answers[k].emplace(name, std::move(*view));
-      offset += row_bytes * static_cast<size_t>(rows[k]);
-    }
-  }
+  auto answers = split_rows(*out, rows);
+  if (!answers)
+    return fail_all(make_error(errc::infer_failed, m.describe() + ": " + describe(answers.error())));
   st.stats->batches.fetch_add(1, std::memory_order_relaxed);
   for (size_t k = 0; k < group.size(); ++k) {
     record(m, *st.stats, group[k].arrived_ns, nullptr);
-    group[k].promise.deliver(std::move(answers[k]));
+    group[k].promise.deliver(std::move((*answers)[k]));
   }
 }
 
@@ -188,8 +118,8 @@ void flush(batch_ptr self) {
     group.push_back(std::move(st.queue.front()));
     st.queue.pop_front();
     for (auto i = st.queue.begin(); i != st.queue.end() && group.size() < st.max_batch;) {
-      if (rows_of(group.front().inputs) >= 0 && rows_of(i->inputs) >= 0 &&
-          compatible(group.front().inputs, i->inputs)) {
+      if (batch_rows(group.front().inputs) >= 0 && batch_rows(i->inputs) >= 0 &&
+          batch_compatible(group.front().inputs, i->inputs)) {
         group.push_back(std::move(*i));
         i = st.queue.erase(i);
       } else {
