@@ -191,8 +191,9 @@ def test_exit_while_daemon_threads_wait_in_infer_is_clean(node):
                                  capture_output=True, text=True, timeout=60)
             assert (out.returncode, out.stdout) == (0, "exiting\n"), out.stderr
             assert "terminate" not in out.stderr and "Fatal" not in out.stderr, out.stderr
-        # The node noticed every exit.
-        assert eventually(lambda: c.status()["connections"] == base)
+        # The node noticed every exit (an earlier test's connection may
+        # still have been closing when `base` was read: at most, not equal).
+        assert eventually(lambda: c.status()["connections"] <= base)
 
 
 def test_dropping_the_arrays_returns_the_workers_memory(node):

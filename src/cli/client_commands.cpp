@@ -24,6 +24,7 @@
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 
+#include "modelreg/actors/ask.hpp"
 #include "cli/commands.hpp"
 #include "modelreg/nearest.hpp"
 #include "modelreg/actors/remote_registry.hpp"
@@ -133,18 +134,12 @@ std::optional<registry_actor> connect_node(caf::actor_system& sys, const node_op
 template <class T, class... Ts>
 caf::expected<T> ask(caf::actor_system& sys, const registry_actor& reg, caf::timespan timeout,
                      Ts&&... xs) {
-  caf::scoped_actor self{sys};
-  caf::expected<T> out{caf::error{}};
-  self->request(reg, timeout, std::forward<Ts>(xs)...)
-    .receive([&](T& x) { out = std::move(x); },
-             [&](caf::error& err) {
-               if (err == caf::sec::request_timeout)
-                 err = make_error(errc::timeout,
-                                  "no answer within " +
-                                    human_duration(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout)) +
-                                    " (--timeout)");
-               out = as_modelreg_error(std::move(err), errc::unavailable, "the node");
-             });
+  auto out = modelreg::ask<T>(sys, reg, timeout, "the node", std::forward<Ts>(xs)...);
+  if (!out && is(out.error(), errc::timeout))
+    return make_error(errc::timeout,
+                      "no answer within " +
+                        human_duration(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout)) +
+                        " (--timeout)");
   return out;
 }
 

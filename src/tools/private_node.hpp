@@ -19,6 +19,7 @@
 #include <caf/scoped_actor.hpp>
 
 #include "tools/child_process.hpp"
+#include "modelreg/actors/ask.hpp"
 #include "modelreg/actors/registry_actor.hpp"
 #include "modelreg/messages/error.hpp"
 
@@ -65,12 +66,8 @@ struct private_node {
 /// Gets (loading if needed) catalog model `model` from `reg`, blocking.
 inline caf::expected<model_handle> get_model(caf::actor_system& sys, const registry_actor& reg,
                                              const std::string& model) {
-  caf::scoped_actor self{sys};
-  caf::expected<model_handle> out{caf::error{}};
-  self->request(reg, std::chrono::minutes{2}, get_or_load_atom::value, model, model_spec{})
-    .receive([&](model_handle& h) { out = std::move(h); },
-             [&](caf::error& err) { out = std::move(err); });
-  return out;
+  return ask<model_handle>(sys, reg, std::chrono::minutes{2}, "the node", get_or_load_atom::value,
+                           model, model_spec{});
 }
 
 } // namespace modelreg::tools

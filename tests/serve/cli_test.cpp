@@ -116,15 +116,24 @@ TEST_F(cli_test, AClientOutOfFileDescriptorsSaysWhyAndExits) {
 #endif
   // With few descriptors the transport's event loop cannot start (libuv
   // needs an epoll and an eventfd): every libuv result is checked, so the
-  // command names the reason and exits 3 at every limit.
+  // command names the reason and exits 3. Below that, CAF's own multiplexer
+  // cannot start and aborts (CAF 0.17 has no error path there); where that
+  // threshold lies depends on the descriptors this process passes on, so
+  // the limits count from the first one CAF survives.
+  int first = 0;
   bool loop_named = false;
-  for (int limit = 6; limit <= 16; ++limit) {
+  for (int limit = 4; limit <= 40; ++limit) {
     auto r = run({"status", "--socket", dir + "/nobody.sock"},
                  {"prlimit", "--nofile=" + std::to_string(limit)});
+    if (first == 0 && r.code == 128 + SIGABRT)
+      continue;
+    if (first == 0)
+      first = limit;
     EXPECT_EQ(r.code, 3) << "limit " << limit << ": " << r.err;
     EXPECT_TRUE(contains(r.err, "modelreg: ")) << r.err;
     loop_named = loop_named || contains(r.err, "event loop");
   }
+  ASSERT_NE(first, 0) << "CAF never started";
   EXPECT_TRUE(loop_named) << "no limit stopped the event loop's set-up";
 }
 

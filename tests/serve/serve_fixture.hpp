@@ -16,6 +16,7 @@
 
 #include "actors/registry_fixture.hpp"
 #include "tools/child_process.hpp"
+#include "modelreg/actors/ask.hpp"
 #include "modelreg/actors/remote_registry.hpp"
 
 namespace modelreg::test {
@@ -146,11 +147,7 @@ struct client {
 
   template <class T, class... Ts>
   caf::expected<T> ask(const registry_actor& reg, Ts&&... xs) {
-    caf::scoped_actor self{*sys};
-    caf::expected<T> out{caf::error{}};
-    self->request(reg, 30s, std::forward<Ts>(xs)...)
-      .receive([&](T& x) { out = std::move(x); }, [&](caf::error& e) { out = std::move(e); });
-    return out;
+    return modelreg::ask<T>(*sys, reg, timeouts::request, "the node", std::forward<Ts>(xs)...);
   }
 
   nlohmann::json status(const registry_actor& reg) {

@@ -1,5 +1,7 @@
 #include "modelreg/actors/remote_registry.hpp"
 
+#include "modelreg/actors/ask.hpp"
+
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
@@ -875,33 +877,19 @@ caf::expected<tensor_map> blocking_client::infer(const std::string& key, const t
                                                  caf::timespan timeout) const {
   if (link_)
     return link_->infer(key, inputs, timeout);
-  caf::scoped_actor self{*sys_};
-  caf::expected<tensor_map> out{caf::error{}};
-  self->request(remote_, timeout, infer_atom::value, key, inputs)
-    .receive([&](tensor_map& x) { out = std::move(x); },
-             [&](caf::error& err) { out = as_modelreg_error(std::move(err), errc::unavailable, "the node"); });
-  return out;
+  return ask<tensor_map>(*sys_, remote_, timeout, "the node", infer_atom::value, key, inputs);
 }
 
 caf::expected<remote_stats> stats_of(caf::actor_system& sys, const registry_actor& remote) {
-  caf::scoped_actor self{sys};
-  caf::expected<remote_stats> out{caf::error{}};
-  self->request(caf::actor_cast<caf::actor>(remote), timeouts::request, stats_atom::value)
-    .receive([&](remote_stats& s) { out = s; },
-             [&](caf::error& err) { out = as_modelreg_error(std::move(err), errc::unavailable, "the node"); });
-  return out;
+  return ask<remote_stats>(sys, caf::actor_cast<caf::actor>(remote), timeouts::request,
+                           "the node", stats_atom::value);
 }
 
 caf::expected<std::string> remote_status_json(caf::actor_system& sys,
                                               const registry_actor& remote,
                                               caf::timespan timeout) {
-  caf::scoped_actor self{sys};
-  caf::expected<std::string> out{caf::error{}};
-  self->request(caf::actor_cast<caf::actor>(remote), timeout,
-                raw_status_atom::value)
-    .receive([&](std::string& s) { out = std::move(s); },
-             [&](caf::error& err) { out = as_modelreg_error(std::move(err), errc::unavailable, "the node"); });
-  return out;
+  return ask<std::string>(sys, caf::actor_cast<caf::actor>(remote), timeout, "the node",
+                          raw_status_atom::value);
 }
 
 std::string default_socket_path() {
