@@ -401,7 +401,9 @@ TEST(tcp_guard, AllPlainTcpPeersTogetherCannotAnnounceMoreThanTheNodeWideLimit) 
   o.max_buffered = 3u << 20;
   o.handshake_timeout = 10min; // only the size limit may close them here
   tcp_guard guard{o};
-  auto target = sys.spawn([]() -> caf::behavior { return {[](int x) { return x; }}; });
+  // (An argument, because CAF 0.17 dereferences a null tuple for functions
+  // spawned without any.)
+  auto target = sys.spawn([](int add) -> caf::behavior { return {[add](int x) { return x + add; }}; }, 0);
   auto port = guard.publish(sys, caf::actor_cast<caf::strong_actor_ptr>(target),
                             sys.message_types(target), 0, "127.0.0.1");
   ASSERT_TRUE(port) << sys.render(port.error());
