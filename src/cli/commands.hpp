@@ -4,6 +4,7 @@
 // codes: 0 success, 1 the command failed, 2 usage error, 3 no node reachable.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,5 +20,13 @@ std::vector<command> add_serve(CLI::App& app);
 
 /// `status`, `ls`, `load`, `unload`, `infer`.
 std::vector<command> add_client_commands(CLI::App& app);
+
+/// `bench ...` (only in builds with the benchmarks, src/cli/bench_commands.cpp).
+std::vector<command> add_benchmarks(CLI::App& app);
+
+/// The benchmarks' own child processes (`__caf-echo-server`, ...), or
+/// nothing if `command` is not one of them.
+std::optional<int> run_hidden_bench(const std::string& command,
+                                    const std::vector<std::string>& args);
 
 } // namespace modelreg::cli

@@ -103,6 +103,15 @@ TEST_F(cli_test, EveryCommandAnswersHelpAndAMistypedOneGetsTheNearest) {
   auto typo = run({"stauts"});
   EXPECT_EQ(typo.code, 2);
   EXPECT_TRUE(contains(typo.err, "did you mean 'status'")) << typo.err;
+  // One level down, too.
+  auto sub_typo = run({"catalog", "chekc"});
+  EXPECT_EQ(sub_typo.code, 2);
+  EXPECT_TRUE(contains(sub_typo.err, "did you mean 'check'")) << sub_typo.err;
+#ifdef MODELREG_CLI_HAS_BENCH
+  auto bench_typo = run({"bench", "sevre"});
+  EXPECT_EQ(bench_typo.code, 2);
+  EXPECT_TRUE(contains(bench_typo.err, "did you mean 'serve'")) << bench_typo.err;
+#endif
   auto unknown_option = run({"status", "--wacth", "--socket", socket});
   EXPECT_EQ(unknown_option.code, 2);
   EXPECT_TRUE(contains(unknown_option.err, "--wacth")) << unknown_option.err;

@@ -1,0 +1,267 @@
+// `modelreg bench ...`: every benchmark registers itself with its options and
+// help, through the table at the end of this file. Built only with the
+// benchmarks (MODELREG_BUILD_BENCH); see docs/benchmarks.md.
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "bench/python_bench.hpp"
+#include "bench/registry_bench.hpp"
+#include "bench/serve_bench.hpp"
+#include "bench/transport_bench.hpp"
+#ifdef MODELREG_WITH_GRPC
+#include "bench/grpc_bench.hpp"
+#endif
+#include "cli/commands.hpp"
+#include "tools/asr_demo.hpp"
+
+namespace modelreg::cli {
+
+namespace {
+
+command bench_transport(CLI::App* bench) {
+  auto opts = std::make_shared<modelreg::bench::transport_bench_options>();
+  auto json = std::make_shared<bool>(false);
+  auto* sub = bench->add_subcommand(
+    "transport", "round trips of 4 KiB..256 MiB tensors to another process: shared memory, "
+                 "inline fallback, CAF over TCP, gRPC over a Unix socket, the wake-up floor");
+  sub->add_flag("--json", *json, "as JSON");
+  sub->add_flag_callback("--quick", [opts] {
+    opts->iterations = 50;
+    opts->sizes = {4096, 1 << 20};
+  }, "fewer sizes and round trips");
+  sub->add_flag_callback("--no-caf", [opts] { opts->with_caf = false; }, "skip CAF over TCP");
+  sub->add_flag_callback("--no-grpc", [opts] { opts->with_grpc = false; }, "skip gRPC");
+  return command{sub, [opts, json] {
+    opts->self_path = self_path();
+    auto result = modelreg::bench::run_transport_bench(*opts);
+    if (*json) {
+      std::cout << result << std::endl;
+      return exit_ok;
+    }
+    auto j = nlohmann::json::parse(result);
+    std::printf("%-8s %12s %12s %12s\n", "transport", "bytes", "rtt p50 us", "rtt p99 us");
+    for (const auto& r : j["results"])
+      std::printf("%-8s %12zu %12.1f %12.1f\n", r["transport"].get<std::string>().c_str(),
+                  r["bytes"].get<size_t>(), r["rtt_us_p50"].get<double>(),
+                  r["rtt_us_p99"].get<double>());
+    std::printf("shm receiver: %s\n", j["shm_receive_mode"].get<std::string>().c_str());
+    return exit_ok;
+  }};
+}
+
+command bench_serve(CLI::App* bench) {
+  auto opts = std::make_shared<modelreg::bench::serve_bench_options>();
+  auto json = std::make_shared<bool>(false);
+  auto* sub = bench->add_subcommand(
+    "serve", "N client processes against one `modelreg serve` node: requests/s, latency "
+             "p50/p99, errors");
+  sub->add_flag("--json", *json, "as JSON");
+  sub->add_flag_callback("--quick", [opts] { opts->requests = 2000; }, "2000 requests per client");
+  sub->add_flag("--stalled-peer", opts->stalled_peer,
+                "add a peer that never drains its ring for the whole run");
+  add_count(sub, "--clients", opts->clients, "client processes (default 8)", 1, 256);
+  add_count(sub, "--requests", opts->requests, "requests per client", 1);
+  add_count(sub, "--in-flight", opts->in_flight, "requests each client keeps in flight", 1, 1024);
+  sub->add_option("--model", opts->model,
+                  "echo or gain (default: gain at one request in flight, else echo)")
+    ->check(CLI::IsMember({"echo", "gain"}));
+  add_count(sub, "--elements", opts->elements,
+            "f32 elements per request (default: 1024, i.e. 4 KiB, at one request in flight, "
+            "else 16)",
+            1);
+  return command{sub, [opts, json] {
+    opts->self_path = self_path();
+    auto result = modelreg::bench::run_serve_bench(*opts);
+    auto j = nlohmann::json::parse(result);
+    if (*json) {
+      std::cout << result << std::endl;
+    } else if (j.contains("error")) {
+      std::cerr << "bench serve: " << j["error"].get<std::string>() << "\n";
+    } else {
+      std::printf("serve benchmark: %zu clients x %zu in flight, model '%s', %zu bytes\n",
+                  opts->clients, opts->in_flight, j["model"].get<std::string>().c_str(),
+                  j["bytes"].get<size_t>());
+      std::printf("  %llu requests, %llu errors, %llu wrong, %llu load(s)\n",
+                  j["requests"].get<unsigned long long>(), j["errors"].get<unsigned long long>(),
+                  j["wrong_answers"].get<unsigned long long>(),
+                  j["loads"].get<unsigned long long>());
+      std::printf("  %.0f req/s   latency p50 %.0f us   p99 %.0f us   %.1f context switches "
+                  "per request\n",
+                  j["req_per_s"].get<double>(), j["latency_us_p50"].get<double>(),
+                  j["latency_us_p99"].get<double>(), j["ctx_switches_per_request"].get<double>());
+      if (j.contains("transport_rtt_us_p50"))
+        std::printf("  transport alone, same size: p50 %.0f us (full stack %.2f x)\n",
+                    j["transport_rtt_us_p50"].get<double>(),
+                    j["full_stack_over_transport"].get<double>());
+    }
+    return j.contains("error") || j["errors"].get<uint64_t>() > 0 ? exit_failed : exit_ok;
+  }};
+}
+
+command bench_python(CLI::App* bench) {
+  auto opts = std::make_shared<modelreg::bench::python_bench_options>();
+  auto json = std::make_shared<bool>(false);
+  auto sizes = std::make_shared<std::vector<std::string>>();
+  auto* sub = bench->add_subcommand(
+    "python", "round trips of 4 KiB, 1 MiB and 64 MiB tensors from a C++ and a Python client "
+              "to one worker: what Python adds");
+  sub->add_flag("--json", *json, "as JSON");
+  sub->add_flag_callback("--quick", [opts] {
+    opts->sessions = 1;
+    opts->min_round_trips = 4;
+    opts->max_round_trips = 20;
+  }, "one short session");
+  auto sessions = std::make_shared<size_t>(0);
+  add_count(sub, "--sessions", *sessions, "sessions (median over them)", 1, 100);
+  sub->add_option("--python", opts->python, "the Python interpreter")->type_name("PATH");
+  sub->add_option("--pythonpath", opts->python_path, "where the modelreg package is")
+    ->type_name("PATH");
+  sub->add_option("--model", opts->model, "catalog model (default echo)");
+  sub->add_option("--sizes", *sizes, "tensor sizes (default 4K,1M,64M)")
+    ->delimiter(',')
+    ->type_name("SIZE,...");
+  return command{sub, [opts, json, sizes, sessions] {
+    opts->self_path = self_path();
+#ifdef MODELREG_PYTHON_BUILD_DIR
+    // The package as `make` built it; an installed one is found without it.
+    if (opts->python_path.empty() &&
+        std::filesystem::exists(MODELREG_PYTHON_BUILD_DIR "/modelreg/__init__.py"))
+      opts->python_path = MODELREG_PYTHON_BUILD_DIR;
+#endif
+    if (*sessions > 0)
+      opts->sessions = static_cast<int>(*sessions);
+    if (!sizes->empty()) {
+      opts->sizes.clear();
+      for (const auto& text : *sizes) {
+        auto b = parse_size(text);
+        if (!b || *b < sizeof(float))
+          return usage_error("bench python: --sizes takes sizes of at least 4 bytes such as "
+                             "1M,64M, not '" + text + "'");
+        opts->sizes.push_back(*b);
+      }
+    }
+    auto result = modelreg::bench::run_python_bench(*opts);
+    auto j = nlohmann::json::parse(result);
+    if (*json) {
+      std::cout << result << std::endl;
+    } else if (j.contains("error")) {
+      std::cerr << "bench python: " << j["error"].get<std::string>() << "\n";
+    } else {
+      std::printf("python benchmark: C++ and Python client processes of one worker, model "
+                  "'%s',\n%d sessions (medians over sessions)\n",
+                  opts->model.c_str(), opts->sessions);
+      std::printf("%12s %14s %14s %10s\n", "bytes", "C++ p50 us", "Python p50 us", "overhead");
+      for (const auto& r : j)
+        std::printf("%12llu %14.0f %14.0f %10.3f\n", r["bytes"].get<unsigned long long>(),
+                    r["cpp_rtt_us_p50"].get<double>(), r["python_rtt_us_p50"].get<double>(),
+                    r["overhead"].get<double>());
+    }
+    return j.contains("error") ? exit_failed : exit_ok;
+  }};
+}
+
+command bench_memory(CLI::App* bench) {
+  auto clients = std::make_shared<size_t>(4);
+  auto model = std::make_shared<std::string>("asr-en-us");
+  auto json = std::make_shared<bool>(false);
+  auto* sub = bench->add_subcommand(
+    "memory", "summed PSS of N processes loading a model themselves against N clients of one "
+              "node holding it");
+  sub->add_flag("--json", *json, "as JSON");
+  add_count(sub, "--clients", *clients, "processes (default 4)", 1, 64);
+  sub->add_option("--model", *model, "catalog model (default asr-en-us)");
+  return command{sub, [clients, model, json] {
+    auto result = modelreg::tools::run_memory_bench(self_path(), *clients, *model);
+    auto j = nlohmann::json::parse(result);
+    if (*json) {
+      std::cout << result << std::endl;
+    } else if (j.contains("error")) {
+      std::cerr << "bench memory: " << j["error"].get<std::string>() << "\n";
+    } else {
+      std::printf("memory benchmark: %zu clients, model '%s' (PSS, measured)\n", *clients,
+                  model->c_str());
+      std::printf("  each loads its own copy  %8.1f MiB\n",
+                  j["separate_pss_bytes"].get<double>() / 1048576.0);
+      std::printf("  shared through one node  %8.1f MiB\n",
+                  j["shared_pss_bytes"].get<double>() / 1048576.0);
+      std::printf("  reduction                %8.2f\n", j["reduction"].get<double>());
+    }
+    return j.contains("error") ? exit_failed : exit_ok;
+  }};
+}
+
+command bench_registry(CLI::App* bench) {
+  auto opts = std::make_shared<modelreg::bench::registry_bench_options>();
+  auto json = std::make_shared<bool>(false);
+  auto* sub = bench->add_subcommand(
+    "registry", "the in-process registry: facade hits, actor round trips, inference "
+                "throughput, single-flight loading");
+  sub->add_flag("--json", *json, "as JSON");
+  sub->add_flag_callback("--quick", [opts] {
+    opts->hit_iterations = 2000;
+    opts->actor_iterations = 1000;
+    opts->infer_requests = 2000;
+    opts->rounds = 1;
+    opts->dedup_callers = 50;
+    opts->dedup_load_ms = 20;
+  }, "fewer iterations");
+  return command{sub, [opts, json] {
+    auto result = modelreg::bench::run_registry_bench(*opts);
+    if (*json) {
+      std::cout << result << std::endl;
+      return exit_ok;
+    }
+    auto j = nlohmann::json::parse(result);
+    std::printf("registry benchmark (%d scheduler threads)\n", j["scheduler_threads"].get<int>());
+    std::printf("  facade hit          p50 %8lld ns   (target <= 1000)\n",
+                j["hit_ns_p50"].get<long long>());
+    std::printf("  actor hit           p50 %8lld ns\n", j["actor_hit_ns_p50"].get<long long>());
+    std::printf("  bare CAF ping       p50 %8lld ns   (actor hit / ping = %.2f, target <= 1.5)\n",
+                j["caf_ping_ns_p50"].get<long long>(), j["actor_hit_over_ping"].get<double>());
+    std::printf("  infer direct        %10lld req/s (target >= 200000)\n",
+                j["infer_direct_per_s"].get<long long>());
+    std::printf("  infer routed        %10lld req/s (routed / direct = %.2f, target >= 0.5)\n",
+                j["infer_routed_per_s"].get<long long>(),
+                j["infer_routed_over_direct"].get<double>());
+    std::printf("  single flight       %lld callers, %d loads, load %.1f ms, wall %.1f ms\n",
+                j["dedup_callers"].get<long long>(), j["dedup_loads"].get<int>(),
+                j["dedup_load_ms"].get<double>(), j["dedup_wall_ms"].get<double>());
+    return exit_ok;
+  }};
+}
+
+/// Every benchmark, in the order `modelreg bench --help` lists them.
+constexpr command (*benchmarks[])(CLI::App*) = {bench_transport, bench_serve, bench_python, bench_memory, bench_registry};
+
+} // namespace
+
+std::vector<command> add_benchmarks(CLI::App& app) {
+  auto* bench = app.add_subcommand("bench", "benchmarks (see docs/benchmarks.md)");
+  bench->require_subcommand(1);
+  std::vector<command> out;
+  for (auto add : benchmarks)
+    out.push_back(add(bench));
+  return out;
+}
+
+std::optional<int> run_hidden_bench(const std::string& command,
+                                    const std::vector<std::string>& args) {
+#ifdef MODELREG_WITH_GRPC
+  if (command == "__grpc-echo-server" && !args.empty())
+    return modelreg::bench::run_grpc_echo_server(args[0]);
+#endif
+  if (command == "__caf-echo-server")
+    return modelreg::bench::run_caf_echo_server();
+  if (command == "__bench-rtt-client" && args.size() == 2)
+    return modelreg::bench::run_rtt_client(args[0], args[1]);
+  return std::nullopt;
+}
+
+} // namespace modelreg::cli
