@@ -133,14 +133,17 @@ TEST_F(eviction_test, RequestsInFlightBlockUnloadAndEviction) {
     return m;
   });
   ASSERT_TRUE(h);
-  h = caf::error{}; // no handles left: only the request below holds the model
   auto x = tensor::from_values<float>({1.f});
   auto pending = std::async(std::launch::async, [&] { return reg.infer("m", {{"x", *x}}); });
-  EXPECT_TRUE(eventually([&] {
+  ASSERT_TRUE(eventually([&] {
     auto s = snapshot();
     return !s.models.empty() && s.models[0].in_flight == 1;
   }));
-  std::this_thread::sleep_for(50ms); // past the TTL
+  // No handles left: only the request holds the model. (Dropped only now:
+  // on a busy machine the TTL could evict the idle model before the request
+  // above reached it.)
+  h = caf::error{};
+  std::this_thread::sleep_for(50ms); // time passes beyond the TTL: what is tested
   auto busy = reg.unload("m");
   ASSERT_FALSE(busy);
   EXPECT_TRUE(is(busy.error(), errc::busy));
