@@ -26,6 +26,7 @@
 
 #include "cli/commands.hpp"
 #include "cli/default_catalog.hpp"
+#include "modelreg/actors/ask.hpp"
 #include "modelreg/actors/remote_registry.hpp"
 #include "modelreg/actors/shm_gateway.hpp"
 #include "modelreg/actors/tcp_guard.hpp"
@@ -370,8 +371,17 @@ int run_serve(serve_options o) {
   close_wire_interface(door);
   ep->stop();
   ::unlink(socket.c_str());
+  // A loader cannot be interrupted: the process ends when it returns. Say
+  // so, rather than seem to hang after "stopped".
+  auto snap = ask<registry_snapshot>(sys, registry, std::chrono::seconds{2}, "the registry",
+                                     list_atom::value);
+  auto loading = snap ? snap->totals.loads_in_progress : 0;
   caf::anon_send(registry, shutdown_atom::value);
-  std::cout << "stopped" << std::endl;
+  if (loading > 0)
+    std::cout << "stopped; waiting for " << loading << " loader(s) still running to return "
+              << "(SIGINT again exits now)" << std::endl;
+  else
+    std::cout << "stopped" << std::endl;
   return exit_ok;
 }
 

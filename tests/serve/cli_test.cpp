@@ -302,7 +302,11 @@ TEST_F(cli_test, StoppingAnswersWaitingLoadsAtOnceAndASecondSignalStopsTheNodeNo
   auto answer = loading.get();
   EXPECT_EQ(answer.code, 1);
   EXPECT_TRUE(contains(answer.err, "shutting_down")) << answer.err;
-  // The node would wait for the loader's thread; a second signal ends that.
+  // The node waits for the loader's thread, and says so; a second signal
+  // ends that.
+  for (int i = 0; i < 3 && !contains(line, "stopped"); ++i)
+    line = node->read_line(10s);
+  EXPECT_TRUE(contains(line, "waiting for 1 loader(s) still running")) << line;
   node->kill(SIGINT);
   EXPECT_TRUE(node->wait_for_exit(10s)) << "a second SIGINT must stop the node";
   EXPECT_FALSE(fs::exists(socket)) << "the socket file is removed";
