@@ -360,6 +360,9 @@ caf::expected<model_ptr> run_python_loader(gil_object& fn, const std::string& ke
                                            std::function<void(const std::shared_ptr<py_model>&)> on_model) {
   auto result = std::make_shared<std::promise<caf::expected<model_ptr>>>();
   auto future = result->get_future();
+  if (loader_runner == nullptr) // set by `import modelreg`
+    return make_error(errc::load_failed, "the loader runner is not set: import modelreg, not "
+                                         "modelreg._modelreg alone");
   if (!gate().try_enter())
     return make_error(errc::shutting_down, "the Python interpreter is exiting");
   // This thread is not a Python thread: it must be out of Python before the
