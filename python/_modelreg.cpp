@@ -121,36 +121,29 @@ python_gate& gate() {
   return *g;
 }
 
-/// Runs `f` with the GIL released and returns what it returns; takes the
-/// GIL back through the gate (never returns once the interpreter exits).
-template <class F>
-auto released(F&& f) {
-  auto* state = PyEval_SaveThread();
-  auto take_back = [state] {
+/// The GIL released for a scope; taken back through the gate at its end
+/// (never, once the interpreter exits: the thread parks instead).
+class gil_released {
+public:
+  gil_released() : state_(PyEval_SaveThread()) {}
+  ~gil_released() {
     if (!gate().try_enter())
       gate().park();
-    PyEval_RestoreThread(state);
+    PyEval_RestoreThread(state_);
     gate().leave();
-  };
-  if constexpr (std::is_void_v<std::invoke_result_t<F&>>) {
-    try {
-      f();
-    } catch (...) {
-      take_back();
-      throw;
-    }
-    take_back();
-  } else {
-    std::optional<std::invoke_result_t<F&>> out;
-    try {
-      out.emplace(f());
-    } catch (...) {
-      take_back();
-      throw;
-    }
-    take_back();
-    return std::move(*out);
   }
+  gil_released(const gil_released&) = delete;
+  gil_released& operator=(const gil_released&) = delete;
+
+private:
+  PyThreadState* state_;
+};
+
+/// Runs `f` with the GIL released and returns what it returns.
+template <class F>
+decltype(auto) released(F&& f) {
+  gil_released nogil;
+  return f();
 }
 
 /// Runs `f` (which returns a caf::expected) with the GIL released: its value,
