@@ -187,7 +187,7 @@ std::string run_registry_bench(const registry_bench_options& opts) {
     for (size_t round = 0; round < opts.rounds; ++round) {
       direct.push_back(run_windowed(sys, opts.infer_requests, opts.window,
                                     [model, inputs](auto* self, auto next) {
-                                      self->request(model, caf::infinite, infer_atom::value, inputs)
+                                      self->request(model, caf::infinite, infer_request{inputs})
                                         .then([next](const tensor_map&) { next(); });
                                     }));
       routed.push_back(run_windowed(sys, opts.infer_requests, opts.window,

@@ -40,7 +40,7 @@ void pipeline_node(caf::event_based_actor* self, registry_actor reg) {
                 model_spec{"gain", {{"gain", "0.5"}}})
     .then(
       [=](const model_handle& h) {
-        self->request(h.actor(), 1s, infer_atom::value, inputs)
+        self->request(h.actor(), 1s, infer_request{inputs})
           .then([=](const tensor_map& out) {
             auto v = out.at("audio").values<float>();
             std::printf("direct: [%.2f, %.2f]\n", (*v)[0], (*v)[1]);

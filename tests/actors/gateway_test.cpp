@@ -64,6 +64,35 @@ protected:
       timeout);
   }
 
+  /// An Infer that names `lease` (0: none), on `on` (default: `client`).
+  caf::expected<frame_ptr> infer_on(uint64_t lease, const std::string& key,
+                                    const tensor_map& inputs, rpc_client* on = nullptr,
+                                    std::chrono::milliseconds timeout = 30s) {
+    return (on != nullptr ? on : client.get())
+      ->call(
+        [&](outgoing_frame& f, wire::Request::Builder req) {
+          auto r = req.initInfer();
+          r.setKey(key);
+          r.setLease(lease);
+          return f.put_tensors(r.initInputs(static_cast<uint32_t>(inputs.size())), inputs);
+        },
+        timeout);
+  }
+
+  /// The lease of a successful get_or_load answer (0 otherwise).
+  static uint64_t lease_of(const caf::expected<frame_ptr>& loaded) {
+    if (!loaded || !(*loaded)->root().getResponse().isHandle())
+      return 0;
+    return (*loaded)->root().getResponse().getHandle().getLease();
+  }
+
+  uint64_t in_flight_of(const std::string& key) {
+    for (const auto& m : snapshot().models)
+      if (m.key == key)
+        return m.in_flight;
+    return 0;
+  }
+
   uint64_t handles_of(const std::string& key) {
     for (const auto& m : snapshot().models)
       if (m.key == key)
@@ -142,6 +171,96 @@ uint8_t error_code_of(const caf::expected<frame_ptr>& reply) {
   if (!reply || !(*reply)->root().getResponse().isError())
     return 0;
   return (*reply)->root().getResponse().getError().getCode();
+}
+
+bool has_outputs(const caf::expected<frame_ptr>& reply) {
+  return reply && (*reply)->root().getResponse().isOutputs();
+}
+
+TEST_F(gateway_test, AnInferOnALeaseTheConnectionDoesNotHoldIsRefusedAndTheConnectionGoesOn) {
+  auto mine = lease_of(get_or_load("m", {"identity", {}}));
+  ASSERT_NE(mine, 0u);
+  auto x = client->connection()->allocate_tensor(dtype::f32, {2});
+  ASSERT_TRUE(x);
+  // On its own lease: straight to the model.
+  EXPECT_TRUE(has_outputs(infer_on(mine, "m", {{"x", *x}})));
+  // Forged: never issued to anyone.
+  EXPECT_EQ(error_code_of(infer_on(mine + 1000, "m", {{"x", *x}})),
+            static_cast<uint8_t>(errc::handle_released));
+  // Foreign: another connection's lease, refused the same way.
+  auto other = rpc_client::connect(client_ep, path);
+  ASSERT_TRUE(other) << describe(other.error());
+  auto theirs = lease_of((*other)->call([&](outgoing_frame&, wire::Request::Builder req) {
+    auto g = req.initGetOrLoad();
+    g.setKey("m");
+    put_spec(g.initSpec(), {"identity", {}});
+    return caf::error{};
+  }));
+  ASSERT_NE(theirs, 0u);
+  EXPECT_EQ(error_code_of(infer_on(theirs, "m", {{"x", *x}})),
+            static_cast<uint8_t>(errc::handle_released));
+  auto y = (*other)->connection()->allocate_tensor(dtype::f32, {2});
+  EXPECT_TRUE(has_outputs(infer_on(theirs, "m", {{"x", *y}}, other->get())))
+    << "the owner of the lease still uses it";
+  // A lease on another key than the frame names.
+  EXPECT_EQ(error_code_of(infer_on(mine, "not-m", {{"x", *x}})),
+            static_cast<uint8_t>(errc::invalid_argument));
+  // Revoked: released by its holder.
+  auto released = client->call([&](outgoing_frame&, wire::Request::Builder req) -> caf::error {
+    req.setRelease(mine);
+    return {};
+  });
+  ASSERT_TRUE(released);
+  ASSERT_TRUE((*released)->root().getResponse().isOk());
+  EXPECT_EQ(error_code_of(infer_on(mine, "m", {{"x", *x}})),
+            static_cast<uint8_t>(errc::handle_released));
+  // The connection keeps working: by key, and on a new lease.
+  EXPECT_TRUE(has_outputs(infer_on(0, "m", {{"x", *x}})));
+  auto again = lease_of(get_or_load("m", {"identity", {}}));
+  ASSERT_NE(again, 0u);
+  EXPECT_TRUE(has_outputs(infer_on(again, "m", {{"x", *x}})));
+  (*other)->close();
+}
+
+TEST_F(gateway_test, AModelActorThatDiesUnderLeasedRequestsStillAnswersEachOne) {
+  auto g = std::make_shared<gate>();
+  auto model = std::make_shared<counted_model>();
+  model->hold_on(g);
+  auto h = sut->get_or_load("held", [model]() -> caf::expected<model_ptr> { return model; });
+  ASSERT_TRUE(h) << describe(h.error());
+  auto lease = lease_of(get_or_load("held", {}));
+  ASSERT_NE(lease, 0u);
+  auto x = client->connection()->allocate_tensor(dtype::f32, {1});
+  ASSERT_TRUE(x);
+  std::vector<std::future<caf::expected<frame_ptr>>> calls;
+  calls.push_back(std::async(std::launch::async, [&] { return infer_on(lease, "held", {{"x", *x}}); }));
+  ASSERT_TRUE(eventually([&] { return model->max_concurrent() == 1; }));
+  for (int i = 0; i < 3; ++i)
+    calls.push_back(
+      std::async(std::launch::async, [&] { return infer_on(lease, "held", {{"x", *x}}); }));
+  ASSERT_TRUE(eventually([&] { return in_flight_of("held") == 4; }));
+  // An urgent kill: the actor dies as soon as the running call returns,
+  // with the other requests still in its mailbox.
+  auto actor = caf::actor_cast<caf::strong_actor_ptr>(h->actor());
+  actor->enqueue(nullptr, caf::make_message_id(caf::message_priority::high),
+                 caf::make_message(caf::exit_msg{actor->address(), caf::exit_reason::kill}),
+                 nullptr);
+  g->open();
+  size_t crashed = 0;
+  for (auto& c : calls) {
+    auto r = c.get();
+    ASSERT_TRUE(r) << "every caller gets an answer: " << describe(r.error());
+    if (has_outputs(r))
+      continue;
+    EXPECT_EQ(error_code_of(r), static_cast<uint8_t>(errc::model_crashed));
+    ++crashed;
+  }
+  EXPECT_GE(crashed, 1u);
+  // The connection's in-flight count went back: a new load and request work.
+  h->release();
+  auto again = lease_of(get_or_load("held", {"identity", {}}));
+  ASSERT_NE(again, 0u);
+  EXPECT_TRUE(has_outputs(infer_on(again, "held", {{"x", *x}})));
 }
 
 /// This connection's peer is not the node's owner: it gets the infer role.

@@ -193,11 +193,20 @@ TEST_F(serve_test, BlockingClientTakesTheDirectPathAndFailsLikeTheProxy) {
   client c;
   auto reg = c.connect(uri());
   ASSERT_TRUE(reg);
-  ASSERT_TRUE(c.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"gain"}, model_spec{}));
+  // Holding handles: both paths name their lease, and the node hands each
+  // request straight to the model.
+  auto gain = c.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"gain"}, model_spec{});
+  ASSERT_TRUE(gain) << describe(gain.error());
   auto h = c.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"slow-infer"}, model_spec{});
   ASSERT_TRUE(h) << describe(h.error());
   blocking_client caller{*c.sys, *reg};
   ASSERT_TRUE(caller.direct());
+  auto on_lease = [&] {
+    auto json = remote_status_json(*c.sys, *reg);
+    EXPECT_TRUE(json) << describe(json.error());
+    return json ? nlohmann::json::parse(*json)["gateway"]["requests_on_lease"].get<uint64_t>() : 0;
+  };
+  auto before = on_lease();
   // Threads on the direct path and requests through the proxy at once: every
   // answer is its own caller's.
   std::vector<std::future<int>> workers;
@@ -220,6 +229,7 @@ TEST_F(serve_test, BlockingClientTakesTheDirectPathAndFailsLikeTheProxy) {
     }));
   for (auto& w : workers)
     EXPECT_EQ(w.get(), 0);
+  EXPECT_EQ(on_lease() - before, 800u) << "every request of both paths went on its lease";
   // Bad input gets the node's error; a short timeout, modelreg's timeout.
   auto bad = caller.infer("gain", tensor_map{{"audio", *tensor::from_values<int32_t>({1})}}, 30s);
   ASSERT_FALSE(bad);
@@ -234,7 +244,10 @@ TEST_F(serve_test, BlockingClientTakesTheDirectPathAndFailsLikeTheProxy) {
     calls.push_back(std::async(std::launch::async, [&] {
       return caller.infer("slow-infer", tensor_map{{"x", x}}, 60s);
     }));
-  std::this_thread::sleep_for(100ms);
+  ASSERT_TRUE(eventually([&] {
+    auto st = stats_of(*c.sys, *reg);
+    return st && st->requests_in_flight == 4;
+  }));
   node->kill(SIGKILL);
   for (auto& f : calls) {
     ASSERT_EQ(f.wait_for(10s), std::future_status::ready);

@@ -43,24 +43,43 @@ void record(model& m, detail::model_stats& stats, int64_t started, const caf::er
   }
 }
 
-/// Runs the model once for one caller and records stats.
-caf::result<tensor_map> run_model(model& m, detail::model_stats& stats, const tensor_map& in,
-                                  tensor_allocator& alloc) {
-  auto started = detail::steady_now_ns();
-  auto out = call_model(m, in, alloc);
-  record(m, stats, started, out ? nullptr : &out.error());
+/// Answers `req`: through its reply sink if it has one (the CAF response is
+/// then skipped), else as the response to its sender.
+caf::result<tensor_map> answer(infer_request& req, caf::expected<tensor_map> out) {
+  if (req.reply) {
+    req.reply->deliver(std::move(out));
+    return caf::delegated<tensor_map>{};
+  }
   if (!out)
     return std::move(out.error());
   return std::move(*out);
 }
 
+/// Runs the model once for one request, records stats and answers.
+caf::result<tensor_map> run_model(model& m, detail::model_stats& stats, infer_request& req) {
+  auto started = detail::steady_now_ns();
+  auto out = call_model(m, req.inputs, req.allocator ? *req.allocator : heap_allocator());
+  record(m, stats, started, out ? nullptr : &out.error());
+  return answer(req, std::move(out));
+}
+
 // -- dynamic batching ----------------------------------------------------
 
 struct queued {
-  tensor_map inputs;
+  infer_request request;
+  /// Unused when the request has a reply sink.
   caf::typed_response_promise<tensor_map> promise;
-  request_ticket ticket;
   int64_t arrived_ns;
+
+  const tensor_map& inputs() const { return request.inputs; }
+  void deliver(caf::expected<tensor_map> out) {
+    if (request.reply)
+      request.reply->deliver(std::move(out));
+    else if (out)
+      promise.deliver(std::move(*out));
+    else
+      promise.deliver(std::move(out.error()));
+  }
 };
 
 struct batch_state {
@@ -83,14 +102,14 @@ void run_batch(batch_ptr self, std::vector<queued>& group) {
   auto fail_all = [&](const caf::error& err) {
     for (auto& q : group) {
       record(m, *st.stats, started, &err);
-      q.promise.deliver(err);
+      q.deliver(err);
     }
   };
   std::vector<int64_t> rows;
   std::vector<const tensor_map*> parts;
   for (auto& q : group) {
-    rows.push_back(batch_rows(q.inputs));
-    parts.push_back(&q.inputs);
+    rows.push_back(batch_rows(q.inputs()));
+    parts.push_back(&q.inputs());
   }
   auto joined = concat_rows(parts);
   if (!joined)
@@ -105,7 +124,7 @@ void run_batch(batch_ptr self, std::vector<queued>& group) {
   st.stats->batches.fetch_add(1, std::memory_order_relaxed);
   for (size_t k = 0; k < group.size(); ++k) {
     record(m, *st.stats, group[k].arrived_ns, nullptr);
-    group[k].promise.deliver(std::move((*answers)[k]));
+    group[k].deliver(std::move((*answers)[k]));
   }
 }
 
@@ -118,8 +137,8 @@ void flush(batch_ptr self) {
     group.push_back(std::move(st.queue.front()));
     st.queue.pop_front();
     for (auto i = st.queue.begin(); i != st.queue.end() && group.size() < st.max_batch;) {
-      if (batch_rows(group.front().inputs) >= 0 && batch_rows(i->inputs) >= 0 &&
-          batch_compatible(group.front().inputs, i->inputs)) {
+      if (batch_rows(group.front().inputs()) >= 0 && batch_rows(i->inputs()) >= 0 &&
+          batch_compatible(group.front().inputs(), i->inputs())) {
         group.push_back(std::move(*i));
         i = st.queue.erase(i);
       } else {
@@ -128,26 +147,28 @@ void flush(batch_ptr self) {
     }
     if (group.size() == 1) {
       auto& q = group.front();
-      auto r = call_model(*st.model, q.inputs, heap_allocator());
+      auto r = call_model(*st.model, q.inputs(), heap_allocator());
       record(*st.model, *st.stats, q.arrived_ns, r ? nullptr : &r.error());
-      if (r)
-        q.promise.deliver(std::move(*r));
-      else
-        q.promise.deliver(std::move(r.error()));
+      q.deliver(std::move(r));
     } else {
       run_batch(self, group);
     }
   }
 }
 
-caf::result<tensor_map> enqueue(batch_ptr self, tensor_map& in, request_ticket ticket) {
+caf::result<tensor_map> enqueue(batch_ptr self, infer_request& req) {
   auto& st = self->state;
-  auto promise = self->make_response_promise<tensor_map>();
-  st.queue.push_back(queued{std::move(in), promise, std::move(ticket), detail::steady_now_ns()});
+  caf::typed_response_promise<tensor_map> promise;
+  bool own_reply = req.reply != nullptr;
+  if (!own_reply)
+    promise = self->make_response_promise<tensor_map>();
+  st.queue.push_back(queued{std::move(req), promise, detail::steady_now_ns()});
   if (st.queue.size() >= st.max_batch)
     flush(self);
   else if (st.queue.size() == 1)
     self->delayed_send(self, st.timeout, flush_atom::value, st.timer);
+  if (own_reply)
+    return caf::delegated<tensor_map>{};
   return promise;
 }
 
@@ -160,13 +181,9 @@ batch_actor::behavior_type batching_model(batch_ptr self, model_ptr m,
   st.max_batch = options.max_batch;
   st.timeout = options.batch_timeout;
   return {
-    [self](infer_atom, tensor_map& in) { return enqueue(self, in, nullptr); },
-    [self](infer_atom, tensor_map& in, request_ticket& t) { return enqueue(self, in, t); },
-    [self](infer_atom, tensor_map& in, request_ticket& t, const allocator_ptr&) {
-      // Batched outputs live in one heap block: the gateway copies each
-      // caller's rows into its shared memory once.
-      return enqueue(self, in, t);
-    },
+    // Batched outputs live in one heap block (the allocator is not used):
+    // a peer's reply copies its rows into its shared memory once.
+    [self](infer_request& req) { return enqueue(self, req); },
     [self](flush_atom, uint64_t timer) {
       if (timer == self->state.timer)
         flush(self);
@@ -186,16 +203,8 @@ model_actor::behavior_type serial_model(model_actor::stateful_pointer<serial_sta
   self->state.model = std::move(m);
   self->state.stats = std::move(stats);
   return {
-    [self](infer_atom, const tensor_map& in) -> caf::result<tensor_map> {
-      return run_model(*self->state.model, *self->state.stats, in, heap_allocator());
-    },
-    [self](infer_atom, const tensor_map& in, const request_ticket&) -> caf::result<tensor_map> {
-      return run_model(*self->state.model, *self->state.stats, in, heap_allocator());
-    },
-    [self](infer_atom, const tensor_map& in, const request_ticket&,
-           const allocator_ptr& alloc) -> caf::result<tensor_map> {
-      return run_model(*self->state.model, *self->state.stats, in,
-                       alloc ? *alloc : heap_allocator());
+    [self](infer_request& req) -> caf::result<tensor_map> {
+      return run_model(*self->state.model, *self->state.stats, req);
     },
   };
 }
@@ -219,21 +228,29 @@ model_actor::behavior_type dispatcher(model_actor::stateful_pointer<dispatcher_s
     self->state.lanes.push_back(lane);
   }
   return {
-    [self](infer_atom atom, tensor_map& in) -> caf::result<tensor_map> {
-      return self->delegate(self->state.pick(), atom, std::move(in));
-    },
-    [self](infer_atom atom, tensor_map& in, request_ticket& t) -> caf::result<tensor_map> {
-      return self->delegate(self->state.pick(), atom, std::move(in), std::move(t));
-    },
-    [self](infer_atom atom, tensor_map& in, request_ticket& t,
-           allocator_ptr& alloc) -> caf::result<tensor_map> {
-      return self->delegate(self->state.pick(), atom, std::move(in), std::move(t),
-                            std::move(alloc));
+    [self](infer_request& req) -> caf::result<tensor_map> {
+      return self->delegate(self->state.pick(), std::move(req));
     },
   };
 }
 
 } // namespace
+
+reply_sink::~reply_sink() {
+  if (!answered_.load())
+    deliver(make_error(errc::model_crashed,
+                       "the model actor went down before answering; the next load reloads it"));
+}
+
+void reply_sink::deliver(caf::expected<tensor_map> result) {
+  if (answered_.exchange(true))
+    return;
+  try {
+    fn_(std::move(result));
+  } catch (const std::exception& e) {
+    log::get("modelreg.model")->error("a reply could not be sent: {}", e.what());
+  }
+}
 
 model_actor spawn_model_actor(caf::actor_system& sys, model_ptr m,
                               std::shared_ptr<detail::model_stats> stats,

@@ -1,6 +1,7 @@
 // The model actor: one per loaded model, owning the model object.
 //
-// It answers `infer` with the model's outputs or an error; an exception thrown
+// It answers an `infer_request` with the model's outputs or an error, as a CAF
+// response or through the request's reply sink; an exception thrown
 // by the model answers that caller with `infer_failed` and the actor keeps
 // serving. Requests are served one at a time unless the model is
 // thread-safe, in which case the actor spreads them over lanes that share the
@@ -14,10 +15,13 @@
 // `max_batch` requests or `batch_timeout` after its first request arrived.
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 
 #include <caf/allowed_unsafe_message_type.hpp>
+#include <caf/expected.hpp>
 #include <caf/typed_actor.hpp>
 
 #include "modelreg/backend/model.hpp"
@@ -38,11 +42,45 @@ using request_ticket = std::shared_ptr<detail::in_flight_guard>;
 /// Where a request wants its outputs (e.g. a remote caller's shared memory).
 using allocator_ptr = std::shared_ptr<tensor_allocator>;
 
-using model_actor = caf::typed_actor<
-  caf::replies_to<infer_atom, tensor_map>::with<tensor_map>,
-  caf::replies_to<infer_atom, tensor_map, request_ticket>::with<tensor_map>,
-  /// Outputs allocated through the given allocator (unless batched).
-  caf::replies_to<infer_atom, tensor_map, request_ticket, allocator_ptr>::with<tensor_map>>;
+/// Where the answer to a request goes when it is not a CAF response: a
+/// shared-memory peer's connection, say, whose reply the model's own thread
+/// encodes and sends. Answers exactly once: `deliver`, or, if the request
+/// dies unanswered (its model actor went down with it in the mailbox),
+/// `model_crashed` from the destructor. Thread-safe.
+class reply_sink {
+public:
+  using function = std::function<void(caf::expected<tensor_map>)>;
+  explicit reply_sink(function fn) : fn_(std::move(fn)) {}
+  ~reply_sink();
+  reply_sink(const reply_sink&) = delete;
+  reply_sink& operator=(const reply_sink&) = delete;
+
+  /// The first call answers; later calls do nothing.
+  void deliver(caf::expected<tensor_map> result);
+
+private:
+  function fn_;
+  std::atomic<bool> answered_{false};
+};
+
+using reply_sink_ptr = std::shared_ptr<reply_sink>;
+
+/// The one message a model actor serves.
+struct infer_request {
+  tensor_map inputs;
+  /// Counts the request against its model's eviction; may be null.
+  request_ticket ticket = nullptr;
+  /// Where outputs go; null: the heap. Batched outputs always come from
+  /// the heap (one block for the whole batch).
+  allocator_ptr allocator = nullptr;
+  /// Null: the answer is the CAF response to the sender. Set: the answer
+  /// goes there and the CAF response is skipped (send the request with
+  /// `anon_send`).
+  reply_sink_ptr reply = nullptr;
+};
+
+using model_actor =
+  caf::typed_actor<caf::replies_to<infer_request>::with<tensor_map>>;
 
 /// How to run one model.
 struct model_actor_options {
@@ -65,6 +103,7 @@ model_actor spawn_model_actor(caf::actor_system& sys, model_ptr m,
 } // namespace modelreg
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(modelreg::tensor_map)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(modelreg::infer_request)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(modelreg::request_ticket)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(modelreg::allocator_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(modelreg::model_ptr)

@@ -62,7 +62,7 @@ caf::expected<tensor_map> model_handle::infer(const tensor_map& inputs,
     return make_error(errc::model_crashed, "model '" + key() + "' is no longer loaded");
   caf::scoped_actor self{block.actor->home_system()};
   caf::expected<tensor_map> result{tensor_map{}};
-  self->request(block.actor, timeout, infer_atom::value, inputs, ticket())
+  self->request(block.actor, timeout, infer_request{inputs, ticket()})
     .receive([&](tensor_map& out) { result = std::move(out); },
              [&](caf::error& err) {
                if (err == caf::sec::request_receiver_down)

@@ -133,6 +133,30 @@ struct direct_link {
   std::string down_reason = "not connected (reconnecting)";
   std::string uri;
   std::map<uint64_t, std::shared_ptr<waiter>> waiters;
+  /// Leases this process holds on the current link, by key: an Infer that
+  /// names one goes straight to the model on the node.
+  std::multimap<std::string, uint64_t> leases;
+
+  void add_lease(const std::string& key, uint64_t lease) {
+    std::lock_guard guard{mutex};
+    leases.emplace(key, lease);
+  }
+
+  void remove_lease(uint64_t lease) {
+    std::lock_guard guard{mutex};
+    for (auto i = leases.begin(); i != leases.end(); ++i)
+      if (i->second == lease) {
+        leases.erase(i);
+        return;
+      }
+  }
+
+  /// A lease held on `key` (0: none).
+  uint64_t lease_for(const std::string& key) {
+    std::lock_guard guard{mutex};
+    auto i = leases.find(key);
+    return i == leases.end() ? 0 : i->second;
+  }
 
   void attach(connection_ptr c, uint64_t gen) {
     std::lock_guard guard{mutex};
@@ -155,6 +179,7 @@ struct direct_link {
       conn = nullptr;
       down_reason = std::move(why);
       failed.swap(waiters);
+      leases.clear(); // the node released them with the link
     }
     for (auto& [id, w] : failed)
       w->finish(nullptr, err);
@@ -188,6 +213,7 @@ struct direct_link {
     connection_ptr c;
     auto w = std::make_shared<waiter>();
     auto id = next_id.fetch_add(1);
+    uint64_t lease = 0;
     {
       std::lock_guard guard{mutex};
       if (!conn)
@@ -195,6 +221,8 @@ struct direct_link {
       c = conn;
       w->generation = generation;
       waiters.emplace(id, w); // before sending: the answer may beat the send's return
+      if (auto i = leases.find(key); i != leases.end())
+        lease = i->second;
     }
     auto forget = [&] {
       std::lock_guard guard{mutex};
@@ -205,6 +233,7 @@ struct direct_link {
     request.setId(id);
     auto in = request.initInfer();
     in.setKey(key);
+    in.setLease(lease);
     if (auto err = frame.put_tensors(in.initInputs(static_cast<uint32_t>(inputs.size())), inputs)) {
       forget();
       return err;
@@ -215,6 +244,10 @@ struct direct_link {
         return make_error(errc::unavailable, "worker unavailable at " + uri + ": " + describe(err));
       return err;
     }
+    // No polling of the ring here: measured on two cores, a caller that
+    // spins for its answer (yielding or not) takes the CPU the node and this
+    // process's loop thread need, and the round trip gets slower and costs
+    // more context switches (docs/benchmarks.md).
     std::unique_lock guard{w->mutex};
     if (!w->cv.wait_for(guard, timeout, [&] { return w->done; })) {
       guard.unlock();
@@ -554,14 +587,15 @@ void ask_status(proxy_ptr self, std::function<void(std::string)> on_json,
 model_actor::behavior_type forwarder(model_actor::pointer self, registry_actor proxy,
                                      std::string key) {
   return {
-    [self, proxy, key](infer_atom a, tensor_map& in) {
-      return self->delegate(proxy, a, key, std::move(in));
-    },
-    [self, proxy, key](infer_atom a, tensor_map& in, request_ticket&) {
-      return self->delegate(proxy, a, key, std::move(in));
-    },
-    [self, proxy, key](infer_atom a, tensor_map& in, request_ticket&, allocator_ptr&) {
-      return self->delegate(proxy, a, key, std::move(in));
+    [self, proxy, key](infer_request& req) -> caf::result<tensor_map> {
+      if (!req.reply)
+        return self->delegate(proxy, infer_atom::value, key, std::move(req.inputs));
+      self->request(proxy, caf::infinite, infer_atom::value, key, std::move(req.inputs))
+        .then([reply = req.reply](tensor_map& out) { reply->deliver(std::move(out)); },
+              [reply = req.reply](caf::error& err) {
+                reply->deliver(as_modelreg_error(std::move(err), errc::unavailable, "the node"));
+              });
+      return caf::delegated<tensor_map>{};
     },
   };
 }
@@ -574,6 +608,7 @@ model_handle make_handle(proxy_ptr self, wire::Handle::Reader h) {
     h.getMemoryBytes(), std::make_shared<detail::model_stats>(), 0, h.getLease());
   block->handles.store(1); // the lease below
   self->state.handles[h.getLease()] = block;
+  self->state.direct->add_lease(key, h.getLease());
   return model_handle{std::make_shared<detail::lease>(block)};
 }
 
@@ -688,6 +723,7 @@ caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_optio
         [&](outgoing_frame& f, wire::Request::Builder r) {
           auto in = r.initInfer();
           in.setKey(key);
+          in.setLease(self->state.direct->lease_for(key));
           return f.put_tensors(in.initInputs(static_cast<uint32_t>(inputs.size())), inputs);
         },
         pending{[rp](const frame_ptr& frame, wire::Response::Reader resp) mutable -> void {
@@ -710,6 +746,7 @@ caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_optio
       auto& st = self->state;
       if (st.handles.erase(lease) == 0 || !st.connected)
         return; // from an earlier link: the gateway released it with that link
+      st.direct->remove_lease(lease);
       call(
         self,
         [lease](outgoing_frame&, wire::Request::Builder r) {

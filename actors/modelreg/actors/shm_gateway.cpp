@@ -1,13 +1,16 @@
 #include "modelreg/actors/shm_gateway.hpp"
 
+#include <atomic>
 #include <functional>
 #include <map>
+#include <mutex>
+#include <unordered_map>
 
 #include <unistd.h>
-#include <unordered_map>
 
 #include <caf/actor_companion.hpp>
 #include <caf/actor_system.hpp>
+#include <caf/scoped_actor.hpp>
 #include <caf/scoped_execution_unit.hpp>
 #include <caf/sec.hpp>
 #include <caf/send.hpp>
@@ -19,6 +22,7 @@
 #include "modelreg/actors/detail/wire_bytes.hpp"
 #include "modelreg/log.hpp"
 #include "modelreg/messages/error.hpp"
+#include "modelreg/messages/timeouts.hpp"
 #include "modelreg/transport/rpc.hpp"
 
 namespace modelreg {
@@ -77,15 +81,152 @@ private:
   std::shared_ptr<transport::copy_counters> counters_;
 };
 
+/// Requests of one peer not answered yet (shared with the threads that
+/// answer them).
+struct peer_counter {
+  std::atomic<uint64_t> in_flight{0};
+};
+
 struct peer {
   std::shared_ptr<peer_link> link;
-  /// lease id -> handle
-  std::map<uint64_t, model_handle> leases;
   bool subscribed = false;
   peer_role role = peer_role::infer;
-  /// Requests of this peer not answered yet.
-  uint64_t in_flight = 0;
+  std::shared_ptr<peer_counter> counter = std::make_shared<peer_counter>();
 };
+
+} // namespace
+
+namespace detail {
+
+/// What the gateway shares with the threads that serve inferences on a
+/// lease without it (each connection's loop thread, and the model actors
+/// that send the answers): the leases it handed out, the in-flight counts
+/// and whether it is stopping. The gateway writes the lease table (on
+/// loads, releases, closed connections); those threads read it.
+struct gateway_core {
+  struct lease_entry {
+    uint64_t peer = 0;
+    model_handle handle;
+    std::shared_ptr<peer_link> link;
+    std::shared_ptr<peer_counter> counter;
+  };
+
+  caf::weak_actor_ptr gateway; // told when the last request of a stop is answered
+  size_t max_in_flight_per_peer = 1024;
+  std::atomic<bool> stopping{false};
+  /// Requests of every peer not answered yet.
+  std::atomic<uint64_t> in_flight{0};
+  /// Inferences handed straight to a model (on a lease), and routed by key
+  /// through the registry.
+  std::atomic<uint64_t> on_lease{0};
+  std::atomic<uint64_t> by_key{0};
+
+  std::mutex mutex;
+  std::unordered_map<uint64_t, lease_entry> leases; // lease id -> holder
+
+  /// The entry of `lease` if `peer` holds it.
+  std::optional<lease_entry> find(uint64_t lease, uint64_t peer_id) {
+    std::lock_guard guard{mutex};
+    auto i = leases.find(lease);
+    if (i == leases.end() || i->second.peer != peer_id)
+      return std::nullopt;
+    return i->second;
+  }
+
+  /// A valid lease `peer` holds on `key` (frames that name no lease).
+  std::optional<lease_entry> find_by_key(uint64_t peer_id, const std::string& key) {
+    std::lock_guard guard{mutex};
+    for (auto& [id, e] : leases)
+      if (e.peer == peer_id && e.handle.key() == key && e.handle.valid())
+        return e;
+    return std::nullopt;
+  }
+
+  void add(uint64_t lease, lease_entry e) {
+    std::lock_guard guard{mutex};
+    leases.emplace(lease, std::move(e));
+  }
+
+  /// Gives back `lease` if `peer` holds it.
+  bool remove(uint64_t lease, uint64_t peer_id) {
+    std::optional<lease_entry> gone; // released outside the lock
+    std::lock_guard guard{mutex};
+    auto i = leases.find(lease);
+    if (i == leases.end() || i->second.peer != peer_id)
+      return false;
+    gone = std::move(i->second);
+    leases.erase(i);
+    return true;
+  }
+
+  /// Gives back every lease of `peer`; how many there were.
+  size_t remove_peer(uint64_t peer_id) {
+    std::vector<lease_entry> gone;
+    std::lock_guard guard{mutex};
+    for (auto i = leases.begin(); i != leases.end();) {
+      if (i->second.peer == peer_id) {
+        gone.push_back(std::move(i->second));
+        i = leases.erase(i);
+      } else {
+        ++i;
+      }
+    }
+    return gone.size();
+  }
+};
+
+} // namespace detail
+} // namespace modelreg
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<modelreg::detail::gateway_core>)
+
+namespace modelreg {
+namespace {
+
+using detail::gateway_core;
+using core_ptr = std::shared_ptr<gateway_core>;
+using core_atom = caf::atom_constant<caf::atom("core")>;
+using drained_atom = caf::atom_constant<caf::atom("drained")>;
+
+/// Counts one request in flight, for its peer and node-wide, until `done()`
+/// (or its destruction): on whatever thread answers it.
+class flight_guard {
+public:
+  flight_guard(core_ptr core, std::shared_ptr<peer_counter> counter)
+    : core_(std::move(core)), counter_(std::move(counter)) {}
+  ~flight_guard() { done(); }
+  flight_guard(const flight_guard&) = delete;
+  flight_guard& operator=(const flight_guard&) = delete;
+
+  void done() {
+    if (done_.exchange(true))
+      return;
+    counter_->in_flight.fetch_sub(1);
+    if (core_->in_flight.fetch_sub(1) == 1 && core_->stopping.load())
+      if (auto gw = core_->gateway.lock())
+        caf::anon_send(caf::actor_cast<caf::actor>(gw), drained_atom::value);
+  }
+
+private:
+  core_ptr core_;
+  std::shared_ptr<peer_counter> counter_;
+  std::atomic<bool> done_{false};
+};
+
+using flight = std::shared_ptr<flight_guard>;
+
+/// A flight for one more request of a peer, or `overloaded` past its limit.
+caf::expected<flight> take_flight(const core_ptr& core, const std::shared_ptr<peer_counter>& c) {
+  auto before = c->in_flight.fetch_add(1);
+  core->in_flight.fetch_add(1);
+  auto f = std::make_shared<flight_guard>(core, c);
+  if (before >= core->max_in_flight_per_peer)
+    return make_error(errc::overloaded,
+                      std::to_string(before) +
+                        " requests of this connection are in flight (the limit, "
+                        "max_in_flight_per_peer): wait for answers first");
+  return f;
+}
 
 struct gateway_state {
   static inline const char* name = "modelreg.gateway";
@@ -103,7 +244,7 @@ struct gateway_state {
     std::make_shared<transport::copy_counters>();
   bool subscribed_to_registry = false;
   bool stopping = false;
-  uint64_t in_flight = 0;
+  core_ptr core;
   /// Loads whose answer has not gone out: a stopping node answers them at
   /// once (`shutting_down`) instead of leaving their callers to a timeout.
   struct waiting_load {
@@ -117,7 +258,9 @@ struct gateway_state {
 };
 
 /// The gateway plus its private timer message.
-using gateway_impl = gateway_actor::extend<caf::reacts_to<force_quit_atom>>;
+using gateway_impl = gateway_actor::extend<caf::reacts_to<force_quit_atom>,
+                                           caf::reacts_to<drained_atom>,
+                                           caf::replies_to<core_atom>::with<core_ptr>>;
 using gateway_ptr = gateway_impl::stateful_pointer<gateway_state>;
 
 void respond_error(peer_link& link, uint64_t id, const caf::error& err) {
@@ -147,26 +290,9 @@ void respond_ok(peer_link& link, uint64_t id) {
 }
 
 void maybe_quit(gateway_ptr self) {
-  if (self->state.stopping && self->state.in_flight == 0)
+  if (self->state.stopping && self->state.core->in_flight.load() == 0)
     self->quit();
 }
-
-/// Counts a registry request in flight (node-wide and for its peer) until
-/// its answer went out.
-struct flight {
-  gateway_ptr self;
-  uint64_t peer_id;
-  flight(gateway_ptr s, uint64_t id) : self(s), peer_id(id) {
-    ++self->state.in_flight;
-    ++self->state.peers[peer_id].in_flight;
-  }
-  void done() const {
-    --self->state.in_flight;
-    if (auto i = self->state.peers.find(peer_id); i != self->state.peers.end())
-      --i->second.in_flight;
-    maybe_quit(self);
-  }
-};
 
 /// Why `role` may not make `request`, or nothing if it may.
 caf::error authorize(peer_role role, wire::Request::Reader request) {
@@ -198,28 +324,96 @@ caf::error check_limits(const gateway_options& opts, wire::Request::Reader reque
   return {};
 }
 
-/// The handle this peer holds for `key`, if any (the direct route).
-const model_handle* lease_for(peer& p, const std::string& key) {
-  for (auto& [id, h] : p.leases)
-    if (h.key() == key && h.valid())
-      return &h;
-  return nullptr;
+/// Hands a decoded Infer request to the model actor of `lease`, with a
+/// reply sink that encodes and sends the answer from the model's thread.
+void infer_direct(gateway_core& core, const gateway_core::lease_entry& lease, uint64_t id,
+                  tensor_map inputs, flight f) {
+  core.on_lease.fetch_add(1, std::memory_order_relaxed);
+  auto link = lease.link;
+  auto sink = std::make_shared<reply_sink>([link, id, f](caf::expected<tensor_map> out) {
+    if (out)
+      respond_outputs(*link, id, *out);
+    else
+      respond_error(*link, id, out.error());
+    f->done();
+  });
+  caf::anon_send(lease.handle.actor(),
+                 infer_request{std::move(inputs), lease.handle.ticket(), link->allocator(),
+                               std::move(sink)});
+}
+
+/// What became of an Infer frame that names a lease.
+enum class lease_outcome {
+  handled,   // handed to the model, or answered with an error
+  not_mine,  // not an Infer with a lease: the gateway's business
+  by_key,    // its model left the registry: route it by key (a reload)
+};
+
+/// The per-frame path, on the thread that decoded the frame (a
+/// connection's loop thread, or the gateway for a peer on another host).
+/// `link` answers the peer if the lease does not.
+lease_outcome infer_on_lease(const core_ptr& core, uint64_t peer_id, const frame_ptr& frame,
+                             const std::function<std::shared_ptr<peer_link>()>& link) {
+  auto root = frame->root();
+  if (!root.isRequest() || !root.getRequest().isInfer() ||
+      root.getRequest().getInfer().getLease() == 0)
+    return lease_outcome::not_mine;
+  auto request = root.getRequest();
+  auto id = request.getId();
+  auto r = request.getInfer();
+  if (core->stopping.load()) {
+    respond_error(*link(), id, make_error(errc::shutting_down, "the node is shutting down"));
+    return lease_outcome::handled;
+  }
+  auto lease = core->find(r.getLease(), peer_id);
+  if (!lease) {
+    // Never issued, released, or another connection's: the same answer, so
+    // a peer learns nothing about other peers' leases.
+    respond_error(*link(), id,
+                  make_error(errc::handle_released,
+                             "lease " + std::to_string(r.getLease()) +
+                               " is not held by this connection (released, or never given to "
+                               "it): load the model again"));
+    return lease_outcome::handled;
+  }
+  if (r.getKey().size() > 0 && lease->handle.key() != r.getKey().cStr()) {
+    respond_error(*lease->link, id,
+                  make_error(errc::invalid_argument, "lease " + std::to_string(r.getLease()) +
+                                                       " is for '" + lease->handle.key() +
+                                                       "', not '" + r.getKey().cStr() + "'"));
+    return lease_outcome::handled;
+  }
+  if (!lease->handle.valid())
+    return lease_outcome::by_key;
+  auto f = take_flight(core, lease->counter);
+  if (!f) {
+    respond_error(*lease->link, id, f.error());
+    return lease_outcome::handled;
+  }
+  // Views of the sender's memory: the model reads its inputs in place.
+  auto inputs = frame->tensors(r.getInputs());
+  if (!inputs) {
+    respond_error(*lease->link, id, inputs.error());
+    return lease_outcome::handled;
+  }
+  infer_direct(*core, *lease, id, std::move(*inputs), std::move(*f));
+  return lease_outcome::handled;
 }
 
 void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) {
   auto& st = self->state;
   auto& p = st.peers[peer_id];
   auto link = p.link;
+  if (infer_on_lease(st.core, peer_id, frame, [link] { return link; }) == lease_outcome::handled)
+    return;
   auto request = frame->root().getRequest();
   auto id = request.getId();
   if (st.stopping)
     return respond_error(*link, id, make_error(errc::shutting_down, "the node is shutting down"));
-  if (p.in_flight >= st.options.max_in_flight_per_peer)
-    return respond_error(*link, id,
-                         make_error(errc::overloaded,
-                                    std::to_string(p.in_flight) +
-                                      " requests of this connection are in flight (the limit, "
-                                      "max_in_flight_per_peer): wait for answers first"));
+  auto taken = take_flight(st.core, p.counter);
+  if (!taken)
+    return respond_error(*link, id, taken.error());
+  auto f = std::move(*taken);
   if (auto err = authorize(p.role, request))
     return respond_error(*link, id, err);
   if (auto err = check_limits(st.options, request))
@@ -229,7 +423,6 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
   caf::duration timeout = st.options.request_timeout.count() > 0
                             ? caf::duration{st.options.request_timeout}
                             : caf::infinite;
-  flight f{self, peer_id};
   auto on_error = [f, link, id](caf::error& err) {
     // A model actor that died under a direct request: the caller should
     // reload, not reconnect.
@@ -238,14 +431,14 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
     else
       err = as_modelreg_error(std::move(err), errc::infer_failed, "the model");
     respond_error(*link, id, err);
-    f.done();
+    f->done();
   };
   switch (request.which()) {
     case wire::Request::GET_OR_LOAD: {
       auto r = request.getGetOrLoad();
       std::string key = r.getKey();
       auto token = st.next_load++;
-      st.waiting_loads.emplace(token, gateway_state::waiting_load{link, id, key, [f] { f.done(); }});
+      st.waiting_loads.emplace(token, gateway_state::waiting_load{link, id, key, [f] { f->done(); }});
       // True once: the answer is this one's to give (not already given
       // `shutting_down` by a stopping node).
       auto claim = [self, token] { return self->state.waiting_loads.erase(token) > 0; };
@@ -257,11 +450,11 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
             auto& st = self->state;
             auto i = st.peers.find(peer_id);
             if (i == st.peers.end()) { // the peer left meanwhile: drop the handle
-              f.done();
+              f->done();
               return;
             }
             auto lease = st.next_lease++;
-            i->second.leases[lease] = h;
+            st.core->add(lease, {peer_id, h, i->second.link, i->second.counter});
             auto out = link->new_frame();
             auto resp = out.root().initResponse();
             resp.setId(id);
@@ -272,7 +465,7 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
             w.setMemoryBytes(h.memory_bytes());
             w.setDescription(h.description());
             link->send(out);
-            f.done();
+            f->done();
           },
           [on_error, claim](caf::error& err) {
             if (claim())
@@ -286,31 +479,30 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
       auto inputs = frame->tensors(r.getInputs());
       if (!inputs) {
         respond_error(*link, id, inputs.error());
-        return f.done();
+        return f->done();
       }
-      auto on_outputs = [f, link, id](tensor_map& out) {
-        respond_outputs(*link, id, out);
-        f.done();
-      };
       std::string key = r.getKey();
-      if (const auto* h = lease_for(p, key)) {
-        // The peer holds this model: straight to its actor, outputs into
-        // memory the peer maps.
-        self->request(h->actor(), timeout, infer_atom::value, std::move(*inputs), h->ticket(),
-                      link->allocator())
-          .then(on_outputs, on_error);
-        return;
+      if (auto lease = st.core->find_by_key(peer_id, key)) {
+        // The peer holds this model but did not name its lease: straight to
+        // the model all the same, outputs into memory the peer maps.
+        return infer_direct(*st.core, *lease, id, std::move(*inputs), std::move(f));
       }
+      st.core->by_key.fetch_add(1, std::memory_order_relaxed);
       self->request(st.registry, timeout, infer_atom::value, key, std::move(*inputs))
-        .then(on_outputs, on_error);
+        .then(
+          [f, link, id](tensor_map& out) {
+            respond_outputs(*link, id, out);
+            f->done();
+          },
+          on_error);
       return;
     }
     case wire::Request::RELEASE: {
-      if (p.leases.erase(request.getRelease()) == 0)
+      if (!st.core->remove(request.getRelease(), peer_id))
         respond_error(*link, id, make_error(errc::invalid_argument, "no such lease"));
       else
         respond_ok(*link, id);
-      return f.done();
+      return f->done();
     }
     case wire::Request::UNLOAD:
       self->request(st.registry, timeout, unload_atom::value, std::string{request.getUnload()})
@@ -323,7 +515,7 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
             e.setCount(rep.count);
             e.setFreedBytes(rep.freed_bytes);
             link->send(out);
-            f.done();
+            f->done();
           },
           on_error);
       return;
@@ -333,6 +525,8 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
           [self, f, link, id](const registry_snapshot& snap) {
             auto json = nlohmann::json::parse(to_json(snap));
             json["connections"] = self->state.peers.size();
+            json["gateway"] = {{"requests_on_lease", self->state.core->on_lease.load()},
+                               {"requests_by_key", self->state.core->by_key.load()}};
             json["catalog"] = self->state.options.catalog;
             if (!self->state.options.catalog_details.empty())
               json["catalog_details"] =
@@ -352,7 +546,7 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
             resp.setId(id);
             resp.setStatusJson(json.dump());
             link->send(out);
-            f.done();
+            f->done();
           },
           on_error);
       return;
@@ -364,22 +558,22 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
                    caf::actor_cast<status_listener>(self));
       }
       respond_ok(*link, id);
-      return f.done();
+      return f->done();
     case wire::Request::UNSUBSCRIBE:
       p.subscribed = false;
       respond_ok(*link, id);
-      return f.done();
+      return f->done();
     case wire::Request::ECHO: {
       auto tensors = frame->tensors(request.getEcho());
       if (!tensors)
         respond_error(*link, id, tensors.error());
       else
         respond_outputs(*link, id, *tensors);
-      return f.done();
+      return f->done();
     }
     default:
       respond_error(*link, id, make_error(errc::unsupported, "request not supported"));
-      return f.done();
+      return f->done();
   }
 }
 
@@ -392,7 +586,7 @@ void drop_peer(gateway_ptr self, uint64_t peer_id, const char* why) {
   auto i = self->state.peers.find(peer_id);
   if (i == self->state.peers.end())
     return;
-  auto n = i->second.leases.size();
+  auto n = self->state.core->remove_peer(peer_id);
   self->state.peers.erase(i);
   log::get("modelreg.gateway")->info("peer {} {}: released {} leases", peer_id, why, n);
 }
@@ -416,6 +610,17 @@ gateway_impl::behavior_type gateway(gateway_ptr self, registry_actor registry,
                                      gateway_options options) {
   self->state.registry = std::move(registry);
   self->state.options = options;
+  auto core = std::make_shared<gateway_core>();
+  core->gateway = caf::actor_cast<caf::weak_actor_ptr>(self->ctrl());
+  core->max_in_flight_per_peer = options.max_in_flight_per_peer;
+  self->state.core = core;
+  // However the gateway ends, leased frames are refused and the leases go.
+  self->attach_functor([core] {
+    core->stopping.store(true);
+    std::unordered_map<uint64_t, gateway_core::lease_entry> gone;
+    std::lock_guard guard{core->mutex};
+    gone.swap(core->leases);
+  });
   self->set_down_handler([self](caf::down_msg& dm) {
     auto& ids = self->state.remote_ids;
     if (auto i = ids.find(dm.source); i != ids.end()) {
@@ -478,6 +683,7 @@ gateway_impl::behavior_type gateway(gateway_ptr self, registry_actor registry,
       if (st.stopping)
         return;
       st.stopping = true;
+      st.core->stopping.store(true);
       for (auto& [id, p] : st.peers)
         tell_goodbye(*p.link, "the node is shutting down");
       // A load may take minutes: its callers hear now, not at a timeout.
@@ -493,6 +699,8 @@ gateway_impl::behavior_type gateway(gateway_ptr self, registry_actor registry,
       maybe_quit(self);
     },
     [self](force_quit_atom) { self->quit(); },
+    [self](drained_atom) { maybe_quit(self); },
+    [self](core_atom) { return self->state.core; },
   };
 }
 
@@ -505,11 +713,25 @@ gateway_actor spawn_gateway(caf::actor_system& sys, registry_actor registry,
 
 caf::error listen_shm(const gateway_actor& gw, const std::shared_ptr<transport::endpoint>& ep,
                       const std::string& path) {
-  // The loop thread only forwards: everything else happens in the actor.
+  core_ptr core;
+  {
+    caf::scoped_actor self{caf::actor_cast<caf::actor>(gw).home_system()};
+    self->request(caf::actor_cast<caf::actor>(gw), timeouts::request, core_atom::value)
+      .receive([&](core_ptr& c) { core = std::move(c); }, [](caf::error&) {});
+  }
+  if (!core)
+    return make_error(errc::unavailable, "the gateway is not running");
+  // The loop thread hands an Infer on a lease straight to the model actor
+  // (the model's thread answers); everything else goes to the gateway.
   caf::weak_actor_ptr weak = caf::actor_cast<caf::weak_actor_ptr>(gw);
   return ep->listen(
     path,
-    [weak](const connection_ptr& conn, frame_ptr frame) {
+    [weak, core](const connection_ptr& conn, frame_ptr frame) {
+      auto own_link = [&conn]() -> std::shared_ptr<peer_link> {
+        return std::make_shared<shm_link>(conn);
+      };
+      if (infer_on_lease(core, conn->id(), frame, own_link) == lease_outcome::handled)
+        return;
       if (auto strong = weak.lock())
         caf::anon_send(caf::actor_cast<gateway_actor>(strong), inbound_atom::value, conn,
                        std::move(frame));

@@ -81,6 +81,9 @@ struct Request {
   struct Infer {
     key @0 :Text;
     inputs @1 :List(NamedTensor);
+    lease @2 :UInt64;      # a lease this connection holds on `key` (from a Handle):
+                           # the node hands the request straight to the model;
+                           # 0: routed by key through the registry
   }
 }
 

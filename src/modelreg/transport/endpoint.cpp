@@ -1055,6 +1055,17 @@ bool endpoint::drain_ring(const connection_ptr& conn, const std::shared_ptr<hand
   descriptor d;
   taken = 0;
   auto usable = [&] { return conn->open_.load() && !conn->failing_.load(); };
+  // The control chunks of every frame taken in this pass go back together:
+  // one lock of the send side and at most one doorbell, not one per frame.
+  std::vector<shm::chunk_id> read;
+  struct give_back_at_exit {
+    const connection_ptr& conn;
+    std::vector<shm::chunk_id>& read;
+    ~give_back_at_exit() {
+      if (!read.empty())
+        conn->give_back(read);
+    }
+  } at_exit{conn, read};
   while (taken < budget && usable() && conn->reader_.try_pop(d)) {
     if (taken++ == 0)
       conn->touch();
@@ -1078,7 +1089,7 @@ bool endpoint::drain_ring(const connection_ptr& conn, const std::shared_ptr<hand
         // change what we check. Then its chunk goes back at once.
         auto words = kj::heapArray<capnp::word>(d.length / sizeof(capnp::word));
         std::memcpy(words.begin(), i->second->data() + d.offset, d.length);
-        conn->give_back({{d.segment, d.offset, d.generation}});
+        read.push_back({d.segment, d.offset, d.generation});
         deliver(conn, h, std::move(words));
         break;
       }

@@ -414,7 +414,7 @@ void finish_load(supervisor_ptr self, std::unordered_map<std::string, entry>::it
   }
   ready.waiters.clear();
   for (auto& [rp, in] : ready.parked_infers)
-    rp.delegate(actor, infer_atom::value, std::move(in), make_ticket(ready.block));
+    rp.delegate(actor, infer_request{std::move(in), make_ticket(ready.block)});
   ready.parked_infers.clear();
   arm_tick(self);
 }
@@ -546,7 +546,7 @@ supervisor_actor::behavior_type supervisor(supervisor_ptr self, registry_config 
       }
       return get_or_load(self, key, {});
     },
-    [self](infer_atom atom, const std::string& key,
+    [self](infer_atom, const std::string& key,
            tensor_map& inputs) -> caf::result<tensor_map> {
       auto& st = self->state;
       auto i = st.entries.find(key);
@@ -558,7 +558,7 @@ supervisor_actor::behavior_type supervisor(supervisor_ptr self, registry_config 
         e.parked_infers.emplace_back(rp, std::move(inputs));
         return rp;
       }
-      return self->delegate(e.block->actor, atom, std::move(inputs), make_ticket(e.block));
+      return self->delegate(e.block->actor, infer_request{std::move(inputs), make_ticket(e.block)});
     },
     [](release_atom, const model_handle& h) { return h.release(); },
     [self](unload_atom, const std::string& key) -> caf::result<eviction_report> {
