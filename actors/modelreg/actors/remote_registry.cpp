@@ -31,6 +31,7 @@
 #include "modelreg/actors/shm_gateway.hpp"
 #include "modelreg/log.hpp"
 #include "modelreg/messages/error.hpp"
+#include "modelreg/transport/calls.hpp"
 #include "modelreg/transport/rpc.hpp"
 
 namespace modelreg {
@@ -48,6 +49,8 @@ using allocate_atom = caf::atom_constant<caf::atom("allocate")>;
 using stats_atom = caf::atom_constant<caf::atom("stats")>;
 using raw_status_atom = caf::atom_constant<caf::atom("rawstatus")>;
 using direct_atom = caf::atom_constant<caf::atom("direct")>;
+using answered_atom = caf::atom_constant<caf::atom("answered")>;
+using quit_atom = caf::atom_constant<caf::atom("quit")>;
 
 struct target {
   bool unix_socket = true;
@@ -101,38 +104,19 @@ struct link_result {
 
 namespace detail {
 
-/// The proxy's Unix link as synchronous callers use it (blocking_client):
-/// they send on the connection themselves and wait here; the connection's
-/// thread hands their answers over directly instead of through the proxy.
-/// The proxy attaches and detaches the connection as its link comes and
-/// goes. Request ids come from one counter for both paths.
+/// What the proxy shares with synchronous callers (blocking_client): the
+/// link's one call table (every request of both paths waits there, so one
+/// place matches answers and fails every waiter when the link drops), the
+/// Unix connection they send on themselves, and the leases held on it. The
+/// connection's thread hands an answer straight to its caller. The proxy
+/// attaches the connection when its link comes up and detaches it when the
+/// link goes.
 struct direct_link {
-  struct waiter {
-    uint64_t generation = 0;
-    std::mutex mutex;
-    std::condition_variable cv;
-    bool done = false;
-    frame_ptr frame;
-    caf::error error;
-
-    void finish(frame_ptr f, caf::error err) {
-      {
-        std::lock_guard guard{mutex};
-        frame = std::move(f);
-        error = std::move(err);
-        done = true;
-      }
-      cv.notify_one();
-    }
-  };
-
-  std::atomic<uint64_t> next_id{1};
+  transport::call_table calls;
   std::mutex mutex;
-  connection_ptr conn; // null while there is no link
-  uint64_t generation = 0;
+  connection_ptr conn; // null while there is no Unix link
   std::string down_reason = "not connected (reconnecting)";
   std::string uri;
-  std::map<uint64_t, std::shared_ptr<waiter>> waiters;
   /// Leases this process holds on the current link, by key: an Infer that
   /// names one goes straight to the model on the node.
   std::multimap<std::string, uint64_t> leases;
@@ -158,10 +142,11 @@ struct direct_link {
     return i == leases.end() ? 0 : i->second;
   }
 
-  void attach(connection_ptr c, uint64_t gen) {
+  /// A link is up (`c`: its connection, null over TCP).
+  void attach(connection_ptr c) {
     std::lock_guard guard{mutex};
     conn = std::move(c);
-    generation = gen;
+    calls.reset();
   }
 
   /// No new calls; calls in flight still get their answers (a goodbye).
@@ -171,63 +156,31 @@ struct direct_link {
     down_reason = std::move(why);
   }
 
-  /// The link is gone: every waiter fails with `err`.
+  /// The link is gone: every waiting call fails with `err`.
   void detach(const caf::error& err, std::string why) {
-    std::map<uint64_t, std::shared_ptr<waiter>> failed;
     {
       std::lock_guard guard{mutex};
       conn = nullptr;
       down_reason = std::move(why);
-      failed.swap(waiters);
       leases.clear(); // the node released them with the link
     }
-    for (auto& [id, w] : failed)
-      w->finish(nullptr, err);
-  }
-
-  size_t in_flight() {
-    std::lock_guard guard{mutex};
-    return waiters.size();
-  }
-
-  /// On the connection's thread: true if `f` answers a waiting caller.
-  bool deliver(uint64_t gen, const frame_ptr& f) {
-    auto root = f->root();
-    if (root.which() != wire::Frame::RESPONSE)
-      return false;
-    std::shared_ptr<waiter> w;
-    {
-      std::lock_guard guard{mutex};
-      auto i = waiters.find(root.getResponse().getId());
-      if (i == waiters.end() || i->second->generation != gen)
-        return false;
-      w = std::move(i->second);
-      waiters.erase(i);
-    }
-    w->finish(f, {});
-    return true;
+    calls.fail_all(err);
   }
 
   caf::expected<tensor_map> infer(const std::string& key, const tensor_map& inputs,
                                   caf::timespan timeout) {
     connection_ptr c;
-    auto w = std::make_shared<waiter>();
-    auto id = next_id.fetch_add(1);
     uint64_t lease = 0;
     {
       std::lock_guard guard{mutex};
       if (!conn)
         return make_error(errc::unavailable, "worker unavailable at " + uri + ": " + down_reason);
       c = conn;
-      w->generation = generation;
-      waiters.emplace(id, w); // before sending: the answer may beat the send's return
       if (auto i = leases.find(key); i != leases.end())
         lease = i->second;
     }
-    auto forget = [&] {
-      std::lock_guard guard{mutex};
-      waiters.erase(id);
-    };
+    auto id = calls.next_id();
+    auto waiting = calls.expect(id); // before sending: the answer may beat the send's return
     auto frame = c->new_frame();
     auto request = frame.root().initRequest();
     request.setId(id);
@@ -235,11 +188,11 @@ struct direct_link {
     in.setKey(key);
     in.setLease(lease);
     if (auto err = frame.put_tensors(in.initInputs(static_cast<uint32_t>(inputs.size())), inputs)) {
-      forget();
+      calls.forget(id);
       return err;
     }
     if (auto err = c->send(frame)) {
-      forget();
+      calls.forget(id);
       if (is(err, errc::peer_disconnected))
         return make_error(errc::unavailable, "worker unavailable at " + uri + ": " + describe(err));
       return err;
@@ -248,24 +201,15 @@ struct direct_link {
     // spins for its answer (yielding or not) takes the CPU the node and this
     // process's loop thread need, and the round trip gets slower and costs
     // more context switches (docs/benchmarks.md).
-    std::unique_lock guard{w->mutex};
-    if (!w->cv.wait_for(guard, timeout, [&] { return w->done; })) {
-      guard.unlock();
-      forget();
-      return make_error(errc::timeout,
-                        "no answer from " + uri + " within " +
-                          std::to_string(
-                            std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count()) +
-                          " ms (the request may still run on the node)");
-    }
-    if (w->error)
-      return w->error;
-    auto resp = w->frame->root().getResponse();
+    auto answer = calls.wait(id, waiting, timeout, uri);
+    if (!answer)
+      return std::move(answer.error());
+    auto resp = (*answer)->root().getResponse();
     if (resp.isError())
       return transport::error_of(resp.getError());
     if (!resp.isOutputs())
       return make_error(errc::malformed_frame, "expected outputs");
-    return w->frame->tensors(resp.getOutputs());
+    return (*answer)->tensors(resp.getOutputs());
   }
 };
 
@@ -278,10 +222,26 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<modelreg::detail::direct_link>)
 namespace modelreg {
 namespace {
 
+/// What the proxy does with the answer to one of its calls (in the proxy).
 struct pending {
   std::function<void(const frame_ptr&, wire::Response::Reader)> on_response;
   std::function<void(const caf::error&)> on_error;
 };
+
+/// A call's answer (or error), on its way from the call table to the proxy.
+struct answered {
+  std::shared_ptr<pending> call;
+  caf::expected<frame_ptr> result;
+};
+using answered_ptr = std::shared_ptr<answered>;
+
+} // namespace
+} // namespace modelreg
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(modelreg::answered_ptr)
+
+namespace modelreg {
+namespace {
 
 struct proxy_state {
   static inline const char* name = "modelreg.remote_registry";
@@ -307,8 +267,7 @@ struct proxy_state {
   std::shared_ptr<shm::pool> frame_pool; // tcp frames
   transport::copy_counters tcp_counters;
 
-  std::map<uint64_t, pending> pending_requests;
-  std::shared_ptr<detail::direct_link> direct; // ids for both paths; the Unix link for blocking callers
+  std::shared_ptr<detail::direct_link> direct; // the call table of both paths; the Unix link for blocking callers
   std::vector<status_listener> listeners;
   // Handles given out on the current link: lease -> block.
   std::map<uint64_t, std::weak_ptr<detail::entry_block>> handles;
@@ -346,16 +305,27 @@ void call(proxy_ptr self, const std::function<caf::error(outgoing_frame&, wire::
                                                           : "not connected (reconnecting)"));
   auto frame = new_frame(self);
   auto request = frame.root().initRequest();
-  auto id = st.direct->next_id.fetch_add(1);
+  auto& calls = st.direct->calls;
+  auto id = calls.next_id();
   request.setId(id);
   if (auto err = fill(frame, request))
     return p.on_error(err);
+  // The answer comes back through the proxy's mailbox (it may touch the
+  // proxy's state), whichever thread found it.
+  auto shared = std::make_shared<pending>(std::move(p));
+  calls.expect(id, [weak = caf::actor_cast<caf::weak_actor_ptr>(self->ctrl()),
+                    shared](caf::expected<frame_ptr> result) {
+    if (auto proxy = weak.lock())
+      caf::anon_send(caf::actor_cast<caf::actor>(proxy), answered_atom::value,
+                     std::make_shared<answered>(answered{shared, std::move(result)}));
+  });
   if (auto err = send_frame(self, frame)) {
+    if (!calls.forget(id))
+      return; // failed meanwhile: the answer is on its way
     if (is(err, errc::peer_disconnected))
       err = unavailable(self, describe(err));
-    return p.on_error(err);
+    return shared->on_error(err);
   }
-  st.pending_requests.emplace(id, std::move(p));
 }
 
 void schedule_reconnect(proxy_ptr self) {
@@ -419,8 +389,10 @@ link_result open_link(caf::actor_system& sys, const target& where, const std::st
     auto conn = ep->connect(
       where.path,
       [proxy, generation, direct](const connection_ptr&, frame_ptr f) {
-        if (direct->deliver(generation, f))
-          return; // a blocking caller's answer, handed over directly
+        if (direct->calls.deliver(f))
+          return; // matched: a blocking caller's answer goes to it directly
+        if (f->root().isResponse())
+          return; // its caller gave up: dropped (its loans go back)
         if (auto strong = proxy.lock())
           caf::anon_send(caf::actor_cast<caf::actor>(strong), inbound_atom::value, generation,
                          std::move(f));
@@ -476,10 +448,11 @@ caf::error adopt_link(proxy_ptr self, link_result& r) {
   if (st.where.unix_socket) {
     st.conn = std::move(r.conn);
     *st.conn_box = st.conn;
-    st.direct->attach(st.conn, r.generation);
+    st.direct->attach(st.conn);
   } else {
     st.server = std::move(r.server);
     self->monitor(st.server);
+    st.direct->attach(nullptr);
   }
   st.connected = true;
   st.server_leaving = false;
@@ -518,13 +491,9 @@ void disconnected(proxy_ptr self, const std::string& why, bool by_caller = false
   }
   log::get("modelreg.remote")
     ->log(by_caller ? spdlog::level::debug : spdlog::level::warn,
-          "{}: connection lost ({}); {} requests failed", st.uri, why, st.pending_requests.size());
-  auto failed = std::move(st.pending_requests);
-  st.pending_requests.clear();
-  auto err = unavailable(self, why);
-  st.direct->detach(err, why);
-  for (auto& [id, p] : failed)
-    p.on_error(err);
+          "{}: connection lost ({}); {} requests failed", st.uri, why, st.direct->calls.in_flight());
+  // Every call of both paths fails now (the proxy's own through its mailbox).
+  st.direct->detach(unavailable(self, why), why);
   for (auto& [lease, weak] : st.handles)
     if (auto block = weak.lock())
       block->retire();
@@ -536,17 +505,9 @@ void on_frame(proxy_ptr self, const frame_ptr& frame) {
   auto& st = self->state;
   auto root = frame->root();
   switch (root.which()) {
-    case wire::Frame::RESPONSE: {
-      auto resp = root.getResponse();
-      auto i = st.pending_requests.find(resp.getId());
-      if (i == st.pending_requests.end())
-        return;
-      auto p = std::move(i->second);
-      st.pending_requests.erase(i);
-      if (resp.isError())
-        return p.on_error(transport::error_of(resp.getError()));
-      return p.on_response(frame, resp);
-    }
+    case wire::Frame::RESPONSE: // over TCP: matched like any other
+      st.direct->calls.deliver(frame);
+      return;
     case wire::Frame::EVENT: {
       status_event ev;
       if (!from_json(root.getEvent(), ev))
@@ -812,12 +773,23 @@ caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_optio
         call(self, [](outgoing_frame&, wire::Request::Builder r) { r.setUnsubscribe(); return caf::error{}; },
              pending{[](const frame_ptr&, wire::Response::Reader) {}, [](const caf::error&) {}});
     },
+    [self](answered_atom, const answered_ptr& a) {
+      auto& call = *a->call;
+      if (!a->result)
+        return call.on_error(a->result.error());
+      auto resp = (*a->result)->root().getResponse();
+      if (resp.isError())
+        return call.on_error(transport::error_of(resp.getError()));
+      call.on_response(*a->result, resp);
+    },
     [self](shutdown_atom) {
       auto& st = self->state;
       st.options.reconnect = false;
       disconnected(self, "closed by the caller", true);
-      self->quit();
+      // After the failures of its calls, queued just now by this thread.
+      caf::anon_send(caf::actor_cast<caf::actor>(self), quit_atom::value);
     },
+    [self](quit_atom) { self->quit(); },
     [self](allocate_atom, uint8_t type, std::vector<int64_t>& shape) -> caf::result<tensor> {
       auto& st = self->state;
       caf::expected<tensor> t{caf::error{}};
@@ -841,7 +813,7 @@ caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_optio
       } else {
         out.copied_bytes = st.tcp_counters.copied_bytes.load();
       }
-      out.requests_in_flight = st.pending_requests.size() + st.direct->in_flight();
+      out.requests_in_flight = st.direct->calls.in_flight();
       return out;
     },
     [self](direct_atom) -> std::shared_ptr<detail::direct_link> {

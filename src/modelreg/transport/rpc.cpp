@@ -1,7 +1,5 @@
 #include "modelreg/transport/rpc.hpp"
 
-#include <thread>
-
 #include "modelreg/messages/error.hpp"
 
 namespace modelreg::transport {
@@ -80,42 +78,18 @@ rpc_client::connect(const std::shared_ptr<endpoint>& ep, const std::string& path
 }
 
 void rpc_client::on_frame(frame_ptr f) {
-  auto root = f->root();
-  if (!root.isResponse()) {
-    if (on_other_)
-      on_other_(conn_, std::move(f));
+  if (f->root().isResponse()) {
+    calls_.deliver(f); // unmatched: timed out already, dropped (its loans go back)
     return;
   }
-  auto id = root.getResponse().getId();
-  std::shared_ptr<pending> p;
-  {
-    std::lock_guard guard{mutex_};
-    auto i = pending_.find(id);
-    if (i == pending_.end())
-      return; // timed out already: drop it (its loans go back)
-    p = i->second;
-    pending_.erase(i);
-    p->frame = std::move(f);
-    p->done = true;
-  }
-  p->cv.notify_all();
+  if (on_other_)
+    on_other_(conn_, std::move(f));
 }
 
 void rpc_client::on_error(const caf::error& err) {
-  std::map<uint64_t, std::shared_ptr<pending>> failed;
-  {
-    std::lock_guard guard{mutex_};
-    dead_ = is(err, errc::peer_disconnected)
-              ? err
-              : make_error(errc::peer_disconnected, "connection failed: " + describe(err));
-    failed.swap(pending_);
-    for (auto& [id, p] : failed) {
-      p->error = dead_;
-      p->done = true;
-    }
-  }
-  for (auto& [id, p] : failed)
-    p->cv.notify_all();
+  calls_.fail_all(is(err, errc::peer_disconnected)
+                    ? err
+                    : make_error(errc::peer_disconnected, "connection failed: " + describe(err)));
 }
 
 caf::expected<frame_ptr>
@@ -123,44 +97,23 @@ rpc_client::call(const std::function<caf::error(outgoing_frame&, wire::Request::
                  std::chrono::milliseconds timeout) {
   auto frame = conn_->new_frame();
   auto request = frame.root().initRequest();
-  auto p = std::make_shared<pending>();
-  uint64_t id;
-  {
-    std::lock_guard guard{mutex_};
-    if (dead_)
-      return dead_;
-    id = next_id_++;
-    pending_[id] = p;
-  }
+  auto id = calls_.next_id();
+  auto waiting = calls_.expect(id);
   request.setId(id);
-  auto forget = [&] {
-    std::lock_guard guard{mutex_};
-    pending_.erase(id);
-  };
   if (auto err = fill(frame, request)) {
-    forget();
+    calls_.forget(id);
     return err;
   }
   if (auto err = conn_->send(frame)) {
-    forget();
+    calls_.forget(id);
     return err;
   }
-  // Spin briefly first, taking the reply off the ring ourselves: it often
-  // arrives within microseconds, sooner than a sleeping thread could be woken
-  // or the loop thread could hand it over.
-  auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds{50};
-  while (!p->done.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < spin_until)
-    if (!conn_->poll())
-      std::this_thread::yield();
-  std::unique_lock guard{mutex_};
-  if (!p->cv.wait_for(guard, timeout, [&] { return p->done.load(); })) {
-    pending_.erase(id);
-    return make_error(errc::timeout, "no response within " + std::to_string(timeout.count()) +
-                                       " ms");
-  }
-  if (p->error)
-    return p->error;
-  return p->frame;
+  // Spin briefly first, taking the reply off the ring ourselves: against a
+  // peer that answers on its loop thread (the transport's echo peer) it
+  // often arrives within microseconds, sooner than a sleeping thread could
+  // be woken or the loop thread could hand it over.
+  return calls_.wait(id, waiting, timeout, "the peer", [this] { return conn_->poll(); },
+                     std::chrono::microseconds{50});
 }
 
 void rpc_client::close() {

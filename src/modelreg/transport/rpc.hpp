@@ -1,6 +1,7 @@
-// Request/response over a transport connection: numbers requests, matches
-// responses to them, and wakes the waiting caller. The building block for
-// remote registries.
+// Request/response over one transport connection, frame by frame: the
+// client the transport's tests and benchmarks (and the helper processes)
+// use, on the same call table (`calls.hpp`) as the remote registry. Also the
+// wire helpers both sides share (errors, model specs, answers).
 //
 // Thread-safety: `call` may be used from many threads at once. When the
 // connection dies, every waiting and later call fails with
@@ -8,15 +9,12 @@
 #pragma once
 
 #include <chrono>
-#include <atomic>
-#include <condition_variable>
 #include <functional>
-#include <map>
 #include <memory>
-#include <mutex>
 
 #include "modelreg/messages/model_spec.hpp"
 #include "modelreg/messages/timeouts.hpp"
+#include "modelreg/transport/calls.hpp"
 #include "modelreg/transport/endpoint.hpp"
 
 namespace modelreg::transport {
@@ -60,22 +58,12 @@ public:
   void close();
 
 private:
-  struct pending {
-    std::condition_variable cv;
-    frame_ptr frame;
-    caf::error error;
-    std::atomic<bool> done{false};
-  };
-
   void on_frame(frame_ptr f);
   void on_error(const caf::error& err);
 
   connection_ptr conn_;
   frame_handler on_other_;
-  std::mutex mutex_;
-  std::map<uint64_t, std::shared_ptr<pending>> pending_;
-  uint64_t next_id_ = 1;
-  caf::error dead_;
+  call_table calls_;
 };
 
 } // namespace modelreg::transport
