@@ -28,7 +28,7 @@
 #include "cli/default_catalog.hpp"
 #include "modelreg/actors/ask.hpp"
 #include "modelreg/actors/remote_registry.hpp"
-#include "modelreg/actors/shm_gateway.hpp"
+#include "modelreg/actors/gateway.hpp"
 #include "modelreg/actors/tcp_guard.hpp"
 #include "modelreg/backend/backend_registry.hpp"
 #include "modelreg/backend/catalog.hpp"

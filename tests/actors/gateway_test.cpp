@@ -5,7 +5,7 @@
 #include <future>
 
 #include "actors/registry_fixture.hpp"
-#include "modelreg/actors/shm_gateway.hpp"
+#include "modelreg/actors/gateway.hpp"
 #include "modelreg/transport/rpc.hpp"
 
 namespace modelreg::test {

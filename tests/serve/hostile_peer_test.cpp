@@ -23,7 +23,7 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 
-#include "modelreg/actors/shm_gateway.hpp"
+#include "modelreg/actors/gateway.hpp"
 #include "modelreg/actors/tcp_guard.hpp"
 #include "modelreg/shm/segment.hpp"
 #include "modelreg/transport/ring.hpp"

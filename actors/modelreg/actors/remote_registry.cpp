@@ -28,7 +28,7 @@
 #include "modelreg/actors/detail/entry_block.hpp"
 #include "modelreg/actors/detail/lease.hpp"
 #include "modelreg/actors/detail/wire_bytes.hpp"
-#include "modelreg/actors/shm_gateway.hpp"
+#include "modelreg/actors/gateway.hpp"
 #include "modelreg/log.hpp"
 #include "modelreg/messages/error.hpp"
 #include "modelreg/transport/calls.hpp"

@@ -11,8 +11,12 @@
 //
 // Handles given to a peer are leases owned by its connection: released by a
 // `release` request or when the connection closes (the peer exited, died, or
-// its host went away). While a peer holds a lease on a key, its inferences go
-// straight to the model actor, with outputs allocated in memory the peer maps.
+// its host went away). An Infer that names a lease its connection holds
+// skips the gateway actor: the thread that decoded the frame (the
+// connection's loop thread) checks the lease in the gateway's lease table
+// and sends an `infer_request` straight to the model actor, whose thread
+// sends the answer, with outputs allocated in memory the peer maps. Leases
+// the connection does not hold are refused (`handle_released`).
 //
 // Lifetime: `shutdown_atom` starts a graceful stop: every peer is told
 // (`goodbye`), new requests get `shutting_down`, requests in flight are
@@ -63,8 +67,10 @@ using gateway_actor = caf::typed_actor<
   caf::reacts_to<shutdown_atom>>;
 
 struct gateway_options {
-  /// Registry requests that take longer fail with `unavailable`; 0: no
-  /// limit (a model that dies still answers every caller with an error).
+  /// Registry requests (loads, inferences routed by key, status) that take
+  /// longer fail with `timeout`; 0: no limit (a model that dies still
+  /// answers every caller with an error). Inferences on a lease go straight
+  /// to the model and have no gateway timer: their callers' deadlines apply.
   std::chrono::milliseconds request_timeout{0};
   /// A graceful stop waits this long for requests in flight.
   std::chrono::milliseconds drain_timeout{std::chrono::seconds{5}};

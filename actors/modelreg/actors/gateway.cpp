@@ -1,4 +1,4 @@
-#include "modelreg/actors/shm_gateway.hpp"
+#include "modelreg/actors/gateway.hpp"
 
 #include <atomic>
 #include <functional>
