@@ -14,7 +14,6 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include <arpa/inet.h>
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
@@ -40,18 +39,6 @@
 namespace modelreg::cli {
 
 namespace {
-
-bool is_loopback(const std::string& host) {
-  if (host == "localhost")
-    return true;
-  in_addr v4{};
-  if (::inet_pton(AF_INET, host.c_str(), &v4) == 1)
-    return (ntohl(v4.s_addr) >> 24) == 127;
-  in6_addr v6{};
-  if (::inet_pton(AF_INET6, host.c_str(), &v6) == 1)
-    return IN6_IS_ADDR_LOOPBACK(&v6);
-  return false;
-}
 
 /// Everything `serve` is told on its command line.
 struct serve_options {
@@ -221,17 +208,12 @@ int run_serve(serve_options o) {
   std::string tcp_host;
   uint16_t tcp_port = 0;
   if (tcp) {
-    auto colon = tcp->rfind(':');
-    if (colon == std::string::npos || colon == 0)
-      return usage_error("serve: --tcp takes HOST:PORT, not '" + *tcp + "'");
-    tcp_host = tcp->substr(0, colon);
-    auto port_text = tcp->substr(colon + 1);
-    char* end = nullptr;
-    auto port = std::strtoul(port_text.c_str(), &end, 10);
-    if (port_text.empty() || *end != '\0' || port > 65535)
+    auto address = parse_host_port(*tcp);
+    if (!address)
       return usage_error("serve: --tcp takes HOST:PORT with PORT from 0 to 65535, not '" + *tcp +
                          "'");
-    tcp_port = static_cast<uint16_t>(port);
+    tcp_host = address->host;
+    tcp_port = address->port;
     if (tls.any()) {
       if (auto err = check_tls(tls); !err.empty()) {
         std::cerr << "modelreg serve: " << err << "\n";

@@ -6,7 +6,7 @@
 
 #include <gtest/gtest.h>
 
-#include "modelreg/actors/detail/wire_bytes.hpp"
+#include "modelreg/transport/codec.hpp"
 #include "modelreg/messages/error.hpp"
 #include "modelreg/transport/calls.hpp"
 
@@ -27,7 +27,7 @@ struct frames {
     auto resp = out.root().initResponse();
     resp.setId(id);
     resp.setOk();
-    auto in = detail::from_bytes(detail::to_bytes(out), counters);
+    auto in = transport::from_bytes(transport::to_bytes(out), counters);
     EXPECT_TRUE(in) << describe(in.error());
     return in ? *in : nullptr;
   }
@@ -35,7 +35,7 @@ struct frames {
   frame_ptr event() {
     transport::outgoing_frame out{pool, false, counters};
     out.root().setEvent("{}");
-    return *detail::from_bytes(detail::to_bytes(out), counters);
+    return *transport::from_bytes(transport::to_bytes(out), counters);
   }
 };
 

@@ -19,11 +19,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "modelreg/actors/detail/wire_bytes.hpp"
 #include "modelreg/log.hpp"
 #include "modelreg/messages/error.hpp"
 #include "modelreg/messages/timeouts.hpp"
-#include "modelreg/transport/rpc.hpp"
+#include "modelreg/transport/codec.hpp"
 
 namespace modelreg {
 
@@ -70,7 +69,7 @@ public:
     : peer_(std::move(peer)), pool_(std::move(pool)), counters_(std::move(counters)) {}
   outgoing_frame new_frame() override { return outgoing_frame{pool_, false, *counters_}; }
   caf::error send(outgoing_frame& frame) override {
-    caf::anon_send(peer_, frame_atom::value, detail::to_bytes(frame));
+    caf::anon_send(peer_, frame_atom::value, transport::to_bytes(frame));
     return {};
   }
   allocator_ptr allocator() override { return nullptr; }
@@ -658,7 +657,7 @@ gateway_impl::behavior_type gateway(gateway_ptr self, registry_actor registry,
                                                                  : peer_role::infer;
         self->monitor(sender);
       }
-      auto frame = detail::from_bytes(bytes, *st.remote_counters);
+      auto frame = transport::from_bytes(bytes, *st.remote_counters);
       if (!frame) {
         log::get("modelreg.gateway")->warn("peer {}: {}", i->second, describe(frame.error()));
         return;

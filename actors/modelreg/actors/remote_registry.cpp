@@ -3,15 +3,10 @@
 #include "modelreg/actors/ask.hpp"
 
 #include <atomic>
-#include <condition_variable>
-#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
 
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <openssl/x509.h>
 #include <unistd.h>
 
 #include <caf/actor_registry.hpp>
@@ -25,14 +20,14 @@
 #include <caf/stateful_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
 
+#include "modelreg/actors/detail/direct_link.hpp"
 #include "modelreg/actors/detail/entry_block.hpp"
 #include "modelreg/actors/detail/lease.hpp"
-#include "modelreg/actors/detail/wire_bytes.hpp"
 #include "modelreg/actors/gateway.hpp"
 #include "modelreg/log.hpp"
 #include "modelreg/messages/error.hpp"
 #include "modelreg/transport/calls.hpp"
-#include "modelreg/transport/rpc.hpp"
+#include "modelreg/transport/codec.hpp"
 
 namespace modelreg {
 
@@ -48,49 +43,9 @@ using reconnect_atom = caf::atom_constant<caf::atom("reconnect")>;
 using allocate_atom = caf::atom_constant<caf::atom("allocate")>;
 using stats_atom = caf::atom_constant<caf::atom("stats")>;
 using raw_status_atom = caf::atom_constant<caf::atom("rawstatus")>;
-using direct_atom = caf::atom_constant<caf::atom("direct")>;
+using detail::direct_atom;
 using answered_atom = caf::atom_constant<caf::atom("answered")>;
 using quit_atom = caf::atom_constant<caf::atom("quit")>;
-
-struct target {
-  bool unix_socket = true;
-  std::string path;
-  std::string host;
-  uint16_t port = 0;
-};
-
-caf::expected<target> parse_uri(const std::string& uri) {
-  target t;
-  if (uri.rfind("unix:", 0) == 0) {
-    t.path = uri.substr(5);
-    if (t.path.rfind("//", 0) == 0)
-      t.path = t.path.substr(2);
-    if (t.path.empty())
-      return make_error(errc::invalid_argument, "'" + uri + "': no socket path");
-    return t;
-  }
-  if (uri.rfind("tcp://", 0) == 0) {
-    auto rest = uri.substr(6);
-    auto colon = rest.rfind(':');
-    if (colon == std::string::npos || colon == 0 || colon + 1 == rest.size())
-      return make_error(errc::invalid_argument, "'" + uri + "': expected tcp://HOST:PORT");
-    t.unix_socket = false;
-    t.host = rest.substr(0, colon);
-    if (t.host.size() > 2 && t.host.front() == '[' && t.host.back() == ']')
-      t.host = t.host.substr(1, t.host.size() - 2);
-    try {
-      auto port = std::stoul(rest.substr(colon + 1));
-      if (port == 0 || port > 65535)
-        throw std::out_of_range{"port"};
-      t.port = static_cast<uint16_t>(port);
-    } catch (const std::exception&) {
-      return make_error(errc::invalid_argument, "'" + uri + "': bad port");
-    }
-    return t;
-  }
-  return make_error(errc::invalid_argument,
-                    "'" + uri + "': expected unix:PATH or tcp://HOST:PORT");
-}
 
 /// What a connection attempt produced.
 struct link_result {
@@ -102,118 +57,6 @@ struct link_result {
 
 } // namespace
 
-namespace detail {
-
-/// What the proxy shares with synchronous callers (blocking_client): the
-/// link's one call table (every request of both paths waits there, so one
-/// place matches answers and fails every waiter when the link drops), the
-/// Unix connection they send on themselves, and the leases held on it. The
-/// connection's thread hands an answer straight to its caller. The proxy
-/// attaches the connection when its link comes up and detaches it when the
-/// link goes.
-struct direct_link {
-  transport::call_table calls;
-  std::mutex mutex;
-  connection_ptr conn; // null while there is no Unix link
-  std::string down_reason = "not connected (reconnecting)";
-  std::string uri;
-  /// Leases this process holds on the current link, by key: an Infer that
-  /// names one goes straight to the model on the node.
-  std::multimap<std::string, uint64_t> leases;
-
-  void add_lease(const std::string& key, uint64_t lease) {
-    std::lock_guard guard{mutex};
-    leases.emplace(key, lease);
-  }
-
-  void remove_lease(uint64_t lease) {
-    std::lock_guard guard{mutex};
-    for (auto i = leases.begin(); i != leases.end(); ++i)
-      if (i->second == lease) {
-        leases.erase(i);
-        return;
-      }
-  }
-
-  /// A lease held on `key` (0: none).
-  uint64_t lease_for(const std::string& key) {
-    std::lock_guard guard{mutex};
-    auto i = leases.find(key);
-    return i == leases.end() ? 0 : i->second;
-  }
-
-  /// A link is up (`c`: its connection, null over TCP).
-  void attach(connection_ptr c) {
-    std::lock_guard guard{mutex};
-    conn = std::move(c);
-    calls.reset();
-  }
-
-  /// No new calls; calls in flight still get their answers (a goodbye).
-  void close_to_new_calls(std::string why) {
-    std::lock_guard guard{mutex};
-    conn = nullptr;
-    down_reason = std::move(why);
-  }
-
-  /// The link is gone: every waiting call fails with `err`.
-  void detach(const caf::error& err, std::string why) {
-    {
-      std::lock_guard guard{mutex};
-      conn = nullptr;
-      down_reason = std::move(why);
-      leases.clear(); // the node released them with the link
-    }
-    calls.fail_all(err);
-  }
-
-  caf::expected<tensor_map> infer(const std::string& key, const tensor_map& inputs,
-                                  caf::timespan timeout) {
-    connection_ptr c;
-    uint64_t lease = 0;
-    {
-      std::lock_guard guard{mutex};
-      if (!conn)
-        return make_error(errc::unavailable, "worker unavailable at " + uri + ": " + down_reason);
-      c = conn;
-      if (auto i = leases.find(key); i != leases.end())
-        lease = i->second;
-    }
-    auto id = calls.next_id();
-    auto waiting = calls.expect(id); // before sending: the answer may beat the send's return
-    auto frame = c->new_frame();
-    auto request = frame.root().initRequest();
-    request.setId(id);
-    auto in = request.initInfer();
-    in.setKey(key);
-    in.setLease(lease);
-    if (auto err = frame.put_tensors(in.initInputs(static_cast<uint32_t>(inputs.size())), inputs)) {
-      calls.forget(id);
-      return err;
-    }
-    if (auto err = c->send(frame)) {
-      calls.forget(id);
-      if (is(err, errc::peer_disconnected))
-        return make_error(errc::unavailable, "worker unavailable at " + uri + ": " + describe(err));
-      return err;
-    }
-    // No polling of the ring here: measured on two cores, a caller that
-    // spins for its answer (yielding or not) takes the CPU the node and this
-    // process's loop thread need, and the round trip gets slower and costs
-    // more context switches (docs/benchmarks.md).
-    auto answer = calls.wait(id, waiting, timeout, uri);
-    if (!answer)
-      return std::move(answer.error());
-    auto resp = (*answer)->root().getResponse();
-    if (resp.isError())
-      return transport::error_of(resp.getError());
-    if (!resp.isOutputs())
-      return make_error(errc::malformed_frame, "expected outputs");
-    return (*answer)->tensors(resp.getOutputs());
-  }
-};
-
-} // namespace detail
 } // namespace modelreg
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(modelreg::link_result)
@@ -248,7 +91,7 @@ struct proxy_state {
   proxy_state() = default;
 
   std::string uri;
-  target where;
+  node_address where;
   connect_options options;
   std::shared_ptr<transport::endpoint> endpoint;
   bool own_endpoint = false;
@@ -292,7 +135,7 @@ caf::error send_frame(proxy_ptr self, outgoing_frame& frame) {
   auto& st = self->state;
   if (st.where.unix_socket)
     return st.conn->send(frame);
-  self->send(caf::actor_cast<caf::actor>(st.server), frame_atom::value, detail::to_bytes(frame));
+  self->send(caf::actor_cast<caf::actor>(st.server), frame_atom::value, transport::to_bytes(frame));
   return {};
 }
 
@@ -379,7 +222,7 @@ caf::expected<wire_actor> remote_wire_actor(caf::actor_system& sys, const caf::i
   return out;
 }
 
-link_result open_link(caf::actor_system& sys, const target& where, const std::string& uri,
+link_result open_link(caf::actor_system& sys, const node_address& where, const std::string& uri,
                       const std::shared_ptr<transport::endpoint>& ep, caf::weak_actor_ptr proxy,
                       uint64_t generation, std::shared_ptr<detail::direct_link> direct,
                       caf::timespan connect_timeout) {
@@ -465,7 +308,7 @@ caf::error adopt_link(proxy_ptr self, link_result& r) {
 
 /// A one-shot detached actor that connects (blocking) and reports back, so
 /// the proxy never blocks a scheduler thread.
-void connector(caf::event_based_actor* self, caf::actor proxy, target where, std::string uri,
+void connector(caf::event_based_actor* self, caf::actor proxy, node_address where, std::string uri,
                std::shared_ptr<transport::endpoint> ep, uint64_t generation,
                std::shared_ptr<detail::direct_link> direct, caf::timespan timeout) {
   auto r = open_link(self->system(), where, uri, ep, caf::actor_cast<caf::weak_actor_ptr>(proxy),
@@ -573,7 +416,7 @@ model_handle make_handle(proxy_ptr self, wire::Handle::Reader h) {
   return model_handle{std::make_shared<detail::lease>(block)};
 }
 
-caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_options options,
+caf::behavior proxy(proxy_ptr self, std::string uri, node_address where, connect_options options,
                     std::shared_ptr<transport::endpoint> endpoint, bool own_endpoint,
                     std::shared_ptr<detail::direct_link> direct) {
   auto& st = self->state;
@@ -644,7 +487,7 @@ caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_optio
     },
     [self](frame_atom, const std::vector<char>& bytes) {
       auto& st = self->state;
-      auto frame = detail::from_bytes(bytes, st.tcp_counters);
+      auto frame = transport::from_bytes(bytes, st.tcp_counters);
       if (!frame) {
         log::get("modelreg.remote")->warn("{}: {}", st.uri, describe(frame.error()));
         return;
@@ -827,7 +670,7 @@ caf::behavior proxy(proxy_ptr self, std::string uri, target where, connect_optio
 
 caf::expected<registry_actor> connect(caf::actor_system& sys, const std::string& uri,
                                       connect_options options) {
-  auto where = parse_uri(uri);
+  auto where = parse_connect_uri(uri);
   if (!where)
     return where.error();
   auto endpoint = options.endpoint;
@@ -874,21 +717,6 @@ caf::expected<tensor> allocate_input(caf::actor_system& sys, const registry_acto
   return out;
 }
 
-blocking_client::blocking_client(caf::actor_system& sys, registry_actor remote)
-  : sys_(&sys), remote_(std::move(remote)) {
-  caf::scoped_actor self{sys};
-  self->request(caf::actor_cast<caf::actor>(remote_), timeouts::request, direct_atom::value)
-    .receive([&](std::shared_ptr<detail::direct_link>& link) { link_ = std::move(link); },
-             [](caf::error&) {}); // not a proxy from connect(): ordinary requests
-}
-
-caf::expected<tensor_map> blocking_client::infer(const std::string& key, const tensor_map& inputs,
-                                                 caf::timespan timeout) const {
-  if (link_)
-    return link_->infer(key, inputs, timeout);
-  return ask<tensor_map>(*sys_, remote_, timeout, "the node", infer_atom::value, key, inputs);
-}
-
 caf::expected<remote_stats> stats_of(caf::actor_system& sys, const registry_actor& remote) {
   return ask<remote_stats>(sys, caf::actor_cast<caf::actor>(remote), timeouts::request,
                            "the node", stats_atom::value);
@@ -899,50 +727,6 @@ caf::expected<std::string> remote_status_json(caf::actor_system& sys,
                                               caf::timespan timeout) {
   return ask<std::string>(sys, caf::actor_cast<caf::actor>(remote), timeout, "the node",
                           raw_status_atom::value);
-}
-
-std::string default_socket_path() {
-  if (const char* s = std::getenv("MODELREG_SOCKET"); s != nullptr && *s != '\0')
-    return s;
-  if (const char* d = std::getenv("XDG_RUNTIME_DIR"); d != nullptr && *d != '\0')
-    return std::string{d} + "/modelreg/modelreg.sock";
-  return "/tmp/modelreg-" + std::to_string(::getuid()) + "/modelreg.sock";
-}
-
-std::string check_tls(const tls_files& tls) {
-  if (tls.cert.empty() || tls.key.empty() || tls.ca.empty())
-    return "TLS needs a certificate, its key and a CA file (mutual TLS)";
-  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx{SSL_CTX_new(TLS_method()), SSL_CTX_free};
-  auto why = [](const std::string& what) {
-    char buf[256];
-    ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
-    return what + " (" + buf + ")";
-  };
-  if (SSL_CTX_use_certificate_chain_file(ctx.get(), tls.cert.c_str()) != 1)
-    return why("cannot load certificate " + tls.cert);
-  if (SSL_CTX_use_PrivateKey_file(ctx.get(), tls.key.c_str(), SSL_FILETYPE_PEM) != 1) {
-    if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH)
-      return why("private key " + tls.key + " does not match " + tls.cert);
-    return why("cannot load private key " + tls.key);
-  }
-  if (SSL_CTX_check_private_key(ctx.get()) != 1)
-    return why("private key " + tls.key + " does not match " + tls.cert);
-  if (SSL_CTX_load_verify_locations(ctx.get(), tls.ca.c_str(), nullptr) != 1)
-    return why("cannot load CA file " + tls.ca);
-  return {};
-}
-
-void configure_for_connect(caf::actor_system_config& cfg, const std::string& uri,
-                           const tls_files& tls) {
-  if (uri.rfind("tcp://", 0) != 0)
-    return;
-  cfg.load<caf::io::middleman>();
-  if (tls.any()) {
-    cfg.load<caf::openssl::manager>();
-    cfg.openssl_certificate = tls.cert;
-    cfg.openssl_key = tls.key;
-    cfg.openssl_cafile = tls.ca;
-  }
 }
 
 } // namespace modelreg

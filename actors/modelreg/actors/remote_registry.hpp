@@ -27,6 +27,9 @@
 //
 // Lifetime: the proxy lives until `shutdown_atom` or an exit message. It never
 // blocks: reconnect attempts run in a short-lived detached connector actor.
+//
+// Also here: `blocking_client` (blocking_client.hpp) for threads that are not
+// actors', and the URI and TLS helpers (connect_uri.hpp).
 #pragma once
 
 #include <chrono>
@@ -37,6 +40,8 @@
 #include <caf/allowed_unsafe_message_type.hpp>
 #include <caf/expected.hpp>
 
+#include "modelreg/actors/blocking_client.hpp"
+#include "modelreg/actors/connect_uri.hpp"
 #include "modelreg/actors/registry_actor.hpp"
 #include "modelreg/messages/timeouts.hpp"
 #include "modelreg/transport/endpoint.hpp"
@@ -55,29 +60,6 @@ struct connect_options {
   /// own would wait for ever on a port where something else listens).
   std::chrono::milliseconds connect_timeout{timeouts::connect};
 };
-
-/// Where a node listens unless told otherwise: $MODELREG_SOCKET, else
-/// $XDG_RUNTIME_DIR/modelreg/modelreg.sock, else /tmp/modelreg-UID/modelreg.sock.
-std::string default_socket_path();
-
-/// PEM files for mutual TLS over tcp://.
-struct tls_files {
-  std::string cert;
-  std::string key;
-  std::string ca;
-  bool any() const { return !cert.empty() || !key.empty() || !ca.empty(); }
-};
-
-/// Loads `tls` the way CAF's OpenSSL module will, so that a bad path or a key
-/// that does not match the certificate fails now (CAF would abort the process
-/// at the first connection). Empty if usable, else why not.
-std::string check_tls(const tls_files& tls);
-
-/// Prepares an actor system's configuration for `connect(sys, uri)`: loads
-/// the middleman for "tcp://", and OpenSSL with `tls` if any file is given.
-/// Call before the actor system is created.
-void configure_for_connect(caf::actor_system_config& cfg, const std::string& uri,
-                           const tls_files& tls = {});
 
 /// Connects to a served registry ("unix:PATH" or "tcp://HOST:PORT"). Fails
 /// with `invalid_argument` (bad URI) or `unavailable` (nobody answers).
@@ -101,37 +83,6 @@ struct remote_stats {
 };
 
 caf::expected<remote_stats> stats_of(caf::actor_system& sys, const registry_actor& remote);
-
-namespace detail {
-struct direct_link;
-} // namespace detail
-
-/// Inference for a synchronous caller (a thread that is not an actor's, e.g.
-/// a pipeline node's main loop or Python). On a Unix link the caller writes
-/// its request frame itself and is woken by the connection's thread when the
-/// answer arrives: two thread hand-offs fewer per round trip than a request
-/// to the proxy actor. Over TCP, or for a registry not from connect(), it
-/// makes an ordinary request. Thread-safe; copies share the link.
-class blocking_client {
-public:
-  /// Asks `remote`'s proxy for its link (one round trip to the actor).
-  blocking_client(caf::actor_system& sys, registry_actor remote);
-
-  /// Runs `key` on `inputs`; fails like a request to the registry would
-  /// (`unavailable` at once when the link is down, every waiter too when it
-  /// drops), or with CAF's `request_timeout` after `timeout` (the answer,
-  /// if it comes later, is dropped and its memory returned).
-  caf::expected<tensor_map> infer(const std::string& key, const tensor_map& inputs,
-                                  caf::timespan timeout) const;
-
-  /// Whether calls take the direct path (a Unix link from connect()).
-  bool direct() const { return link_ != nullptr; }
-
-private:
-  caf::actor_system* sys_;
-  registry_actor remote_;
-  std::shared_ptr<detail::direct_link> link_;
-};
 
 /// The node's status as the gateway sends it (blocking): the snapshot's JSON
 /// plus "connections" and "catalog".

@@ -4,55 +4,6 @@
 
 namespace modelreg::transport {
 
-void put_error(wire::Error::Builder e, const caf::error& err) {
-  auto mine = as_modelreg_error(err, errc::unavailable, "the node"); // CAF's own, too
-  errc code = errc::unavailable;
-  to_errc(mine, code);
-  e.setCode(static_cast<uint8_t>(code));
-  e.setMessage(describe(mine));
-}
-
-caf::error error_of(wire::Error::Reader e) {
-  return make_error(static_cast<errc>(e.getCode()), e.getMessage());
-}
-
-void put_spec(wire::ModelSpec::Builder s, const model_spec& spec) {
-  s.setBackend(spec.backend);
-  auto params = s.initParams(static_cast<uint32_t>(spec.params.size()));
-  uint32_t i = 0;
-  for (const auto& [k, v] : spec.params) {
-    params[i].setKey(k);
-    params[i].setValue(v);
-    ++i;
-  }
-}
-
-model_spec spec_of(wire::ModelSpec::Reader r) {
-  model_spec spec;
-  spec.backend = r.getBackend();
-  for (auto p : r.getParams())
-    spec.params[p.getKey()] = p.getValue();
-  return spec;
-}
-
-void respond_error(const connection_ptr& conn, uint64_t id, const caf::error& err) {
-  auto frame = conn->new_frame();
-  auto resp = frame.root().initResponse();
-  resp.setId(id);
-  put_error(resp.initError(), err);
-  conn->send(frame);
-}
-
-void respond_outputs(const connection_ptr& conn, uint64_t id, const tensor_map& outputs) {
-  auto frame = conn->new_frame();
-  auto resp = frame.root().initResponse();
-  resp.setId(id);
-  if (auto err = frame.put_tensors(resp.initOutputs(static_cast<uint32_t>(outputs.size())), outputs))
-    return respond_error(conn, id, err);
-  if (auto err = conn->send(frame))
-    respond_error(conn, id, err); // e.g. quota_exceeded: the connection stays usable
-}
-
 caf::expected<std::shared_ptr<rpc_client>>
 rpc_client::connect(const std::shared_ptr<endpoint>& ep, const std::string& path,
                     frame_handler on_other) {

@@ -1,7 +1,7 @@
 // Request/response over one transport connection, frame by frame: the
 // client the transport's tests and benchmarks (and the helper processes)
-// use, on the same call table (`calls.hpp`) as the remote registry. Also the
-// wire helpers both sides share (errors, model specs, answers).
+// use, on the same call table (`calls.hpp`) as the remote registry. The wire
+// helpers both sides share are in `codec.hpp`.
 //
 // Thread-safety: `call` may be used from many threads at once. When the
 // connection dies, every waiting and later call fails with
@@ -12,31 +12,12 @@
 #include <functional>
 #include <memory>
 
-#include "modelreg/messages/model_spec.hpp"
 #include "modelreg/messages/timeouts.hpp"
 #include "modelreg/transport/calls.hpp"
+#include "modelreg/transport/codec.hpp"
 #include "modelreg/transport/endpoint.hpp"
 
 namespace modelreg::transport {
-
-/// Writes `err` into `e`: its modelreg code (CAF's own errors, such as
-/// timeouts and dead actors, as `unavailable`) and its text.
-void put_error(wire::Error::Builder e, const caf::error& err);
-
-/// The error a peer sent.
-caf::error error_of(wire::Error::Reader e);
-
-/// A model spec in and out of its wire form.
-void put_spec(wire::ModelSpec::Builder s, const model_spec& spec);
-model_spec spec_of(wire::ModelSpec::Reader r);
-
-/// Answers request `id` on `conn` with `err` (its modelreg code and text).
-void respond_error(const connection_ptr& conn, uint64_t id, const caf::error& err);
-
-/// Answers request `id` with `outputs` (by reference when they live in this
-/// endpoint's shared memory, else copied there once); if they cannot be sent
-/// (a quota), answers with that error instead.
-void respond_outputs(const connection_ptr& conn, uint64_t id, const tensor_map& outputs);
 
 class rpc_client : public std::enable_shared_from_this<rpc_client> {
 public:
