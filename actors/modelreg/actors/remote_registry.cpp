@@ -139,36 +139,57 @@ caf::error send_frame(proxy_ptr self, outgoing_frame& frame) {
   return {};
 }
 
-/// Fills and sends one request; `p` gets its answer or error.
-void call(proxy_ptr self, const std::function<caf::error(outgoing_frame&, wire::Request::Builder)>& fill,
-          pending p) {
+using request_filler = std::function<caf::error(outgoing_frame&, wire::Request::Builder)>;
+
+/// Fills and sends one request; `done` runs once with its answer or error,
+/// on whichever thread has it (the connection's, a TCP frame's in the proxy,
+/// or the one that fails the link), so it must not touch the proxy's state.
+void send_call(proxy_ptr self, const request_filler& fill, transport::call_table::callback done) {
   auto& st = self->state;
   if (!st.connected || st.server_leaving)
-    return p.on_error(unavailable(self, st.server_leaving ? "the node is shutting down"
-                                                          : "not connected (reconnecting)"));
+    return done(unavailable(self, st.server_leaving ? "the node is shutting down"
+                                                    : "not connected (reconnecting)"));
   auto frame = new_frame(self);
   auto request = frame.root().initRequest();
   auto& calls = st.direct->calls;
   auto id = calls.next_id();
   request.setId(id);
   if (auto err = fill(frame, request))
-    return p.on_error(err);
-  // The answer comes back through the proxy's mailbox (it may touch the
-  // proxy's state), whichever thread found it.
-  auto shared = std::make_shared<pending>(std::move(p));
-  calls.expect(id, [weak = caf::actor_cast<caf::weak_actor_ptr>(self->ctrl()),
-                    shared](caf::expected<frame_ptr> result) {
-    if (auto proxy = weak.lock())
-      caf::anon_send(caf::actor_cast<caf::actor>(proxy), answered_atom::value,
-                     std::make_shared<answered>(answered{shared, std::move(result)}));
-  });
+    return done(err);
+  auto shared = std::make_shared<transport::call_table::callback>(std::move(done));
+  calls.expect(id, [shared](caf::expected<frame_ptr> r) { (*shared)(std::move(r)); });
   if (auto err = send_frame(self, frame)) {
     if (!calls.forget(id))
       return; // failed meanwhile: the answer is on its way
     if (is(err, errc::peer_disconnected))
       err = unavailable(self, describe(err));
-    return shared->on_error(err);
+    (*shared)(err);
   }
+}
+
+/// Fills and sends one request; `p` gets its answer or error in the proxy
+/// (through its mailbox: `p` may touch the proxy's state).
+void call(proxy_ptr self, const request_filler& fill, pending p) {
+  auto shared = std::make_shared<pending>(std::move(p));
+  send_call(self, fill,
+            [weak = caf::actor_cast<caf::weak_actor_ptr>(self->ctrl()),
+             shared](caf::expected<frame_ptr> result) {
+              if (auto proxy = weak.lock())
+                caf::anon_send(caf::actor_cast<caf::actor>(proxy), answered_atom::value,
+                               std::make_shared<answered>(answered{shared, std::move(result)}));
+            });
+}
+
+/// The outputs an Infer's answer carries, or why there are none.
+caf::expected<tensor_map> outputs_of(caf::expected<frame_ptr> answer) {
+  if (!answer)
+    return std::move(answer.error());
+  auto resp = (*answer)->root().getResponse();
+  if (resp.isError())
+    return transport::error_of(resp.getError());
+  if (!resp.isOutputs())
+    return make_error(errc::malformed_frame, "expected outputs");
+  return (*answer)->tensors(resp.getOutputs());
 }
 
 void schedule_reconnect(proxy_ptr self) {
@@ -521,28 +542,41 @@ caf::behavior proxy(proxy_ptr self, std::string uri, node_address where, connect
                         "entry or pass a model spec");
     },
     [self](infer_atom, const std::string& key, const tensor_map& inputs) -> caf::result<tensor_map> {
+      auto fill = [&](outgoing_frame& f, wire::Request::Builder r) {
+        auto in = r.initInfer();
+        in.setKey(key);
+        in.setLease(self->state.direct->lease_for(key));
+        return f.put_tensors(in.initInputs(static_cast<uint32_t>(inputs.size())), inputs);
+      };
+      auto* asked = self->current_mailbox_element();
+      if (asked != nullptr && asked->sender && asked->mid.is_request() && asked->stages.empty()) {
+        // The thread that has the answer sends the response itself, as the
+        // proxy would (same sender, same message id): the proxy is not on
+        // the way back, one thread hand-off fewer per request.
+        send_call(self, fill,
+                  [to = asked->sender, id = asked->mid.response_id(),
+                   me = caf::actor_cast<caf::strong_actor_ptr>(self->ctrl())](
+                    caf::expected<frame_ptr> answer) {
+                    auto out = outputs_of(std::move(answer));
+                    to->enqueue(me, id,
+                                out ? caf::make_message(std::move(*out))
+                                    : caf::make_message(std::move(out.error())),
+                                nullptr);
+                  });
+        return caf::delegated<tensor_map>{};
+      }
+      // Forwarded to the proxy (or sent without a request): the answer goes
+      // through the proxy, which delivers the promise on its own thread.
       auto rp = self->make_response_promise<tensor_map>();
-      call(
-        self,
-        [&](outgoing_frame& f, wire::Request::Builder r) {
-          auto in = r.initInfer();
-          in.setKey(key);
-          in.setLease(self->state.direct->lease_for(key));
-          return f.put_tensors(in.initInputs(static_cast<uint32_t>(inputs.size())), inputs);
-        },
-        pending{[rp](const frame_ptr& frame, wire::Response::Reader resp) mutable -> void {
-                  if (!resp.isOutputs()) {
-                    rp.deliver(make_error(errc::malformed_frame, "expected outputs"));
-                    return;
-                  }
-                  auto out = frame->tensors(resp.getOutputs());
-                  if (!out) {
-                    rp.deliver(out.error());
-                    return;
-                  }
-                  rp.deliver(std::move(*out));
-                },
-                [rp](const caf::error& err) mutable { rp.deliver(err); }});
+      call(self, fill,
+           pending{[rp](const frame_ptr& frame, wire::Response::Reader) mutable {
+                     auto out = outputs_of(frame);
+                     if (out)
+                       rp.deliver(std::move(*out));
+                     else
+                       rp.deliver(std::move(out.error()));
+                   },
+                   [rp](const caf::error& err) mutable { rp.deliver(err); }});
       return rp;
     },
     [](release_atom, const model_handle& h) { return h.release(); },
