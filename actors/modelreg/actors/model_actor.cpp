@@ -60,6 +60,9 @@ caf::result<tensor_map> run_model(model& m, detail::model_stats& stats, infer_re
   auto started = detail::steady_now_ns();
   auto out = call_model(m, req.inputs, req.allocator ? *req.allocator : heap_allocator());
   record(m, stats, started, out ? nullptr : &out.error());
+  // A remote caller's input memory goes back before the answer does (outputs
+  // that view it keep it): the caller then hears once, not twice.
+  req.inputs.clear();
   return answer(req, std::move(out));
 }
 
