@@ -318,7 +318,9 @@ int run_serve(serve_options o) {
       ::unlink(socket.c_str());
       return exit_failed;
     }
-    tcp_note = " tcp://" + tcp_host + ":" + std::to_string(*port) +
+    // An IPv6 address in brackets, as URIs write it (tcp://[::1]:7447).
+    auto host = tcp_host.find(':') != std::string::npos ? "[" + tcp_host + "]" : tcp_host;
+    tcp_note = " tcp://" + host + ":" + std::to_string(*port) +
                (tls.any() ? " (mutual TLS)" : "") + " role " + to_string(role);
   }
   std::cout << "ready unix:" << socket << tcp_note << "\n"
