@@ -405,6 +405,10 @@ TEST_F(serve_test, TcpWithMutualTlsAcceptsOnlyCertificatesOfItsCa) {
                                   tensor_map{{"audio", *tensor::from_values<float>({1.f, 2.f})}});
     ASSERT_TRUE(out) << describe(out.error());
     EXPECT_EQ(out->at("audio").values<float>()->back(), 4.f);
+    // Holding the handle, the request named its lease over TCP too.
+    auto json = remote_status_json(*ok.sys, *reg);
+    ASSERT_TRUE(json) << describe(json.error());
+    EXPECT_EQ(nlohmann::json::parse(*json)["gateway"]["requests_on_lease"].get<uint64_t>(), 1u);
   }
   {
     // A certificate from another CA is refused.
