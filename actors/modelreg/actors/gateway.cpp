@@ -345,7 +345,7 @@ void infer_direct(gateway_core& core, const gateway_core::lease_entry& lease, ui
 enum class lease_outcome {
   handled,   // handed to the model, or answered with an error
   not_mine,  // not an Infer with a lease: the gateway's business
-  by_key,    // its model left the registry: route it by key (a reload)
+  by_key,    // its model left the registry (crashed, or stopping): the registry answers it by key
 };
 
 /// The per-frame path, on the thread that decoded the frame (a
