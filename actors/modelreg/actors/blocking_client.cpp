@@ -30,10 +30,7 @@ caf::expected<tensor_map> direct_link::infer(const std::string& key, const tenso
   auto frame = c->new_frame();
   auto request = frame.root().initRequest();
   request.setId(id);
-  auto in = request.initInfer();
-  in.setKey(key);
-  in.setLease(lease);
-  if (auto err = frame.put_tensors(in.initInputs(static_cast<uint32_t>(inputs.size())), inputs)) {
+  if (auto err = transport::put_infer(frame, request, key, lease, inputs)) {
     calls.forget(id);
     return err;
   }
@@ -47,15 +44,7 @@ caf::expected<tensor_map> direct_link::infer(const std::string& key, const tenso
   // spins for its answer (yielding or not) takes the CPU the node and this
   // process's loop thread need, and the round trip gets slower and costs
   // more context switches (docs/benchmarks.md).
-  auto answer = calls.wait(id, waiting, timeout, uri);
-  if (!answer)
-    return std::move(answer.error());
-  auto resp = (*answer)->root().getResponse();
-  if (resp.isError())
-    return transport::error_of(resp.getError());
-  if (!resp.isOutputs())
-    return make_error(errc::malformed_frame, "expected outputs");
-  return (*answer)->tensors(resp.getOutputs());
+  return transport::outputs_of(calls.wait(id, waiting, timeout, uri));
 }
 
 } // namespace detail

@@ -180,18 +180,6 @@ void call(proxy_ptr self, const request_filler& fill, pending p) {
             });
 }
 
-/// The outputs an Infer's answer carries, or why there are none.
-caf::expected<tensor_map> outputs_of(caf::expected<frame_ptr> answer) {
-  if (!answer)
-    return std::move(answer.error());
-  auto resp = (*answer)->root().getResponse();
-  if (resp.isError())
-    return transport::error_of(resp.getError());
-  if (!resp.isOutputs())
-    return make_error(errc::malformed_frame, "expected outputs");
-  return (*answer)->tensors(resp.getOutputs());
-}
-
 void schedule_reconnect(proxy_ptr self) {
   auto& st = self->state;
   if (!st.options.reconnect || st.reconnect_scheduled)
@@ -543,10 +531,7 @@ caf::behavior proxy(proxy_ptr self, std::string uri, node_address where, connect
     },
     [self](infer_atom, const std::string& key, const tensor_map& inputs) -> caf::result<tensor_map> {
       auto fill = [&](outgoing_frame& f, wire::Request::Builder r) {
-        auto in = r.initInfer();
-        in.setKey(key);
-        in.setLease(self->state.direct->lease_for(key));
-        return f.put_tensors(in.initInputs(static_cast<uint32_t>(inputs.size())), inputs);
+        return transport::put_infer(f, r, key, self->state.direct->lease_for(key), inputs);
       };
       auto* asked = self->current_mailbox_element();
       if (asked != nullptr && asked->sender && asked->mid.is_request() && asked->stages.empty()) {
@@ -557,7 +542,7 @@ caf::behavior proxy(proxy_ptr self, std::string uri, node_address where, connect
                   [to = asked->sender, id = asked->mid.response_id(),
                    me = caf::actor_cast<caf::strong_actor_ptr>(self->ctrl())](
                     caf::expected<frame_ptr> answer) {
-                    auto out = outputs_of(std::move(answer));
+                    auto out = transport::outputs_of(std::move(answer));
                     to->enqueue(me, id,
                                 out ? caf::make_message(std::move(*out))
                                     : caf::make_message(std::move(out.error())),
@@ -570,7 +555,7 @@ caf::behavior proxy(proxy_ptr self, std::string uri, node_address where, connect
       auto rp = self->make_response_promise<tensor_map>();
       call(self, fill,
            pending{[rp](const frame_ptr& frame, wire::Response::Reader) mutable {
-                     auto out = outputs_of(frame);
+                     auto out = transport::outputs_of(frame);
                      if (out)
                        rp.deliver(std::move(*out));
                      else

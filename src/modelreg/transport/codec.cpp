@@ -55,6 +55,25 @@ void respond_outputs(const connection_ptr& conn, uint64_t id, const tensor_map& 
     respond_error(conn, id, err); // e.g. quota_exceeded: the connection stays usable
 }
 
+caf::error put_infer(outgoing_frame& frame, wire::Request::Builder r, const std::string& key,
+                     uint64_t lease, const tensor_map& inputs) {
+  auto in = r.initInfer();
+  in.setKey(key);
+  in.setLease(lease);
+  return frame.put_tensors(in.initInputs(static_cast<uint32_t>(inputs.size())), inputs);
+}
+
+caf::expected<tensor_map> outputs_of(caf::expected<frame_ptr> answer) {
+  if (!answer)
+    return std::move(answer.error());
+  auto resp = (*answer)->root().getResponse();
+  if (resp.isError())
+    return error_of(resp.getError());
+  if (!resp.isOutputs())
+    return make_error(errc::malformed_frame, "expected outputs");
+  return (*answer)->tensors(resp.getOutputs());
+}
+
 std::vector<char> to_bytes(outgoing_frame& frame) {
   auto flat = frame.finish_flat();
   auto bytes = flat.asChars();

@@ -28,6 +28,15 @@ caf::error error_of(wire::Error::Reader e);
 void put_spec(wire::ModelSpec::Builder s, const model_spec& spec);
 model_spec spec_of(wire::ModelSpec::Reader r);
 
+/// Fills `r` as an Infer of `key` on `inputs`, naming `lease` (0: none):
+/// tensors by reference where `frame` can, else copied into it once.
+caf::error put_infer(outgoing_frame& frame, wire::Request::Builder r, const std::string& key,
+                     uint64_t lease, const tensor_map& inputs);
+
+/// The outputs an Infer's answer carries, or why there are none (the call
+/// failed, the node answered an error, or it answered something else).
+caf::expected<tensor_map> outputs_of(caf::expected<frame_ptr> answer);
+
 /// The finished frame as one flat byte string (tensors inline).
 std::vector<char> to_bytes(outgoing_frame& frame);
 
