@@ -48,6 +48,7 @@ for line in sys.stdin:
         inputs[nbytes] = x
     x = inputs[nbytes]
     lat = []
+    waited = client.counters()["infer_wait_s"]
     for _ in range(n):
         t0 = time.perf_counter_ns()
         out = client.infer(model, {"x": x})
@@ -57,7 +58,11 @@ for line in sys.stdin:
             print(json.dumps({"error": "wrong answer"}), flush=True)
             sys.exit(1)
         del out, y
-    print(json.dumps(lat), flush=True)
+    # The client's own time per call: the round trips less what infer()
+    # waited for the node (the counters' clock is read outside the timing).
+    waited = client.counters()["infer_wait_s"] - waited
+    own_us = (sum(lat) - waited * 1e6) / max(n, 1)
+    print(json.dumps({"lat": lat, "own_us": own_us}), flush=True)
 client.close()
 )PY";
 
@@ -79,12 +84,18 @@ std::string error_json(const std::string& why) {
   return nlohmann::json{{"error", why}}.dump();
 }
 
-/// Asks a client process for `n` round trips of `bytes`; their times.
+/// Asks a client process for `n` round trips of `bytes`; their times (and,
+/// from the Python client, its own mean time per call, into `own`).
 std::string run_round(child_process& client, uint64_t bytes, uint64_t n,
-                      std::vector<double>& lat) {
+                      std::vector<double>& lat, std::vector<double>* own = nullptr) {
   client.write_line(std::to_string(bytes) + " " + std::to_string(n));
   auto line = client.read_line(std::chrono::minutes{5});
   auto j = nlohmann::json::parse(line, nullptr, false);
+  if (j.is_object() && j.contains("lat") && j["lat"].is_array()) {
+    if (own != nullptr && j.contains("own_us") && j["own_us"].is_number())
+      own->push_back(j["own_us"].get<double>());
+    j = j["lat"];
+  }
   if (!j.is_array())
     return "failed: " + line;
   for (auto& v : j)
@@ -169,7 +180,7 @@ std::string run_python_bench(const python_bench_options& opts) {
   }
 
   struct per_size {
-    std::vector<double> cpp_p50, python_p50, overhead, cpp_all, python_all;
+    std::vector<double> cpp_p50, python_p50, overhead, cpp_all, python_all, python_own;
   };
   std::map<uint64_t, per_size> results;
   for (int s = 0; s < opts.sessions; ++s) {
@@ -191,7 +202,7 @@ std::string run_python_bench(const python_bench_options& opts) {
       for (uint64_t done = 0; done < total; done += per_round) {
         if (auto e = run_round(cpp, bytes, per_round, a); !e.empty())
           return error_json("C++ client " + e);
-        if (auto e = run_round(py, bytes, per_round, b); !e.empty())
+        if (auto e = run_round(py, bytes, per_round, b, &results[bytes].python_own); !e.empty())
           return error_json("Python client " + e);
       }
       auto& r = results[bytes];
@@ -215,6 +226,13 @@ std::string run_python_bench(const python_bench_options& opts) {
                    {"python_rtt_us_p50", percentile(r.python_p50, 0.5)},
                    {"overhead", percentile(r.overhead, 0.5)},
                    {"overhead_per_session", r.overhead},
+                   // Of the Python round trip, the part spent in Python and
+                   // the binding rather than waiting for the node.
+                   {"python_own_us", percentile(r.python_own, 0.5)},
+                   {"python_own_share", percentile(r.python_p50, 0.5) > 0
+                                          ? percentile(r.python_own, 0.5) /
+                                              percentile(r.python_p50, 0.5)
+                                          : 0.0},
                    {"cpp_rtt_us_p99", percentile(r.cpp_all, 0.99)},
                    {"python_rtt_us_p99", percentile(r.python_all, 0.99)},
                    {"round_trips_per_client", r.cpp_all.size()},

@@ -32,7 +32,8 @@ struct python_bench_options {
   /// same moment of the machine; each round trip starts from an idle client,
   /// as in a pipeline that sends one request per frame (back-to-back calls
   /// from a hot loop would favour whichever client has the shorter gap
-  /// between calls, because idle threads fall asleep).
+  /// between calls, because idle threads fall asleep). `--burst N` takes
+  /// N round trips per turn instead, back to back.
   uint64_t budget_bytes = 512ull << 20;
   uint64_t min_round_trips = 20;
   uint64_t max_round_trips = 400;
@@ -44,7 +45,9 @@ struct python_bench_options {
 
 /// Runs it; a JSON array with one object per size: bytes, cpp_rtt_us_p50,
 /// python_rtt_us_p50, overhead (medians over sessions), the per-session
-/// overheads, round trips; or an object with "error".
+/// overheads, python_own_us (the Python client's mean time per call outside
+/// waiting for the node, median over sessions) and its share of the Python
+/// round trip, round trips; or an object with "error".
 std::string run_python_bench(const python_bench_options& opts);
 
 /// The C++ client process: connects to `uri`, loads `model`, prints "ready",

@@ -10,6 +10,8 @@
 // the actor system with the GIL released, so no actor thread waits for a
 // GIL the exiting thread holds, and no thread takes the GIL while the
 // interpreter finalizes.
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <fstream>
 #include <functional>
@@ -816,7 +818,14 @@ public:
     // On a Unix link this thread sends the request itself and is woken by
     // the connection's thread (blocking_client).
     auto out = without_gil([&] {
+      auto start = std::chrono::steady_clock::now();
       auto r = caller_->infer(model, in, timeout_of(timeout_s));
+      // What this process waited for the node, for counters(): the rest of
+      // a call's time is this wrapper's and Python's own work.
+      infer_wait_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now() - start)
+                          .count();
+      infer_calls_ += 1;
       in.clear(); // ordinary arrays' views are dropped here, without the GIL
       return r;
     });
@@ -834,6 +843,8 @@ public:
     d["shared_memory"] = s.shared_memory;
     d["zero_copy_tensors"] = s.zero_copy_tensors;
     d["copied_bytes"] = s.copied_bytes;
+    d["infer_calls"] = infer_calls_.load();
+    d["infer_wait_s"] = static_cast<double>(infer_wait_ns_.load()) * 1e-9;
     return d;
   }
 
@@ -842,6 +853,8 @@ private:
 
   std::shared_ptr<runtime> rt_;
   registry_actor reg_; // null once closed (guarded by callers_mutex_ after construction)
+  std::atomic<uint64_t> infer_calls_{0};
+  std::atomic<int64_t> infer_wait_ns_{0};
   std::mutex callers_mutex_;
   std::vector<std::unique_ptr<caf::scoped_actor>> idle_callers_;
   std::optional<blocking_client> caller_; // infer's path

@@ -198,7 +198,9 @@ class Client:
         return _json.loads(self._c.status_json())
 
     def counters(self):
-        """This connection's counters: zero-copy tensors, copied bytes."""
+        """This connection's counters: zero-copy tensors, copied bytes, and
+        this client's ``infer`` calls with the seconds they spent waiting for
+        the node (``infer_calls``, ``infer_wait_s``)."""
         return self._c.counters()
 
     def close(self):

@@ -28,7 +28,13 @@ def node():
             yield "unix:" + sock
         finally:
             p.terminate()
-            p.wait(timeout=10)
+            try:
+                # A node stops within its drain time (5 s by default).
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                raise
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -43,6 +49,9 @@ def test_inputs_in_shared_memory_cross_without_a_copy_and_outputs_are_views(node
         after = c.counters()
         assert after["copied_bytes"] == before["copied_bytes"]
         assert after["zero_copy_tensors"] >= before["zero_copy_tensors"] + 2
+        # The call is counted, with the time it waited for the node.
+        assert after["infer_calls"] == before["infer_calls"] + 1
+        assert after["infer_wait_s"] > before["infer_wait_s"]
         t = out["audio"]
         a = np.asarray(t)
         np.testing.assert_array_equal(a, np.arange(6, dtype=np.float32).reshape(2, 3) * 0.5)

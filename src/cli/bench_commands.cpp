@@ -124,10 +124,14 @@ command bench_python(CLI::App* bench) {
   sub->add_option("--pythonpath", opts->python_path, "where the modelreg package is")
     ->type_name("PATH");
   sub->add_option("--model", opts->model, "catalog model (default echo)");
+  auto burst = std::make_shared<size_t>(0);
+  add_count(sub, "--burst", *burst,
+            "round trips per turn (default 1: each starts from an idle client; "
+            "more: back to back)", 1, 1000);
   sub->add_option("--sizes", *sizes, "tensor sizes (default 4K,1M,64M)")
     ->delimiter(',')
     ->type_name("SIZE,...");
-  return command{sub, [opts, json, sizes, sessions] {
+  return command{sub, [opts, json, sizes, sessions, burst] {
     opts->self_path = self_path();
 #ifdef MODELREG_PYTHON_BUILD_DIR
     // The package as `make` built it; an installed one is found without it.
@@ -137,6 +141,8 @@ command bench_python(CLI::App* bench) {
 #endif
     if (*sessions > 0)
       opts->sessions = static_cast<int>(*sessions);
+    if (*burst > 0)
+      opts->round_trips_per_round = *burst;
     if (!sizes->empty()) {
       opts->sizes.clear();
       for (const auto& text : *sizes) {
@@ -157,11 +163,12 @@ command bench_python(CLI::App* bench) {
       std::printf("python benchmark: C++ and Python client processes of one worker, model "
                   "'%s',\n%d sessions (medians over sessions)\n",
                   opts->model.c_str(), opts->sessions);
-      std::printf("%12s %14s %14s %10s\n", "bytes", "C++ p50 us", "Python p50 us", "overhead");
+      std::printf("%12s %14s %14s %10s %16s\n", "bytes", "C++ p50 us", "Python p50 us",
+                  "overhead", "Python's own us");
       for (const auto& r : j)
-        std::printf("%12llu %14.0f %14.0f %10.3f\n", r["bytes"].get<unsigned long long>(),
+        std::printf("%12llu %14.0f %14.0f %10.3f %16.1f\n", r["bytes"].get<unsigned long long>(),
                     r["cpp_rtt_us_p50"].get<double>(), r["python_rtt_us_p50"].get<double>(),
-                    r["overhead"].get<double>());
+                    r["overhead"].get<double>(), r["python_own_us"].get<double>());
     }
     return j.contains("error") ? exit_failed : exit_ok;
   }};

@@ -42,6 +42,8 @@ public:
   virtual caf::error send(outgoing_frame& frame) = 0;
   /// Where the peer wants model outputs (null: the heap).
   virtual allocator_ptr allocator() = 0;
+  /// False once the peer is gone: its queued requests need not run.
+  virtual bool open() const { return true; }
 };
 
 /// A peer on this host: the shared-memory transport.
@@ -56,6 +58,7 @@ public:
     // Aliases the connection: the allocator lives as long as the request.
     return allocator_ptr{conn_, &conn_->allocator()};
   }
+  bool open() const override { return conn_->is_open(); }
 
 private:
   connection_ptr conn_;
@@ -335,7 +338,7 @@ void infer_direct(gateway_core& core, const gateway_core::lease_entry& lease, ui
     else
       respond_error(*link, id, out.error());
     f->done();
-  });
+  }, [link] { return link->open(); });
   caf::anon_send(lease.handle.actor(),
                  infer_request{std::move(inputs), lease.handle.ticket(), link->allocator(),
                                std::move(sink)});

@@ -55,8 +55,25 @@ caf::result<tensor_map> answer(infer_request& req, caf::expected<tensor_map> out
   return std::move(*out);
 }
 
+/// A request whose caller went away (its connection closed) while it
+/// waited: it is answered without running the model, so a client that dies
+/// with requests queued does not keep the model from the others.
+bool abandoned(const infer_request& req) {
+  return req.reply && req.reply->abandoned();
+}
+
+caf::error abandoned_error() {
+  return make_error(errc::peer_disconnected,
+                    "the client went away before its request ran; the request was dropped");
+}
+
 /// Runs the model once for one request, records stats and answers.
 caf::result<tensor_map> run_model(model& m, detail::model_stats& stats, infer_request& req) {
+  if (abandoned(req)) {
+    stats.abandoned.fetch_add(1, std::memory_order_relaxed);
+    req.inputs.clear();
+    return answer(req, abandoned_error());
+  }
   auto started = detail::steady_now_ns();
   auto out = call_model(m, req.inputs, req.allocator ? *req.allocator : heap_allocator());
   record(m, stats, started, out ? nullptr : &out.error());
@@ -135,6 +152,17 @@ void run_batch(batch_ptr self, std::vector<queued>& group) {
 void flush(batch_ptr self) {
   auto& st = self->state;
   ++st.timer;
+  // Requests whose callers went away are answered first, without a call.
+  for (auto i = st.queue.begin(); i != st.queue.end();) {
+    if (abandoned(i->request)) {
+      st.stats->abandoned.fetch_add(1, std::memory_order_relaxed);
+      i->request.inputs.clear();
+      i->deliver(abandoned_error());
+      i = st.queue.erase(i);
+    } else {
+      ++i;
+    }
+  }
   while (!st.queue.empty()) {
     std::vector<queued> group;
     group.push_back(std::move(st.queue.front()));
@@ -242,7 +270,8 @@ model_actor::behavior_type dispatcher(model_actor::stateful_pointer<dispatcher_s
 reply_sink::~reply_sink() {
   if (!answered_.load())
     deliver(make_error(errc::model_crashed,
-                       "the model actor went down before answering; the next load reloads it"));
+                       "the model actor went down before answering (it crashed, was unloaded "
+                       "or the node is stopping)"));
 }
 
 void reply_sink::deliver(caf::expected<tensor_map> result) {

@@ -50,7 +50,11 @@ using allocator_ptr = std::shared_ptr<tensor_allocator>;
 class reply_sink {
 public:
   using function = std::function<void(caf::expected<tensor_map>)>;
-  explicit reply_sink(function fn) : fn_(std::move(fn)) {}
+  /// `wanted`, if given, says whether anyone still waits for the answer (a
+  /// peer's connection is open): a request nobody waits for any more is
+  /// answered without running the model.
+  explicit reply_sink(function fn, std::function<bool()> wanted = {})
+    : fn_(std::move(fn)), wanted_(std::move(wanted)) {}
   ~reply_sink();
   reply_sink(const reply_sink&) = delete;
   reply_sink& operator=(const reply_sink&) = delete;
@@ -58,8 +62,12 @@ public:
   /// The first call answers; later calls do nothing.
   void deliver(caf::expected<tensor_map> result);
 
+  /// True if the caller went away before the model ran the request.
+  bool abandoned() const { return wanted_ && !wanted_(); }
+
 private:
   function fn_;
+  std::function<bool()> wanted_;
   std::atomic<bool> answered_{false};
 };
 

@@ -49,7 +49,8 @@ std::string to_json(const registry_snapshot& x) {
                       {"idle_ms", m.idle_ms},
                       {"pinned", m.pinned},
                       {"waiters", m.waiters},
-                      {"batches", m.batches}});
+                      {"batches", m.batches},
+                      {"abandoned", m.abandoned}});
   }
   const auto& t = x.totals;
   nlohmann::json totals = {{"hits", t.hits},
@@ -128,6 +129,7 @@ bool from_json(const std::string& json, registry_snapshot& out) {
       get_to(m, "pinned", s.pinned);
       get_to(m, "waiters", s.waiters);
       get_to(m, "batches", s.batches);
+      get_to(m, "abandoned", s.abandoned);
       out.models.push_back(std::move(s));
     }
     auto t = j.value("totals", nlohmann::json::object());

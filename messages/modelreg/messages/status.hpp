@@ -58,6 +58,7 @@ struct model_status {
   bool pinned = false;
   uint64_t waiters = 0; ///< callers parked on a load in progress
   uint64_t batches = 0; ///< model calls that served several requests at once
+  uint64_t abandoned = 0; ///< requests dropped unrun: their client went away while they queued
 };
 
 template <class Inspector>
@@ -65,7 +66,7 @@ typename Inspector::result_type inspect(Inspector& f, model_status& x) {
   return f(caf::meta::type_name("modelreg::model_status"), x.key, x.description, x.state,
            x.generation, x.handles, x.in_flight, x.memory_bytes, x.load_time_us, x.requests,
            x.errors, x.latency_p50_us, x.latency_p99_us, x.idle_ms, x.pinned, x.waiters,
-           x.batches);
+           x.batches, x.abandoned);
 }
 
 /// Registry-wide counters since start.

@@ -70,6 +70,8 @@ rpc_client::call(const std::function<caf::error(outgoing_frame&, wire::Request::
 void rpc_client::close() {
   if (conn_)
     conn_->close();
+  // Calls still waiting end now, not at their timeouts.
+  calls_.fail_all(make_error(errc::shutting_down, "the connection was closed by this client"));
 }
 
 } // namespace modelreg::transport

@@ -36,6 +36,7 @@ public:
 
   const connection_ptr& connection() const noexcept { return conn_; }
 
+  /// Closes the connection; calls still waiting fail with `shutting_down`.
   void close();
 
 private:

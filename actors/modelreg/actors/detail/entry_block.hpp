@@ -38,6 +38,8 @@ struct model_stats {
   std::atomic<uint64_t> requests{0};
   std::atomic<uint64_t> errors{0};
   std::atomic<uint64_t> batches{0}; ///< model calls that ran more than one request
+  /// Requests answered without running: their caller went away first.
+  std::atomic<uint64_t> abandoned{0};
   latency_histogram latency;
 };
 

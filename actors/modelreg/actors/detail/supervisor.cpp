@@ -126,6 +126,7 @@ model_status status_of(const std::string& key, const entry& e, int64_t now) {
     s.requests = b->stats->requests.load(std::memory_order_relaxed);
     s.errors = b->stats->errors.load(std::memory_order_relaxed);
     s.batches = b->stats->batches.load(std::memory_order_relaxed);
+    s.abandoned = b->stats->abandoned.load(std::memory_order_relaxed);
     s.latency_p50_us = b->stats->latency.quantile(0.50) / 1000;
     s.latency_p99_us = b->stats->latency.quantile(0.99) / 1000;
     s.idle_ms = static_cast<uint64_t>(std::max<int64_t>(now - b->last_used_ns.load(), 0)) / 1000000;
@@ -448,6 +449,18 @@ void on_loaded(supervisor_ptr self, const std::string& key, uint64_t generation,
 
 // -- shutdown -----------------------------------------------------------------
 
+/// Stops a model actor as soon as its running call returns: the exit goes
+/// ahead of queued requests (each still answered, `model_crashed`), so a
+/// stopping node does not first run every queued request.
+void stop_now(supervisor_ptr self, const model_actor& actor) {
+  auto ptr = caf::actor_cast<caf::strong_actor_ptr>(actor);
+  if (!ptr)
+    return;
+  ptr->enqueue(self->ctrl(), caf::make_message_id(caf::message_priority::high),
+               caf::make_message(caf::exit_msg{self->address(), caf::exit_reason::user_shutdown}),
+               self->context());
+}
+
 void shut_down(supervisor_ptr self, const caf::error& reason) {
   auto& st = self->state;
   auto err = make_error(errc::shutting_down, "registry is shutting down");
@@ -458,7 +471,7 @@ void shut_down(supervisor_ptr self, const caf::error& reason) {
       rp.deliver(err);
     if (e.block) {
       e.block->retire();
-      self->send_exit(e.block->actor, caf::exit_reason::user_shutdown);
+      stop_now(self, e.block->actor);
     }
   }
   st.entries.clear();
