@@ -16,6 +16,7 @@ packages=(
   clang libclang-rt-14-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libpocketsphinx-dev pocketsphinx-en-us pocketsphinx-testdata espeak-ng sox
+  flite1-dev
   python3-dev pybind11-dev python3-numpy python3-pytest python3-torch
   python3-pip python3-setuptools python3-wheel python3-venv
 )

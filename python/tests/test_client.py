@@ -160,6 +160,22 @@ def test_bad_input_raises_clear_errors(node):
     assert nobody.value.code == "unavailable"
 
 
+def test_the_node_speaks_and_hears_itself(node):
+    # Both models of the built-in catalog that speech pipelines share: what
+    # tts-en-us (flite) says, asr-en-us (pocketsphinx) transcribes exactly.
+    with modelreg.connect(node) as c:
+        text = np.frombuffer(b"go forward ten meters", dtype=np.uint8)
+        spoken = c.infer("tts-en-us", {"text": text})
+        assert np.asarray(spoken["sample_rate"]).tolist() == [16000]
+        audio = np.from_dlpack(spoken["audio"])
+        assert audio.dtype == np.int16 and 16000 < audio.shape[0] < 4 * 16000
+        heard = c.infer("asr-en-us", {"audio": audio})
+        assert bytes(np.asarray(heard["text"])) == b"go forward ten meters"
+        with pytest.raises(modelreg.ModelRegError) as empty:
+            c.infer("tts-en-us", {"text": np.zeros(0, np.uint8)})
+        assert empty.value.code == "invalid_argument" and "empty" in str(empty.value)
+
+
 def test_a_request_past_its_timeout_raises_and_the_client_goes_on(node):
     with modelreg.connect(node) as c:
         c.load("slow-infer")  # answers after 300 ms

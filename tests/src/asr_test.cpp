@@ -1,6 +1,7 @@
 // The pocketsphinx backend with Debian's en-us model and recordings: pinned
 // transcripts, a phrase spoken by espeak-ng, and the clear errors for audio
-// it cannot take.
+// it cannot take. The flite backend (text to speech): what it says, the
+// recogniser transcribes; text it cannot take gets a clear error.
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -9,7 +10,10 @@
 #include <gtest/gtest.h>
 
 #include "tools/asr_demo.hpp"
+#include <future>
+
 #include "modelreg/backend/backend_registry.hpp"
+#include "modelreg/backend/flite.hpp"
 #include "modelreg/backend/pocketsphinx.hpp"
 #include "modelreg/messages/error.hpp"
 
@@ -163,6 +167,125 @@ TEST_F(asr_test, AMissingModelFileFailsTheLoadClearly) {
   ASSERT_FALSE(m);
   EXPECT_TRUE(is(m.error(), errc::load_failed));
   EXPECT_NE(describe(m.error()).find("/nonexistent.lm"), std::string::npos);
+}
+
+// -- text to speech (flite) ---------------------------------------------------
+
+tensor text_tensor(const std::string& text) {
+  auto t = tensor::allocate(dtype::u8, {static_cast<int64_t>(text.size())});
+  if (!text.empty())
+    std::memcpy(t->mutable_data(), text.data(), text.size());
+  return *t;
+}
+
+class tts_test : public asr_test {
+protected:
+  static void SetUpTestSuite() {
+    asr_test::SetUpTestSuite();
+    if (!have_flite())
+      return;
+    auto loader = backend_registry::with_builtins()->loader_for({"flite", {}});
+    ASSERT_TRUE(loader);
+    auto m = (*loader)();
+    ASSERT_TRUE(m) << describe(m.error());
+    speaker = *m;
+  }
+  static void TearDownTestSuite() {
+    speaker.reset();
+    asr_test::TearDownTestSuite();
+  }
+
+  void SetUp() override {
+    if (!have_flite())
+      GTEST_SKIP() << "built without flite";
+  }
+
+  caf::expected<tensor_map> say(const std::string& text) {
+    return speaker->infer({{"text", text_tensor(text)}}, heap_allocator());
+  }
+
+  static inline model_ptr speaker;
+};
+
+TEST_F(tts_test, WhatItSaysTheRecogniserTranscribesExactly) {
+  EXPECT_TRUE(speaker->capabilities().thread_safe);
+  auto out = say("go forward ten meters");
+  ASSERT_TRUE(out) << describe(out.error());
+  const auto& audio = out->at("audio");
+  EXPECT_EQ(audio.type(), dtype::i16);
+  ASSERT_EQ(audio.rank(), 1u);
+  EXPECT_EQ((*out->at("sample_rate").values<int32_t>())[0], 16000);
+  // About 1.6 s of speech.
+  EXPECT_GT(audio.shape()[0], 16000);
+  EXPECT_LT(audio.shape()[0], 16000 * 4);
+  if (!have_pocketsphinx())
+    GTEST_SKIP() << "built without pocketsphinx: the transcript is not checked";
+  auto heard = recognise({{"audio", audio}});
+  ASSERT_TRUE(heard) << describe(heard.error());
+  EXPECT_EQ(as_string(heard->at("text")), "go forward ten meters");
+}
+
+TEST_F(tts_test, ThreadsSharingOneVoiceGetTheSameSamplesAsOne) {
+  const std::vector<std::string> sentences = {"go forward ten meters", "turn left at the next corner",
+                                              "3.5 km at 10:45, $12.50!", "stop the robot now"};
+  std::vector<std::string> alone;
+  for (const auto& s : sentences) {
+    auto out = say(s);
+    ASSERT_TRUE(out) << describe(out.error());
+    alone.push_back(as_string(out->at("audio")));
+  }
+  std::vector<std::future<int>> threads;
+  for (size_t k = 0; k < 4; ++k)
+    threads.push_back(std::async(std::launch::async, [&, k] {
+      int differ = 0;
+      for (size_t i = 0; i < 8; ++i) {
+        auto j = (k + i) % sentences.size();
+        auto out = say(sentences[j]);
+        if (!out || as_string(out->at("audio")) != alone[j])
+          ++differ;
+      }
+      return differ;
+    }));
+  for (auto& t : threads)
+    EXPECT_EQ(t.get(), 0);
+}
+
+TEST_F(tts_test, TextItCannotTakeGetsAClearErrorAndTheModelGoesOn) {
+  auto check = [&](const tensor_map& in, const std::string& says) {
+    auto out = speaker->infer(in, heap_allocator());
+    ASSERT_FALSE(out) << says;
+    EXPECT_TRUE(is(out.error(), errc::invalid_argument)) << describe(out.error());
+    EXPECT_NE(describe(out.error()).find(says), std::string::npos) << describe(out.error());
+  };
+  check({{"text", text_tensor("")}}, "empty");
+  check({{"text", text_tensor(std::string{"go\0forward", 10})}}, "NUL byte at 2");
+  check({{"text", text_tensor("caf\xc3")}}, "not UTF-8 (byte 3)");
+  check({{"text", text_tensor("\xed\xa0\x80 surrogate")}}, "not UTF-8 (byte 0)");
+  check({{"text", text_tensor(std::string(16385, 'a'))}}, "at most 16384");
+  check({{"text", *tensor::from_values<float>({1.f, 2.f}, {2})}}, "must be uint8");
+  check({{"text", *tensor::allocate(dtype::u8, {2, 3})}}, "[bytes]");
+  check({{"words", text_tensor("hello")}}, "missing input tensor 'text'");
+  // Text with nothing to say: no samples, no error.
+  auto quiet = say("...");
+  ASSERT_TRUE(quiet) << describe(quiet.error());
+  EXPECT_EQ(quiet->at("audio").shape(), (std::vector<int64_t>{0}));
+  // Any UTF-8 goes; the model keeps serving.
+  EXPECT_TRUE(say("h\xc3\xa9llo w\xc3\xb6rld \xf0\x9f\x98\x80"));
+  EXPECT_TRUE(say("go forward ten meters"));
+}
+
+TEST_F(tts_test, AnUnknownVoiceFailsTheLoadClearly) {
+  auto registry = backend_registry::with_builtins();
+  auto missing = (*registry->loader_for({"flite", {{"voice", "cmu_us_nobody"}}}))();
+  ASSERT_FALSE(missing);
+  EXPECT_TRUE(is(missing.error(), errc::load_failed));
+  EXPECT_NE(describe(missing.error()).find("cmu_us_nobody"), std::string::npos);
+  auto odd = (*registry->loader_for({"flite", {{"voice", "../../tmp/x"}}}))();
+  ASSERT_FALSE(odd);
+  EXPECT_TRUE(is(odd.error(), errc::invalid_argument));
+  auto zero = (*registry->loader_for({"flite", {{"max_text_bytes", "0"}}}))();
+  ASSERT_FALSE(zero);
+  EXPECT_TRUE(is(zero.error(), errc::invalid_argument));
 }
 
 } // namespace

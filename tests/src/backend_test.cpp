@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "modelreg/backend/backend_registry.hpp"
+#include "modelreg/backend/flite.hpp"
 #include "modelreg/backend/pocketsphinx.hpp"
 #include "modelreg/messages/error.hpp"
 
@@ -17,7 +18,10 @@ caf::expected<model_ptr> build(const model_spec& spec) {
 
 TEST(backend_registry, KnowsTheBuiltins) {
   auto sut = backend_registry::with_builtins();
-  std::vector<std::string> expected{"gain", "identity"};
+  std::vector<std::string> expected;
+  if (have_flite())
+    expected.push_back("flite");
+  expected.insert(expected.end(), {"gain", "identity"});
   if (have_pocketsphinx())
     expected.push_back("pocketsphinx");
   EXPECT_EQ(sut->names(), expected);
@@ -26,7 +30,8 @@ TEST(backend_registry, KnowsTheBuiltins) {
 TEST(backend_registry, UnknownBackendIsNamedInTheError) {
   auto m = build({"nope", {}});
   ASSERT_FALSE(m);
-  EXPECT_EQ(describe(m.error()).rfind("backend_not_found: no backend named 'nope' (this node has: gain, identity", 0), 0u)
+  auto has = std::string{have_flite() ? "flite, " : ""} + "gain, identity";
+  EXPECT_EQ(describe(m.error()).rfind("backend_not_found: no backend named 'nope' (this node has: " + has, 0), 0u)
     << describe(m.error());
 }
 

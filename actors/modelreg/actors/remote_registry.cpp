@@ -635,7 +635,7 @@ caf::behavior proxy(proxy_ptr self, std::string uri, node_address where, connect
         call(self, [](outgoing_frame&, wire::Request::Builder r) { r.setUnsubscribe(); return caf::error{}; },
              pending{[](const frame_ptr&, wire::Response::Reader) {}, [](const caf::error&) {}});
     },
-    [self](answered_atom, const answered_ptr& a) {
+    [](answered_atom, const answered_ptr& a) {
       auto& call = *a->call;
       if (!a->result)
         return call.on_error(a->result.error());

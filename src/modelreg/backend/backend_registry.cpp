@@ -4,6 +4,7 @@
 #include <charconv>
 
 #include "modelreg/backend/builtin.hpp"
+#include "modelreg/backend/flite.hpp"
 #include "modelreg/backend/pocketsphinx.hpp"
 #include "modelreg/messages/error.hpp"
 #include "modelreg/nearest.hpp"
@@ -14,6 +15,7 @@ std::shared_ptr<backend_registry> backend_registry::with_builtins() {
   auto result = std::make_shared<backend_registry>();
   add_builtin_backends(*result);
   add_pocketsphinx_backend(*result);
+  add_flite_backend(*result);
   return result;
 }
 
