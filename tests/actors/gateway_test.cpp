@@ -263,51 +263,64 @@ TEST_F(gateway_test, AModelActorThatDiesUnderLeasedRequestsStillAnswersEachOne) 
   EXPECT_TRUE(has_outputs(infer_on(again, "held", {{"x", *x}})));
 }
 
-TEST_F(gateway_test, RequestsQueuedByAClientThatWentAwayAreDroppedUnrun) {
-  auto g = std::make_shared<gate>();
-  auto model = std::make_shared<counted_model>();
-  model->hold_on(g);
-  auto h = sut->get_or_load("held", [model]() -> caf::expected<model_ptr> { return model; });
-  ASSERT_TRUE(h) << describe(h.error());
-  auto mine = lease_of(get_or_load("held", {}));
-  ASSERT_NE(mine, 0u);
-  auto other = rpc_client::connect(client_ep, path);
-  ASSERT_TRUE(other) << describe(other.error());
-  auto theirs = lease_of((*other)->call([&](outgoing_frame&, wire::Request::Builder req) {
-    req.initGetOrLoad().setKey("held");
-    return caf::error{};
-  }));
-  ASSERT_NE(theirs, 0u);
-  auto x = client->connection()->allocate_tensor(dtype::f32, {1});
-  auto y = (*other)->connection()->allocate_tensor(dtype::f32, {1});
-  ASSERT_TRUE(x && y);
-  // This client's request holds the (serial) model ...
-  auto first = std::async(std::launch::async, [&] { return infer_on(mine, "held", {{"x", *x}}); });
-  ASSERT_TRUE(eventually([&] { return model->max_concurrent() == 1; }));
-  // ... while the other client queues three and goes away.
-  std::vector<std::future<caf::expected<frame_ptr>>> queued;
-  for (int i = 0; i < 3; ++i)
-    queued.push_back(std::async(std::launch::async, [&] {
-      return infer_on(theirs, "held", {{"x", *y}}, other->get());
+class gateway_gone_client_test : public gateway_test {
+protected:
+  /// One client holds `caps`' model while another queues three requests and
+  /// closes its connection: those three never reach the model.
+  void drops_the_requests_of_a_client_that_went_away(model_capabilities caps) {
+    auto g = std::make_shared<gate>();
+    auto model = std::make_shared<counted_model>(1000, caps);
+    model->hold_on(g);
+    auto h = sut->get_or_load("held", [model]() -> caf::expected<model_ptr> { return model; });
+    ASSERT_TRUE(h) << describe(h.error());
+    auto mine = lease_of(get_or_load("held", {}));
+    ASSERT_NE(mine, 0u);
+    auto other = rpc_client::connect(client_ep, path);
+    ASSERT_TRUE(other) << describe(other.error());
+    auto theirs = lease_of((*other)->call([&](outgoing_frame&, wire::Request::Builder req) {
+      req.initGetOrLoad().setKey("held");
+      return caf::error{};
     }));
-  ASSERT_TRUE(eventually([&] { return in_flight_of("held") == 4; }));
-  (*other)->close();
-  for (auto& c : queued)
-    EXPECT_FALSE(has_outputs(c.get())) << "the closed client's calls fail on its side";
-  // The node noticed (the other client's lease went back).
-  ASSERT_TRUE(eventually([&] { return handles_of("held") == 2; }));
-  g->open();
-  EXPECT_TRUE(has_outputs(first.get()));
-  ASSERT_TRUE(eventually([&] { return in_flight_of("held") == 0; }));
-  EXPECT_EQ(model->calls.load(), 1) << "the gone client's requests must not run";
-  uint64_t abandoned = 0;
-  for (const auto& m : snapshot().models)
-    if (m.key == "held")
-      abandoned = m.abandoned;
-  EXPECT_EQ(abandoned, 3u);
-  // The model goes on serving the client that stayed.
-  EXPECT_TRUE(has_outputs(infer_on(mine, "held", {{"x", *x}})));
-  EXPECT_EQ(model->calls.load(), 2);
+    ASSERT_NE(theirs, 0u);
+    auto x = client->connection()->allocate_tensor(dtype::f32, {1});
+    auto y = (*other)->connection()->allocate_tensor(dtype::f32, {1});
+    ASSERT_TRUE(x && y);
+    // This client's request holds the model ...
+    auto first = std::async(std::launch::async, [&] { return infer_on(mine, "held", {{"x", *x}}); });
+    ASSERT_TRUE(eventually([&] { return model->max_concurrent() == 1; }));
+    // ... while the other client queues three and goes away.
+    std::vector<std::future<caf::expected<frame_ptr>>> queued;
+    for (int i = 0; i < 3; ++i)
+      queued.push_back(std::async(std::launch::async, [&] {
+        return infer_on(theirs, "held", {{"x", *y}}, other->get());
+      }));
+    ASSERT_TRUE(eventually([&] { return in_flight_of("held") == 4; }));
+    (*other)->close();
+    for (auto& c : queued)
+      EXPECT_FALSE(has_outputs(c.get())) << "the closed client's calls fail on its side";
+    // The node noticed (the other client's lease went back).
+    ASSERT_TRUE(eventually([&] { return handles_of("held") == 2; }));
+    g->open();
+    EXPECT_TRUE(has_outputs(first.get()));
+    ASSERT_TRUE(eventually([&] { return in_flight_of("held") == 0; }));
+    EXPECT_EQ(model->calls.load(), 1) << "the gone client's requests must not run";
+    uint64_t abandoned = 0;
+    for (const auto& m : snapshot().models)
+      if (m.key == "held")
+        abandoned = m.abandoned;
+    EXPECT_EQ(abandoned, 3u);
+    // The model goes on serving the client that stayed.
+    EXPECT_TRUE(has_outputs(infer_on(mine, "held", {{"x", *x}})));
+    EXPECT_EQ(model->calls.load(), 2);
+  }
+};
+
+TEST_F(gateway_gone_client_test, RequestsQueuedByAClientThatWentAwayAreDroppedUnrun) {
+  drops_the_requests_of_a_client_that_went_away({});
+}
+
+TEST_F(gateway_gone_client_test, BatchedRequestsOfAClientThatWentAwayAreDroppedUnrun) {
+  drops_the_requests_of_a_client_that_went_away({false, false, true});
 }
 
 /// This connection's peer is not the node's owner: it gets the infer role.
