@@ -162,6 +162,10 @@ std::vector<command> add_serve(CLI::App& app) {
             4096);
   add_duration(sub, "--batch-timeout", o->rcfg.batch_timeout,
                "wait this long to fill a batch (default 10ms)", std::chrono::seconds{10});
+  add_count(sub, "--max-queue", o->rcfg.max_queue,
+            "requests that may wait for a model served one at a time, taken fairly across "
+            "clients; more are answered busy (default 4096)",
+            1, 1u << 20);
   return {{sub, [o] { return run_serve(*o); }}};
 }
 

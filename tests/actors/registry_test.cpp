@@ -1,5 +1,6 @@
 // The registry's single-flight loads, failures, timeouts, model actors and
 // status, through the facade and the typed actor interface.
+#include <algorithm>
 #include <future>
 #include <latch>
 #include <thread>
@@ -493,6 +494,97 @@ TEST_F(registry_test, ExplicitReleaseGivesTheLeaseBackForEveryCopy) {
   ASSERT_FALSE(r);
   EXPECT_TRUE(is(r.error(), errc::handle_released));
   EXPECT_EQ(snapshot().models.at(0).handles, 0u);
+}
+
+// -- fair queueing (models served one request at a time) ----------------------
+
+/// Records which client each call served, in order; can be held.
+class recording_model final : public model {
+public:
+  caf::expected<tensor_map> infer(const tensor_map& in, tensor_allocator&) override {
+    ++entered;
+    if (hold)
+      hold->wait();
+    std::lock_guard guard{mutex};
+    order.push_back(static_cast<int>((*in.at("who").values<float>())[0]));
+    return in;
+  }
+  uint64_t memory_bytes() const override { return 1; }
+  std::string describe() const override { return "recording"; }
+
+  std::vector<int> served() {
+    std::lock_guard guard{mutex};
+    return order;
+  }
+
+  std::shared_ptr<gate> hold;
+  std::atomic<int> entered{0};
+  std::mutex mutex;
+  std::vector<int> order;
+};
+
+/// A request from `client`, answered through a sink that records the outcome.
+struct sent_request {
+  std::shared_ptr<std::atomic<int>> outcome = std::make_shared<std::atomic<int>>(-1); // -1: none yet; 0: ok; else errc
+};
+
+sent_request send_from(const model_actor& actor, uint64_t client) {
+  sent_request r;
+  auto outcome = r.outcome;
+  auto sink = std::make_shared<reply_sink>([outcome](caf::expected<tensor_map> out) {
+    *outcome = out ? 0 : static_cast<int>(out.error().code());
+  });
+  auto who = *tensor::from_values<float>({static_cast<float>(client)}, {1});
+  caf::anon_send(actor, infer_request{{{"who", who}}, nullptr, nullptr, std::move(sink), client});
+  return r;
+}
+
+TEST_F(registry_test, AModelServedOneAtATimeTakesItsClientsInTurn) {
+  auto& reg = start();
+  auto m = std::make_shared<recording_model>();
+  auto g = std::make_shared<gate>();
+  m->hold = g;
+  auto h = reg.get_or_load("m", [m]() -> caf::expected<model_ptr> { return m; });
+  ASSERT_TRUE(h) << describe(h.error());
+  // Client 1's first request holds the model; ten more wait behind it ...
+  std::vector<sent_request> sent{send_from(h->actor(), 1)};
+  ASSERT_TRUE(eventually([&] { return m->entered.load() == 1; }));
+  for (int i = 0; i < 10; ++i)
+    sent.push_back(send_from(h->actor(), 1));
+  // ... when client 2 sends its one request.
+  sent.push_back(send_from(h->actor(), 2));
+  g->open();
+  ASSERT_TRUE(eventually([&] { return m->served().size() == 12; }));
+  auto order = m->served();
+  // Client 2 waits for the call that was running, not for the ten queued.
+  EXPECT_EQ(order[1], 2) << "client 2 served at position "
+                         << (std::find(order.begin(), order.end(), 2) - order.begin());
+  for (auto& r : sent)
+    EXPECT_TRUE(eventually([&] { return r.outcome->load() == 0; }));
+}
+
+TEST_F(registry_test, AModelWhoseQueueIsFullAnswersBusyAtOnce) {
+  rcfg.max_queue = 2;
+  auto& reg = start();
+  auto m = std::make_shared<recording_model>();
+  auto g = std::make_shared<gate>();
+  m->hold = g;
+  auto h = reg.get_or_load("m", [m]() -> caf::expected<model_ptr> { return m; });
+  ASSERT_TRUE(h) << describe(h.error());
+  auto running = send_from(h->actor(), 1);
+  ASSERT_TRUE(eventually([&] { return m->entered.load() == 1; }));
+  auto a = send_from(h->actor(), 1);
+  auto b = send_from(h->actor(), 2);
+  auto over = send_from(h->actor(), 3);
+  g->open();
+  ASSERT_TRUE(eventually([&] { return over.outcome->load() != -1; }));
+  EXPECT_EQ(over.outcome->load(), static_cast<int>(errc::busy));
+  for (auto* r : {&running, &a, &b})
+    EXPECT_TRUE(eventually([&] { return r->outcome->load() == 0; }));
+  EXPECT_EQ(m->served().size(), 3u);
+  // The model keeps serving.
+  auto again = reg.infer("m", {{"who", *tensor::from_values<float>({4.f}, {1})}});
+  EXPECT_TRUE(again) << describe(again.error());
 }
 
 } // namespace

@@ -341,7 +341,7 @@ void infer_direct(gateway_core& core, const gateway_core::lease_entry& lease, ui
   }, [link] { return link->open(); });
   caf::anon_send(lease.handle.actor(),
                  infer_request{std::move(inputs), lease.handle.ticket(), link->allocator(),
-                               std::move(sink)});
+                               std::move(sink), lease.peer});
 }
 
 /// What became of an Infer frame that names a lease.

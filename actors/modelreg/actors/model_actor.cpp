@@ -1,6 +1,7 @@
 #include "modelreg/actors/model_actor.hpp"
 
 #include <deque>
+#include <map>
 
 #include <caf/actor_system.hpp>
 #include <caf/stateful_actor.hpp>
@@ -16,6 +17,7 @@ namespace modelreg {
 namespace {
 
 using flush_atom = caf::atom_constant<caf::atom("flush")>;
+using run_atom = caf::atom_constant<caf::atom("runnext")>;
 
 /// Calls the model once, turning exceptions into errors.
 caf::expected<tensor_map> call_model(model& m, const tensor_map& in, tensor_allocator& out) {
@@ -65,22 +67,6 @@ bool abandoned(const infer_request& req) {
 caf::error abandoned_error() {
   return make_error(errc::peer_disconnected,
                     "the client went away before its request ran; the request was dropped");
-}
-
-/// Runs the model once for one request, records stats and answers.
-caf::result<tensor_map> run_model(model& m, detail::model_stats& stats, infer_request& req) {
-  if (abandoned(req)) {
-    stats.abandoned.fetch_add(1, std::memory_order_relaxed);
-    req.inputs.clear();
-    return answer(req, abandoned_error());
-  }
-  auto started = detail::steady_now_ns();
-  auto out = call_model(m, req.inputs, req.allocator ? *req.allocator : heap_allocator());
-  record(m, stats, started, out ? nullptr : &out.error());
-  // A remote caller's input memory goes back before the answer does (outputs
-  // that view it keep it): the caller then hears once, not twice.
-  req.inputs.clear();
-  return answer(req, std::move(out));
 }
 
 // -- dynamic batching ----------------------------------------------------
@@ -224,19 +210,102 @@ batch_actor::behavior_type batching_model(batch_ptr self, model_ptr m,
 
 // -- serial and lanes ----------------------------------------------------
 
+/// A model served one request at a time, fairly: one queue per client,
+/// taken round-robin. A request is queued on arrival and run on a `run_atom`
+/// the actor sends itself; that message goes behind every request already in
+/// the mailbox, so all of them are queued (and their clients get their turn)
+/// before the next one runs.
 struct serial_state {
   model_ptr model;
   std::shared_ptr<detail::model_stats> stats;
+  size_t max_queue = 4096;
+  std::map<uint64_t, std::deque<queued>> queues; // client -> its requests
+  uint64_t last_client = 0;                       // the round-robin cursor
+  size_t waiting = 0;
+  bool scheduled = false;
+
+  ~serial_state() {
+    // The actor went down with requests queued: each hears (reply sinks
+    // answer from their destructors; promises here).
+    for (auto& [client, q] : queues)
+      for (auto& r : q)
+        if (!r.request.reply && r.promise.pending())
+          r.promise.deliver(make_error(errc::model_crashed,
+                                       "the model actor went down before answering (it crashed, "
+                                       "was unloaded or the node is stopping)"));
+  }
 };
 
-model_actor::behavior_type serial_model(model_actor::stateful_pointer<serial_state> self,
-                                        model_ptr m, std::shared_ptr<detail::model_stats> stats) {
+using serial_actor = model_actor::extend<caf::reacts_to<run_atom>>;
+using serial_ptr = serial_actor::stateful_pointer<serial_state>;
+
+/// Runs the next request: the first client after the cursor with one queued.
+void run_next(serial_ptr self) {
+  auto& st = self->state;
+  st.scheduled = false;
+  if (st.queues.empty())
+    return;
+  auto i = st.queues.upper_bound(st.last_client);
+  if (i == st.queues.end())
+    i = st.queues.begin();
+  st.last_client = i->first;
+  auto q = std::move(i->second.front());
+  i->second.pop_front();
+  if (i->second.empty())
+    st.queues.erase(i);
+  --st.waiting;
+  if (st.waiting > 0) {
+    st.scheduled = true;
+    self->send(self, run_atom::value);
+  }
+  if (abandoned(q.request)) {
+    st.stats->abandoned.fetch_add(1, std::memory_order_relaxed);
+    q.request.inputs.clear();
+    q.deliver(abandoned_error());
+    return;
+  }
+  auto started = detail::steady_now_ns();
+  auto& req = q.request;
+  auto out = call_model(*st.model, req.inputs, req.allocator ? *req.allocator : heap_allocator());
+  record(*st.model, *st.stats, started, out ? nullptr : &out.error());
+  // A remote caller's input memory goes back before the answer does.
+  req.inputs.clear();
+  q.deliver(std::move(out));
+}
+
+serial_actor::behavior_type serial_model(serial_ptr self, model_ptr m,
+                                         std::shared_ptr<detail::model_stats> stats,
+                                         size_t max_queue) {
   self->state.model = std::move(m);
   self->state.stats = std::move(stats);
+  self->state.max_queue = std::max<size_t>(max_queue, 1);
   return {
     [self](infer_request& req) -> caf::result<tensor_map> {
-      return run_model(*self->state.model, *self->state.stats, req);
+      auto& st = self->state;
+      if (st.waiting >= st.max_queue) {
+        req.inputs.clear();
+        return answer(req, make_error(errc::busy, st.model->describe() + ": " +
+                                                    std::to_string(st.max_queue) +
+                                                    " requests are already waiting (max_queue)"));
+      }
+      auto client = req.client != 0
+                      ? req.client
+                      : static_cast<uint64_t>(reinterpret_cast<uintptr_t>(self->current_sender().get()));
+      caf::typed_response_promise<tensor_map> promise;
+      bool own_reply = req.reply != nullptr;
+      if (!own_reply)
+        promise = self->make_response_promise<tensor_map>();
+      st.queues[client].push_back(queued{std::move(req), promise, detail::steady_now_ns()});
+      ++st.waiting;
+      if (!st.scheduled) {
+        st.scheduled = true;
+        self->send(self, run_atom::value);
+      }
+      if (own_reply)
+        return caf::delegated<tensor_map>{};
+      return promise;
     },
+    [self](run_atom) { run_next(self); },
   };
 }
 
@@ -251,12 +320,12 @@ struct dispatcher_state {
 /// sharing the model), which are linked to it and die with it.
 model_actor::behavior_type dispatcher(model_actor::stateful_pointer<dispatcher_state> self,
                                       model_ptr m, std::shared_ptr<detail::model_stats> stats,
-                                      size_t lanes) {
+                                      size_t lanes, size_t max_queue) {
   bool blocking = m->capabilities().blocking;
   for (size_t i = 0; i < std::max<size_t>(lanes, 1); ++i) {
-    auto lane = blocking ? self->spawn<caf::linked + caf::detached>(serial_model, m, stats)
-                         : self->spawn<caf::linked>(serial_model, m, stats);
-    self->state.lanes.push_back(lane);
+    auto lane = blocking ? self->spawn<caf::linked + caf::detached>(serial_model, m, stats, max_queue)
+                         : self->spawn<caf::linked>(serial_model, m, stats, max_queue);
+    self->state.lanes.push_back(caf::actor_cast<model_actor>(lane));
   }
   return {
     [self](infer_request& req) -> caf::result<tensor_map> {
@@ -295,10 +364,12 @@ model_actor spawn_model_actor(caf::actor_system& sys, model_ptr m,
     return caf::actor_cast<model_actor>(a);
   }
   if (caps.thread_safe && options.lanes > 1)
-    return sys.spawn(dispatcher, std::move(m), std::move(stats), options.lanes);
+    return sys.spawn(dispatcher, std::move(m), std::move(stats), options.lanes, options.max_queue);
   if (caps.blocking)
-    return sys.spawn<caf::detached>(serial_model, std::move(m), std::move(stats));
-  return sys.spawn(serial_model, std::move(m), std::move(stats));
+    return caf::actor_cast<model_actor>(
+      sys.spawn<caf::detached>(serial_model, std::move(m), std::move(stats), options.max_queue));
+  return caf::actor_cast<model_actor>(
+    sys.spawn(serial_model, std::move(m), std::move(stats), options.max_queue));
 }
 
 } // namespace modelreg

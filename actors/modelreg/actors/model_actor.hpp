@@ -6,6 +6,12 @@
 // serving. Requests are served one at a time unless the model is
 // thread-safe, in which case the actor spreads them over lanes that share the
 // model. A model that declares itself blocking runs on its own thread(s).
+//
+// Fair queueing (models served one request at a time): requests wait in one
+// queue per client, and the model takes them round-robin across clients, so
+// a client with a hundred queued requests delays another client's single
+// request by at most one service time, not a hundred. At most `max_queue`
+// requests wait; more are answered `busy` at once.
 // The model is destroyed when the actor (and its lanes) terminate.
 //
 // Dynamic batching (models whose capabilities say `batchable`): requests with
@@ -85,6 +91,9 @@ struct infer_request {
   /// goes there and the CAF response is skipped (send the request with
   /// `anon_send`).
   reply_sink_ptr reply = nullptr;
+  /// Who asked, for fair queueing (a node's connection id); 0: the CAF
+  /// sender is the client.
+  uint64_t client = 0;
 };
 
 using model_actor =
@@ -100,6 +109,9 @@ struct model_actor_options {
   /// 1 disables batching.
   size_t max_batch = 8;
   std::chrono::milliseconds batch_timeout{10};
+  /// Requests that may wait for a model served one at a time (fair queue);
+  /// more are answered `busy`. At least 1.
+  size_t max_queue = 4096;
 };
 
 /// Spawns the model actor for `m` in `sys`. Stats go to `stats`. Blocking

@@ -85,6 +85,9 @@ struct registry_config {
   /// Dynamic batching for batchable models (see model_actor.hpp); 1: off.
   size_t max_batch = 8;
   std::chrono::milliseconds batch_timeout{10};
+  /// Requests that may wait for one model served a request at a time
+  /// (queued fairly across clients); more are answered `busy`.
+  size_t max_queue = 4096;
   /// Backends for model specs; null: the built-in ones.
   std::shared_ptr<const backend_registry> backends;
   /// Names for model specs: a get-or-load whose spec has no backend looks

@@ -393,7 +393,7 @@ void finish_load(supervisor_ptr self, std::unordered_map<std::string, entry>::it
                                            : self->system().scheduler().num_workers();
   auto actor = spawn_model_actor(self->system(), std::move(outcome.model), stats,
                                  model_actor_options{lanes, st.cfg.max_batch,
-                                                     st.cfg.batch_timeout});
+                                                     st.cfg.batch_timeout, st.cfg.max_queue});
   self->monitor(actor);
   st.key_of_actor[actor.address()] = key;
   auto load_us = outcome.duration_ns / 1000;
