@@ -211,10 +211,11 @@ batch_actor::behavior_type batching_model(batch_ptr self, model_ptr m,
 // -- serial and lanes ----------------------------------------------------
 
 /// A model served one request at a time, fairly: one queue per client,
-/// taken round-robin. A request is queued on arrival and run on a `run_atom`
-/// the actor sends itself; that message goes behind every request already in
-/// the mailbox, so all of them are queued (and their clients get their turn)
-/// before the next one runs.
+/// taken round-robin. A request that finds nothing waiting (no queue, an
+/// empty mailbox) runs at once. Otherwise it is queued, and the next one runs
+/// on a `run_atom` the actor sends itself; that message goes behind every
+/// request already in the mailbox, so all of them are queued (and their
+/// clients get their turn) before the next one runs.
 struct serial_state {
   model_ptr model;
   std::shared_ptr<detail::model_stats> stats;
@@ -239,6 +240,24 @@ struct serial_state {
 using serial_actor = model_actor::extend<caf::reacts_to<run_atom>>;
 using serial_ptr = serial_actor::stateful_pointer<serial_state>;
 
+/// Runs `q` now (or drops it if its client went away) and answers it.
+void run_one(serial_ptr self, queued& q) {
+  auto& st = self->state;
+  if (abandoned(q.request)) {
+    st.stats->abandoned.fetch_add(1, std::memory_order_relaxed);
+    q.request.inputs.clear();
+    q.deliver(abandoned_error());
+    return;
+  }
+  auto started = detail::steady_now_ns();
+  auto& req = q.request;
+  auto out = call_model(*st.model, req.inputs, req.allocator ? *req.allocator : heap_allocator());
+  record(*st.model, *st.stats, started, out ? nullptr : &out.error());
+  // A remote caller's input memory goes back before the answer does.
+  req.inputs.clear();
+  q.deliver(std::move(out));
+}
+
 /// Runs the next request: the first client after the cursor with one queued.
 void run_next(serial_ptr self) {
   auto& st = self->state;
@@ -258,19 +277,7 @@ void run_next(serial_ptr self) {
     st.scheduled = true;
     self->send(self, run_atom::value);
   }
-  if (abandoned(q.request)) {
-    st.stats->abandoned.fetch_add(1, std::memory_order_relaxed);
-    q.request.inputs.clear();
-    q.deliver(abandoned_error());
-    return;
-  }
-  auto started = detail::steady_now_ns();
-  auto& req = q.request;
-  auto out = call_model(*st.model, req.inputs, req.allocator ? *req.allocator : heap_allocator());
-  record(*st.model, *st.stats, started, out ? nullptr : &out.error());
-  // A remote caller's input memory goes back before the answer does.
-  req.inputs.clear();
-  q.deliver(std::move(out));
+  run_one(self, q);
 }
 
 serial_actor::behavior_type serial_model(serial_ptr self, model_ptr m,
@@ -295,11 +302,18 @@ serial_actor::behavior_type serial_model(serial_ptr self, model_ptr m,
       bool own_reply = req.reply != nullptr;
       if (!own_reply)
         promise = self->make_response_promise<tensor_map>();
-      st.queues[client].push_back(queued{std::move(req), promise, detail::steady_now_ns()});
-      ++st.waiting;
-      if (!st.scheduled) {
-        st.scheduled = true;
-        self->send(self, run_atom::value);
+      queued q{std::move(req), promise, detail::steady_now_ns()};
+      if (st.waiting == 0 && !st.scheduled && self->mailbox().empty()) {
+        // Nobody else is waiting, here or in the mailbox: no turn to take.
+        st.last_client = client;
+        run_one(self, q);
+      } else {
+        st.queues[client].push_back(std::move(q));
+        ++st.waiting;
+        if (!st.scheduled) {
+          st.scheduled = true;
+          self->send(self, run_atom::value);
+        }
       }
       if (own_reply)
         return caf::delegated<tensor_map>{};
