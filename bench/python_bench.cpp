@@ -221,18 +221,16 @@ std::string run_python_bench(const python_bench_options& opts) {
   nlohmann::json out = nlohmann::json::array();
   for (auto bytes : opts.sizes) {
     auto& r = results[bytes];
+    auto python_p50 = percentile(r.python_p50, 0.5), python_own = percentile(r.python_own, 0.5);
     out.push_back({{"bytes", bytes},
                    {"cpp_rtt_us_p50", percentile(r.cpp_p50, 0.5)},
-                   {"python_rtt_us_p50", percentile(r.python_p50, 0.5)},
+                   {"python_rtt_us_p50", python_p50},
                    {"overhead", percentile(r.overhead, 0.5)},
                    {"overhead_per_session", r.overhead},
                    // Of the Python round trip, the part spent in Python and
                    // the binding rather than waiting for the node.
-                   {"python_own_us", percentile(r.python_own, 0.5)},
-                   {"python_own_share", percentile(r.python_p50, 0.5) > 0
-                                          ? percentile(r.python_own, 0.5) /
-                                              percentile(r.python_p50, 0.5)
-                                          : 0.0},
+                   {"python_own_us", python_own},
+                   {"python_own_share", python_p50 > 0 ? python_own / python_p50 : 0.0},
                    {"cpp_rtt_us_p99", percentile(r.cpp_all, 0.99)},
                    {"python_rtt_us_p99", percentile(r.python_all, 0.99)},
                    {"round_trips_per_client", r.cpp_all.size()},

@@ -539,12 +539,23 @@ sent_request send_from(const model_actor& actor, uint64_t client) {
   return r;
 }
 
+/// A recording model held by a closed gate, loaded into `reg` as "m".
+struct held_model {
+  std::shared_ptr<recording_model> m = std::make_shared<recording_model>();
+  std::shared_ptr<gate> g = std::make_shared<gate>();
+  caf::expected<model_handle> h;
+
+  explicit held_model(registry& reg)
+    : h(reg.get_or_load("m", [m = m]() -> caf::expected<model_ptr> { return m; })) {
+    m->hold = g;
+  }
+};
+
 TEST_F(registry_test, AModelServedOneAtATimeTakesItsClientsInTurn) {
-  auto& reg = start();
-  auto m = std::make_shared<recording_model>();
-  auto g = std::make_shared<gate>();
-  m->hold = g;
-  auto h = reg.get_or_load("m", [m]() -> caf::expected<model_ptr> { return m; });
+  held_model held{start()};
+  auto& m = held.m;
+  auto& g = held.g;
+  auto& h = held.h;
   ASSERT_TRUE(h) << describe(h.error());
   // Client 1's first request holds the model; ten more wait behind it ...
   std::vector<sent_request> sent{send_from(h->actor(), 1)};
@@ -566,10 +577,10 @@ TEST_F(registry_test, AModelServedOneAtATimeTakesItsClientsInTurn) {
 TEST_F(registry_test, AModelWhoseQueueIsFullAnswersBusyAtOnce) {
   rcfg.max_queue = 2;
   auto& reg = start();
-  auto m = std::make_shared<recording_model>();
-  auto g = std::make_shared<gate>();
-  m->hold = g;
-  auto h = reg.get_or_load("m", [m]() -> caf::expected<model_ptr> { return m; });
+  held_model held{reg};
+  auto& m = held.m;
+  auto& g = held.g;
+  auto& h = held.h;
   ASSERT_TRUE(h) << describe(h.error());
   auto running = send_from(h->actor(), 1);
   ASSERT_TRUE(eventually([&] { return m->entered.load() == 1; }));

@@ -69,6 +69,12 @@ caf::error abandoned_error() {
                     "the client went away before its request ran; the request was dropped");
 }
 
+/// What a request hears when its model actor stops before running it.
+caf::error went_down_error() {
+  return make_error(errc::model_crashed, "the model actor went down before answering (it "
+                                         "crashed, was unloaded or the node is stopping)");
+}
+
 // -- dynamic batching ----------------------------------------------------
 
 struct queued {
@@ -87,6 +93,16 @@ struct queued {
       promise.deliver(std::move(out.error()));
   }
 };
+
+/// Answers `q` without running it if its client went away; true if so.
+bool drop_if_abandoned(queued& q, detail::model_stats& stats) {
+  if (!abandoned(q.request))
+    return false;
+  stats.abandoned.fetch_add(1, std::memory_order_relaxed);
+  q.request.inputs.clear();
+  q.deliver(abandoned_error());
+  return true;
+}
 
 struct batch_state {
   model_ptr model;
@@ -139,16 +155,7 @@ void flush(batch_ptr self) {
   auto& st = self->state;
   ++st.timer;
   // Requests whose callers went away are answered first, without a call.
-  for (auto i = st.queue.begin(); i != st.queue.end();) {
-    if (abandoned(i->request)) {
-      st.stats->abandoned.fetch_add(1, std::memory_order_relaxed);
-      i->request.inputs.clear();
-      i->deliver(abandoned_error());
-      i = st.queue.erase(i);
-    } else {
-      ++i;
-    }
-  }
+  std::erase_if(st.queue, [&](queued& q) { return drop_if_abandoned(q, *st.stats); });
   while (!st.queue.empty()) {
     std::vector<queued> group;
     group.push_back(std::move(st.queue.front()));
@@ -231,9 +238,7 @@ struct serial_state {
     for (auto& [client, q] : queues)
       for (auto& r : q)
         if (!r.request.reply && r.promise.pending())
-          r.promise.deliver(make_error(errc::model_crashed,
-                                       "the model actor went down before answering (it crashed, "
-                                       "was unloaded or the node is stopping)"));
+          r.promise.deliver(went_down_error());
   }
 };
 
@@ -243,12 +248,8 @@ using serial_ptr = serial_actor::stateful_pointer<serial_state>;
 /// Runs `q` now (or drops it if its client went away) and answers it.
 void run_one(serial_ptr self, queued& q) {
   auto& st = self->state;
-  if (abandoned(q.request)) {
-    st.stats->abandoned.fetch_add(1, std::memory_order_relaxed);
-    q.request.inputs.clear();
-    q.deliver(abandoned_error());
+  if (drop_if_abandoned(q, *st.stats))
     return;
-  }
   auto started = detail::steady_now_ns();
   auto& req = q.request;
   auto out = call_model(*st.model, req.inputs, req.allocator ? *req.allocator : heap_allocator());
@@ -352,9 +353,7 @@ model_actor::behavior_type dispatcher(model_actor::stateful_pointer<dispatcher_s
 
 reply_sink::~reply_sink() {
   if (!answered_.load())
-    deliver(make_error(errc::model_crashed,
-                       "the model actor went down before answering (it crashed, was unloaded "
-                       "or the node is stopping)"));
+    deliver(went_down_error());
 }
 
 void reply_sink::deliver(caf::expected<tensor_map> result) {

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <charconv>
+#include <fstream>
+
+#include <unistd.h>
 
 #include "modelreg/backend/builtin.hpp"
 #include "modelreg/backend/flite.hpp"
@@ -165,6 +168,13 @@ std::string param_string(const model_spec& spec, const std::string& name,
                          const std::string& fallback) {
   auto i = spec.params.find(name);
   return i == spec.params.end() ? fallback : i->second;
+}
+
+uint64_t process_resident_bytes() {
+  std::ifstream statm{"/proc/self/statm"};
+  uint64_t size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
 }
 
 } // namespace modelreg

@@ -93,4 +93,8 @@ caf::expected<bool> param_bool(const model_spec& spec, const std::string& name, 
 std::string param_string(const model_spec& spec, const std::string& name,
                          const std::string& fallback);
 
+/// Resident bytes of this process (/proc/self/statm), for backends that
+/// measure what a load adds.
+uint64_t process_resident_bytes();
+
 } // namespace modelreg

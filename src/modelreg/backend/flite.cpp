@@ -5,13 +5,11 @@
 #ifdef MODELREG_WITH_FLITE
 
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <mutex>
 #include <string>
 
 #include <dlfcn.h>
-#include <unistd.h>
 
 extern "C" {
 #include <flite/flite.h>
@@ -25,14 +23,6 @@ namespace {
 
 constexpr const char* default_voice = "cmu_us_kal16";
 constexpr uint64_t default_max_text_bytes = 16384;
-
-/// Resident bytes of this process (statm: resident pages).
-uint64_t resident_bytes() {
-  std::ifstream statm{"/proc/self/statm"};
-  uint64_t size = 0, resident = 0;
-  statm >> size >> resident;
-  return resident * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-}
 
 caf::error bad(const std::string& what) {
   return make_error(errc::invalid_argument, "flite: " + what);
@@ -200,7 +190,7 @@ void add_flite_backend(backend_registry& registry) {
       return max_text.error();
     if (*max_text == 0)
       return make_error(errc::invalid_argument, "flite: max_text_bytes must be at least 1");
-    auto before = resident_bytes();
+    auto before = process_resident_bytes();
     auto v = load_voice(voice);
     if (!v)
       return v.error();
@@ -208,7 +198,7 @@ void add_flite_backend(backend_registry& registry) {
     // (counted below, and not paid by the first request).
     if (auto* warm = flite_text_to_wave("Ready to speak, with numbers like 42.", *v))
       delete_wave(warm);
-    auto after = resident_bytes();
+    auto after = process_resident_bytes();
     return std::make_shared<flite_model>(*v, voice, *max_text, after > before ? after - before : 0);
   }, std::move(info));
 }

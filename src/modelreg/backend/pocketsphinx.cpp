@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <fstream>
 #include <mutex>
 #include <string>
 
@@ -25,14 +24,6 @@ constexpr const char* default_lm = "/usr/share/pocketsphinx/model/en-us/en-us.lm
 constexpr const char* default_dict = "/usr/share/pocketsphinx/model/en-us/cmudict-en-us.dict";
 constexpr int64_t sample_rate = 16000;
 constexpr double frame_seconds = 0.01; // pocketsphinx's default frame rate: 100/s
-
-/// Resident bytes of this process (statm: resident pages).
-uint64_t resident_bytes() {
-  std::ifstream statm{"/proc/self/statm"};
-  uint64_t size = 0, resident = 0;
-  statm >> size >> resident;
-  return resident * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-}
 
 caf::error bad(const std::string& what) {
   return make_error(errc::invalid_argument, "pocketsphinx: " + what);
@@ -169,7 +160,7 @@ void add_pocketsphinx_backend(backend_registry& registry) {
         return make_error(errc::load_failed, std::string{"pocketsphinx: "} + what + " '" + path +
                                                "' is not readable (install pocketsphinx-en-us?)");
     std::lock_guard guard{init_mutex};
-    auto before = resident_bytes();
+    auto before = process_resident_bytes();
     cmd_ln_t* config = cmd_ln_init(nullptr, ps_args(), TRUE, "-hmm", hmm.c_str(), "-lm", lm.c_str(),
                                    "-dict", dict.c_str(), "-logfn", "/dev/null", nullptr);
     if (config == nullptr)
@@ -179,7 +170,7 @@ void add_pocketsphinx_backend(backend_registry& registry) {
       cmd_ln_free_r(config);
       return make_error(errc::load_failed, "pocketsphinx: cannot load the model from " + hmm);
     }
-    auto after = resident_bytes();
+    auto after = process_resident_bytes();
     return std::make_shared<pocketsphinx_model>(ps, config, after > before ? after - before : 0,
                                                 "pocketsphinx(" + lm.substr(lm.rfind('/') + 1) + ")");
   }, std::move(info));
