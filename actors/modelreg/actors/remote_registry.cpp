@@ -344,12 +344,14 @@ void disconnected(proxy_ptr self, const std::string& why, bool by_caller = false
   log::get("modelreg.remote")
     ->log(by_caller ? spdlog::level::debug : spdlog::level::warn,
           "{}: connection lost ({}); {} requests failed", st.uri, why, st.direct->calls.in_flight());
-  // Every call of both paths fails now (the proxy's own through its mailbox).
-  st.direct->detach(unavailable(self, why), why);
+  // Handles go invalid first, so a caller woken by its failed call below
+  // already sees its handle invalid.
   for (auto& [lease, weak] : st.handles)
     if (auto block = weak.lock())
       block->retire();
   st.handles.clear();
+  // Every call of both paths fails now (the proxy's own through its mailbox).
+  st.direct->detach(unavailable(self, why), why);
   schedule_reconnect(self);
 }
 
