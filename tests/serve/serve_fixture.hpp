@@ -32,7 +32,8 @@ inline constexpr const char* test_catalog = R"({
     "slow-infer": { "backend": "identity", "params": { "infer_delay_ms": 400 } },
     "broken": { "backend": "identity", "params": { "fail_load": true } },
     "slow-gain": { "backend": "gain", "params": { "gain": 2, "infer_delay_ms": 300 } },
-    "slow-load": { "backend": "identity", "params": { "load_delay_ms": 60000 } }
+    "slow-load": { "backend": "identity", "params": { "load_delay_ms": 60000 } },
+    "forked": { "backend": "identity", "params": { "with_pid": true }, "instances": 2 }
   }
 })";
 

@@ -188,6 +188,32 @@ TEST_F(serve_test, KilledWorkerFailsEveryCallerAtOnceAndIsReconnectedWhenBack) {
   EXPECT_GE(st->reconnects, 1u);
 }
 
+TEST_F(serve_test, KilledNodeLeavesNoZygoteOrInstanceBehind) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  client c;
+  auto reg = c.connect(uri());
+  ASSERT_TRUE(reg);
+  auto h = c.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"forked"}, model_spec{});
+  ASSERT_TRUE(h) << describe(h.error());
+  auto r = c.ask<tensor_map>(*reg, infer_atom::value, std::string{"forked"},
+                             tensor_map{{"x", *tensor::from_values<float>({1.f})}});
+  ASSERT_TRUE(r) << describe(r.error());
+  std::vector<int64_t> pids;
+  auto status = c.status(*reg);
+  for (const auto& m : status["models"])
+    if (m["key"] == "forked") {
+      pids.push_back(m["zygote_pid"].get<int64_t>());
+      for (const auto& p : m["processes"])
+        pids.push_back(p["pid"].get<int64_t>());
+    }
+  ASSERT_EQ(pids.size(), 3u) << status.dump();
+  EXPECT_NE(std::find(pids.begin(), pids.end(), (*r->at("pid").values<int64_t>())[0]), pids.end());
+  node->kill(SIGKILL);
+  node->wait_for_exit(5s);
+  for (auto pid : pids)
+    EXPECT_TRUE(eventually([pid] { return process_gone(pid); })) << "process " << pid << " outlived the node";
+}
+
 TEST_F(serve_test, BlockingClientTakesTheDirectPathAndFailsLikeTheProxy) {
   ASSERT_TRUE(start_node()) << ready_line;
   client c;
@@ -462,7 +488,7 @@ TEST_F(serve_test, CliCommandsAgainstALiveNode) {
   auto ls = run({"ls", "--json", sock, socket});
   ASSERT_EQ(ls.code, 0);
   auto names = nlohmann::json::parse(ls.out);
-  ASSERT_EQ(names.size(), 6u);
+  ASSERT_EQ(names.size(), 7u);
   EXPECT_EQ(names[0]["state"], "available");
 
   auto load = run({"load", "gain", "--json", sock, socket});

@@ -1,5 +1,6 @@
 #include "modelreg/actors/model_actor.hpp"
 
+#include <algorithm>
 #include <deque>
 #include <map>
 
@@ -8,6 +9,7 @@
 #include <caf/typed_event_based_actor.hpp>
 
 #include "modelreg/actors/detail/entry_block.hpp"
+#include "modelreg/backend/instances.hpp"
 #include "modelreg/log.hpp"
 #include "modelreg/messages/error.hpp"
 #include "modelreg/tensor/batch.hpp"
@@ -217,22 +219,19 @@ batch_actor::behavior_type batching_model(batch_ptr self, model_ptr m,
 
 // -- serial and lanes ----------------------------------------------------
 
-/// A model served one request at a time, fairly: one queue per client,
-/// taken round-robin. A request that finds nothing waiting (no queue, an
-/// empty mailbox) runs at once. Otherwise it is queued, and the next one runs
-/// on a `run_atom` the actor sends itself; that message goes behind every
-/// request already in the mailbox, so all of them are queued (and their
-/// clients get their turn) before the next one runs.
-struct serial_state {
-  model_ptr model;
-  std::shared_ptr<detail::model_stats> stats;
-  size_t max_queue = 4096;
+/// Requests waiting for a model, one queue per client, taken round-robin
+/// across clients: a client with a hundred queued requests delays another
+/// client's single request by one turn, not a hundred.
+struct fair_queue {
   std::map<uint64_t, std::deque<queued>> queues; // client -> its requests
   uint64_t last_client = 0;                       // the round-robin cursor
   size_t waiting = 0;
-  bool scheduled = false;
 
-  ~serial_state() {
+  fair_queue() = default;
+  fair_queue(const fair_queue&) = delete;
+  fair_queue& operator=(const fair_queue&) = delete;
+
+  ~fair_queue() {
     // The actor went down with requests queued: each hears (reply sinks
     // answer from their destructors; promises here).
     for (auto& [client, q] : queues)
@@ -240,6 +239,53 @@ struct serial_state {
         if (!r.request.reply && r.promise.pending())
           r.promise.deliver(went_down_error());
   }
+
+  void push(uint64_t client, queued q) {
+    queues[client].push_back(std::move(q));
+    ++waiting;
+  }
+
+  /// The next request: the first client after the cursor with one queued.
+  /// Precondition: waiting > 0.
+  queued pop() {
+    auto i = queues.upper_bound(last_client);
+    if (i == queues.end())
+      i = queues.begin();
+    last_client = i->first;
+    auto q = std::move(i->second.front());
+    i->second.pop_front();
+    if (i->second.empty())
+      queues.erase(i);
+    --waiting;
+    return q;
+  }
+};
+
+/// Who a request comes from, for fair queueing.
+template <class Self>
+uint64_t client_of(Self* self, const infer_request& req) {
+  return req.client != 0
+           ? req.client
+           : static_cast<uint64_t>(reinterpret_cast<uintptr_t>(self->current_sender().get()));
+}
+
+caf::error queue_full(const model& m, size_t max_queue) {
+  return make_error(errc::busy, m.describe() + ": " + std::to_string(max_queue) +
+                                  " requests are already waiting (max_queue)");
+}
+
+/// A model served one request at a time, fairly (see fair_queue). A
+/// request that finds nothing waiting (no queue, an empty mailbox) runs at
+/// once. Otherwise it is queued, and the next one runs on a `run_atom` the
+/// actor sends itself; that message goes behind every request already in
+/// the mailbox, so all of them are queued (and their clients get their
+/// turn) before the next one runs.
+struct serial_state {
+  model_ptr model;
+  std::shared_ptr<detail::model_stats> stats;
+  size_t max_queue = 4096;
+  fair_queue queue;
+  bool scheduled = false;
 };
 
 using serial_actor = model_actor::extend<caf::reacts_to<run_atom>>;
@@ -259,22 +305,14 @@ void run_one(serial_ptr self, queued& q) {
   q.deliver(std::move(out));
 }
 
-/// Runs the next request: the first client after the cursor with one queued.
+/// Runs the next request in turn.
 void run_next(serial_ptr self) {
   auto& st = self->state;
   st.scheduled = false;
-  if (st.queues.empty())
+  if (st.queue.waiting == 0)
     return;
-  auto i = st.queues.upper_bound(st.last_client);
-  if (i == st.queues.end())
-    i = st.queues.begin();
-  st.last_client = i->first;
-  auto q = std::move(i->second.front());
-  i->second.pop_front();
-  if (i->second.empty())
-    st.queues.erase(i);
-  --st.waiting;
-  if (st.waiting > 0) {
+  auto q = st.queue.pop();
+  if (st.queue.waiting > 0) {
     st.scheduled = true;
     self->send(self, run_atom::value);
   }
@@ -290,27 +328,22 @@ serial_actor::behavior_type serial_model(serial_ptr self, model_ptr m,
   return {
     [self](infer_request& req) -> caf::result<tensor_map> {
       auto& st = self->state;
-      if (st.waiting >= st.max_queue) {
+      if (st.queue.waiting >= st.max_queue) {
         req.inputs.clear();
-        return answer(req, make_error(errc::busy, st.model->describe() + ": " +
-                                                    std::to_string(st.max_queue) +
-                                                    " requests are already waiting (max_queue)"));
+        return answer(req, queue_full(*st.model, st.max_queue));
       }
-      auto client = req.client != 0
-                      ? req.client
-                      : static_cast<uint64_t>(reinterpret_cast<uintptr_t>(self->current_sender().get()));
+      auto client = client_of(self, req);
       caf::typed_response_promise<tensor_map> promise;
       bool own_reply = req.reply != nullptr;
       if (!own_reply)
         promise = self->make_response_promise<tensor_map>();
       queued q{std::move(req), promise, detail::steady_now_ns()};
-      if (st.waiting == 0 && !st.scheduled && self->mailbox().empty()) {
+      if (st.queue.waiting == 0 && !st.scheduled && self->mailbox().empty()) {
         // Nobody else is waiting, here or in the mailbox: no turn to take.
-        st.last_client = client;
+        st.queue.last_client = client;
         run_one(self, q);
       } else {
-        st.queues[client].push_back(std::move(q));
-        ++st.waiting;
+        st.queue.push(client, std::move(q));
         if (!st.scheduled) {
           st.scheduled = true;
           self->send(self, run_atom::value);
@@ -349,6 +382,251 @@ model_actor::behavior_type dispatcher(model_actor::stateful_pointer<dispatcher_s
   };
 }
 
+// -- instances -----------------------------------------------------------
+
+using instance_up_atom = caf::atom_constant<caf::atom("instup")>;
+using instance_lost_atom = caf::atom_constant<caf::atom("instlost")>;
+using make_instance_atom = caf::atom_constant<caf::atom("mkinst")>;
+
+/// How long the front waits before it tries to grow again after a growth
+/// that failed.
+constexpr auto grow_retry = std::chrono::seconds{5};
+
+/// One instance's worker: a detached actor that owns the instance, runs one
+/// request at a time on it, and replaces it when its process died.
+struct worker_state {
+  caf::actor front;
+  size_t index = 0;
+  instance_set_ptr set;
+  model_ptr instance;
+  std::shared_ptr<detail::model_stats> stats;
+};
+
+caf::behavior instance_worker(caf::stateful_actor<worker_state>* self, caf::actor front,
+                              size_t index, instance_set_ptr set, model_ptr instance,
+                              std::shared_ptr<detail::model_stats> stats) {
+  auto& st = self->state;
+  st.front = std::move(front);
+  st.index = index;
+  st.set = std::move(set);
+  st.instance = std::move(instance);
+  st.stats = std::move(stats);
+  if (!st.instance)
+    self->send(self, make_instance_atom::value);
+  return {
+    [self](infer_request& req) -> caf::result<tensor_map> {
+      auto& st = self->state;
+      if (!st.set->serving(*st.instance)) {
+        // Its process died while idle: a new fork takes this request.
+        st.stats->instance_restarts.fetch_add(1, std::memory_order_relaxed);
+        auto m = st.set->make_instance();
+        if (!m) {
+          self->send(st.front, instance_lost_atom::value, st.index);
+          self->send(self, make_instance_atom::value);
+          return answer(req, make_error(errc::model_crashed,
+                                        "an instance of " + st.set->describe() +
+                                          " died and no new one started: " +
+                                          modelreg::describe(m.error())));
+        }
+        st.instance = std::move(*m);
+      }
+      auto started = detail::steady_now_ns();
+      auto out = call_model(*st.instance, req.inputs,
+                            req.allocator ? *req.allocator : heap_allocator());
+      record(*st.instance, *st.stats, started, out ? nullptr : &out.error());
+      req.inputs.clear();
+      if (!out && is(out.error(), errc::model_crashed) && st.set->forked()) {
+        // Its process died: this caller hears model_crashed; the front
+        // sends nothing here until a new fork serves (the lost message
+        // reaches it before this answer does).
+        st.stats->instance_restarts.fetch_add(1, std::memory_order_relaxed);
+        self->send(st.front, instance_lost_atom::value, st.index);
+        st.instance = nullptr;
+        self->send(self, make_instance_atom::value);
+      }
+      if (req.reply) {
+        req.reply->deliver(std::move(out));
+        return tensor_map{};
+      }
+      if (!out)
+        return std::move(out.error());
+      return std::move(*out);
+    },
+    [self](make_instance_atom) {
+      auto& st = self->state;
+      auto m = st.set->make_instance();
+      if (m) {
+        st.instance = std::move(*m);
+        self->send(st.front, instance_up_atom::value, st.index, true);
+        return;
+      }
+      log::get("modelreg.model")
+        ->warn("{}: a new instance did not start: {}", st.set->describe(), describe(m.error()));
+      self->send(st.front, instance_up_atom::value, st.index, false);
+      self->quit();
+    },
+  };
+}
+
+struct front_state {
+  struct slot {
+    caf::actor worker;
+    bool ready = false; // its instance serves
+    bool busy = false;  // a request is on it
+    bool dead = false;  // its instance could not be started
+  };
+  instance_set_ptr set;
+  std::shared_ptr<detail::model_stats> stats;
+  size_t max_queue = 4096;
+  fair_queue queue;
+  std::vector<slot> slots;
+  bool growing = false;
+  int64_t grow_after_ns = 0;
+
+  size_t count(bool front_state::slot::*flag) const {
+    return static_cast<size_t>(
+      std::count_if(slots.begin(), slots.end(), [flag](const slot& s) { return s.*flag; }));
+  }
+};
+
+using front_actor = model_actor::extend<caf::reacts_to<instance_up_atom, size_t, bool>,
+                                        caf::reacts_to<instance_lost_atom, size_t>>;
+using front_ptr = front_actor::stateful_pointer<front_state>;
+
+void publish(front_ptr self) {
+  auto& st = self->state;
+  st.stats->instances.store(st.count(&front_state::slot::ready), std::memory_order_relaxed);
+  st.stats->instances_busy.store(st.count(&front_state::slot::busy), std::memory_order_relaxed);
+}
+
+void add_worker(front_ptr self, model_ptr instance) {
+  auto& st = self->state;
+  auto index = st.slots.size();
+  bool ready = instance != nullptr;
+  auto w = self->spawn<caf::linked + caf::detached>(instance_worker,
+                                                    caf::actor_cast<caf::actor>(self), index,
+                                                    st.set, std::move(instance), st.stats);
+  st.slots.push_back({w, ready, false, false});
+}
+
+void dispatch(front_ptr self);
+
+/// A request finished on slot `i`: its answer goes to the caller if the
+/// worker did not send it already.
+void finished(front_ptr self, size_t i) {
+  self->state.slots[i].busy = false;
+  dispatch(self);
+}
+
+/// Starts one more instance when every instance is busy and requests wait
+/// (up to the set's limit; after a failed start, not for a while).
+void maybe_grow(front_ptr self) {
+  auto& st = self->state;
+  if (st.growing || st.queue.waiting == 0 || st.slots.size() >= st.set->limit() ||
+      detail::steady_now_ns() < st.grow_after_ns)
+    return;
+  st.growing = true;
+  add_worker(self, nullptr);
+}
+
+/// Hands waiting requests to idle instances, in fair order.
+void dispatch(front_ptr self) {
+  auto& st = self->state;
+  while (st.queue.waiting > 0) {
+    auto idle = std::find_if(st.slots.begin(), st.slots.end(),
+                             [](const front_state::slot& s) { return s.ready && !s.busy; });
+    if (idle == st.slots.end()) {
+      maybe_grow(self);
+      break;
+    }
+    auto q = st.queue.pop();
+    if (drop_if_abandoned(q, *st.stats))
+      continue;
+    auto i = static_cast<size_t>(idle - st.slots.begin());
+    idle->busy = true;
+    auto promise = q.promise;
+    self->request(idle->worker, caf::infinite, std::move(q.request))
+      .then(
+        [self, i, promise](tensor_map& out) mutable {
+          if (promise.pending())
+            promise.deliver(std::move(out));
+          finished(self, i);
+        },
+        [self, i, promise](caf::error& err) mutable {
+          if (promise.pending())
+            promise.deliver(std::move(err));
+          finished(self, i);
+        });
+  }
+  publish(self);
+}
+
+/// No instance serves and none is starting: the model is down. Everything
+/// waiting hears so, and the actor ends (the registry then treats the model
+/// as crashed: the next request loads it again).
+void check_alive(front_ptr self) {
+  auto& st = self->state;
+  bool any = std::any_of(st.slots.begin(), st.slots.end(),
+                         [](const front_state::slot& s) { return !s.dead; });
+  if (any)
+    return;
+  while (st.queue.waiting > 0) {
+    auto q = st.queue.pop();
+    q.deliver(make_error(errc::model_crashed, st.set->describe() + ": no instance could be started"));
+  }
+  self->quit(make_error(errc::model_crashed, st.set->describe() + ": no instance left"));
+}
+
+front_actor::behavior_type instances_front(front_ptr self, instance_set_ptr set,
+                                           std::shared_ptr<detail::model_stats> stats,
+                                           size_t max_queue) {
+  auto& st = self->state;
+  st.set = std::move(set);
+  st.stats = std::move(stats);
+  st.max_queue = std::max<size_t>(max_queue, 1);
+  for (auto& m : st.set->take_initial())
+    add_worker(self, std::move(m));
+  publish(self);
+  return {
+    [self](infer_request& req) -> caf::result<tensor_map> {
+      auto& st = self->state;
+      if (st.queue.waiting >= st.max_queue) {
+        req.inputs.clear();
+        return answer(req, queue_full(*st.set, st.max_queue));
+      }
+      auto client = client_of(self, req);
+      caf::typed_response_promise<tensor_map> promise;
+      bool own_reply = req.reply != nullptr;
+      if (!own_reply)
+        promise = self->make_response_promise<tensor_map>();
+      st.queue.push(client, queued{std::move(req), promise, detail::steady_now_ns()});
+      dispatch(self);
+      if (own_reply)
+        return caf::delegated<tensor_map>{};
+      return promise;
+    },
+    [self](instance_up_atom, size_t i, bool ok) {
+      auto& st = self->state;
+      if (i + 1 == st.slots.size() && st.growing)
+        st.growing = false;
+      if (ok) {
+        st.slots[i].ready = true;
+      } else {
+        st.slots[i].ready = false;
+        st.slots[i].dead = true;
+        st.grow_after_ns = detail::steady_now_ns() +
+                           std::chrono::duration_cast<std::chrono::nanoseconds>(grow_retry).count();
+        check_alive(self);
+      }
+      dispatch(self);
+    },
+    [self](instance_lost_atom, size_t i) {
+      self->state.slots[i].ready = false;
+      publish(self);
+    },
+  };
+}
+
 } // namespace
 
 reply_sink::~reply_sink() {
@@ -369,6 +647,12 @@ void reply_sink::deliver(caf::expected<tensor_map> result) {
 model_actor spawn_model_actor(caf::actor_system& sys, model_ptr m,
                               std::shared_ptr<detail::model_stats> stats,
                               model_actor_options options) {
+  if (auto set = std::dynamic_pointer_cast<instance_set>(m)) {
+    stats->instances_of = set;
+    stats->max_instances = set->limit();
+    auto a = sys.spawn(instances_front, std::move(set), std::move(stats), options.max_queue);
+    return caf::actor_cast<model_actor>(a);
+  }
   auto caps = m->capabilities();
   if (caps.batchable && options.max_batch > 1) {
     auto a = caps.blocking ? sys.spawn<caf::detached>(batching_model, std::move(m),

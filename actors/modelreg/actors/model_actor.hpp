@@ -12,6 +12,11 @@
 // a client with a hundred queued requests delays another client's single
 // request by at most one service time, not a hundred. At most `max_queue`
 // requests wait; more are answered `busy` at once.
+// Instances (a model loaded as an `instance_set`, see instances.hpp): the
+// actor is a front with the same fair queue, handing each request to an idle
+// instance; each instance has a worker thread of its own, which replaces an
+// instance whose process died (its caller gets `model_crashed`). When every
+// instance is busy and requests wait, one more starts, up to the set's limit.
 // The model is destroyed when the actor (and its lanes) terminate.
 //
 // Dynamic batching (models whose capabilities say `batchable`): requests with

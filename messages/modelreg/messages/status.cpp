@@ -51,6 +51,18 @@ std::string to_json(const registry_snapshot& x) {
                       {"waiters", m.waiters},
                       {"batches", m.batches},
                       {"abandoned", m.abandoned}});
+    if (m.max_instances > 0) {
+      auto processes = nlohmann::json::array();
+      for (const auto& p : m.processes)
+        processes.push_back({{"pid", p.pid}, {"private_bytes", p.private_bytes}});
+      auto& j = models.back();
+      j["instances"] = m.instances;
+      j["max_instances"] = m.max_instances;
+      j["instances_busy"] = m.instances_busy;
+      j["instance_restarts"] = m.instance_restarts;
+      j["zygote_pid"] = m.zygote_pid;
+      j["processes"] = processes;
+    }
   }
   const auto& t = x.totals;
   nlohmann::json totals = {{"hits", t.hits},
@@ -130,6 +142,17 @@ bool from_json(const std::string& json, registry_snapshot& out) {
       get_to(m, "waiters", s.waiters);
       get_to(m, "batches", s.batches);
       get_to(m, "abandoned", s.abandoned);
+      get_to(m, "instances", s.instances);
+      get_to(m, "max_instances", s.max_instances);
+      get_to(m, "instances_busy", s.instances_busy);
+      get_to(m, "instance_restarts", s.instance_restarts);
+      get_to(m, "zygote_pid", s.zygote_pid);
+      for (const auto& p : m.value("processes", nlohmann::json::array())) {
+        instance_status i;
+        get_to(p, "pid", i.pid);
+        get_to(p, "private_bytes", i.private_bytes);
+        s.processes.push_back(i);
+      }
       out.models.push_back(std::move(s));
     }
     auto t = j.value("totals", nlohmann::json::object());

@@ -40,6 +40,17 @@ typename Inspector::result_type inspect(Inspector& f, status_event& x) {
            x.generation, x.memory_bytes, x.timestamp_ns, x.detail);
 }
 
+/// One instance process of a model with forked instances.
+struct instance_status {
+  int64_t pid = 0;
+  uint64_t private_bytes = 0; ///< memory it does not share with the loaded copy
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, instance_status& x) {
+  return f(caf::meta::type_name("modelreg::instance_status"), x.pid, x.private_bytes);
+}
+
 /// The state and counters of one key.
 struct model_status {
   std::string key;
@@ -59,6 +70,13 @@ struct model_status {
   uint64_t waiters = 0; ///< callers parked on a load in progress
   uint64_t batches = 0; ///< model calls that served several requests at once
   uint64_t abandoned = 0; ///< requests dropped unrun: their client went away while they queued
+  /// Models with several instances (docs/instances.md); zeros otherwise.
+  uint64_t instances = 0;         ///< serving now
+  uint64_t max_instances = 0;     ///< the most it may grow to
+  uint64_t instances_busy = 0;    ///< with a request on them
+  uint64_t instance_restarts = 0; ///< instances replaced after their process died
+  int64_t zygote_pid = 0;         ///< the process the instances are forked from
+  std::vector<instance_status> processes; ///< the instance processes
 };
 
 template <class Inspector>
@@ -66,7 +84,8 @@ typename Inspector::result_type inspect(Inspector& f, model_status& x) {
   return f(caf::meta::type_name("modelreg::model_status"), x.key, x.description, x.state,
            x.generation, x.handles, x.in_flight, x.memory_bytes, x.load_time_us, x.requests,
            x.errors, x.latency_p50_us, x.latency_p99_us, x.idle_ms, x.pinned, x.waiters,
-           x.batches, x.abandoned);
+           x.batches, x.abandoned, x.instances, x.max_instances, x.instances_busy,
+           x.instance_restarts, x.zygote_pid, x.processes);
 }
 
 /// Registry-wide counters since start.

@@ -42,6 +42,8 @@ struct NamedTensor {
 struct ModelSpec {
   backend @0 :Text;
   params @1 :List(Param);
+  instances @2 :UInt32;     # 0 or 1: one instance
+  maxInstances @3 :UInt32;  # 0: no growth past `instances`
   struct Param {
     key @0 :Text;
     value @1 :Text;

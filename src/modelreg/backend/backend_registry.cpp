@@ -1,4 +1,5 @@
 #include "modelreg/backend/backend_registry.hpp"
+#include "modelreg/backend/instances.hpp"
 
 #include <algorithm>
 #include <charconv>
@@ -62,6 +63,13 @@ caf::error backend_registry::check(const model_spec& spec) const {
                       "no backend named '" + spec.backend + "' (this node has: " + known + ")");
   }
   const auto& info = i->second;
+  if (spec.initial_instances() > max_instances || spec.max_instances > max_instances)
+    return make_error(errc::invalid_argument, "instances: at most " +
+                                                std::to_string(max_instances) + " per model");
+  if (spec.max_instances != 0 && spec.max_instances < spec.initial_instances())
+    return make_error(errc::invalid_argument,
+                      "max_instances (" + std::to_string(spec.max_instances) +
+                        ") is below instances (" + std::to_string(spec.instances) + ")");
   if (info.open)
     return {};
   for (const auto& kv : spec.params) {
@@ -119,6 +127,10 @@ caf::expected<loader_fn> backend_registry::loader_for(const model_spec& spec) co
   if (auto err = check(spec))
     return err;
   auto factory = factories_.at(spec.backend);
+  if (spec.instance_limit() > 1) {
+    auto info = infos_.at(spec.backend);
+    return loader_fn{[factory, info, spec]() { return load_instances(factory, info, spec); }};
+  }
   return loader_fn{[factory, spec]() { return factory(spec); }};
 }
 

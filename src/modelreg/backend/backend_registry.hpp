@@ -48,7 +48,14 @@ struct backend_info {
   /// Parameters are not declared: any are accepted (a backend added
   /// without an info).
   bool open = false;
+  /// A loaded model may be copied by fork(): its instances are forked from
+  /// one loaded copy by a zygote process (docs/instances.md). The backend
+  /// must then be built into modelreg-zygote (the built-in ones are).
+  bool forkable = false;
 };
+
+/// The most instances one model may have.
+constexpr uint32_t max_instances = 64;
 
 std::string to_string(param_info::kind k);
 

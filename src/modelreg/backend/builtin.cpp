@@ -6,6 +6,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include "modelreg/backend/backend_registry.hpp"
 #include "modelreg/messages/error.hpp"
@@ -58,18 +59,39 @@ caf::expected<common_params> prepare(const model_spec& spec) {
   return common_params{*reserve, *batchable, std::chrono::milliseconds{*infer_delay}};
 }
 
+/// The machine's monotonic clock (the same in every process), nanoseconds.
+int64_t monotonic_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+           std::chrono::steady_clock::now().time_since_epoch())
+    .count();
+}
+
 class identity_model final : public model {
 public:
-  identity_model(common_params common, bool thread_safe)
+  identity_model(common_params common, bool thread_safe, bool with_pid)
     : memory_(common.reserve_bytes),
       thread_safe_(thread_safe),
       batchable_(common.batchable),
+      with_pid_(with_pid),
       delay_(common.infer_delay) {}
 
-  caf::expected<tensor_map> infer(const tensor_map& inputs, tensor_allocator&) override {
+  caf::expected<tensor_map> infer(const tensor_map& inputs, tensor_allocator& out) override {
+    auto started = monotonic_ns();
     if (delay_.count() > 0)
       std::this_thread::sleep_for(delay_);
-    return inputs;
+    if (!with_pid_)
+      return inputs;
+    auto pid = out.allocate(dtype::i64, {1});
+    auto span = out.allocate(dtype::i64, {2});
+    if (!pid || !span)
+      return make_error(errc::out_of_memory, "identity: cannot allocate outputs");
+    (*pid->mutable_values<int64_t>())[0] = ::getpid();
+    (*span->mutable_values<int64_t>())[0] = started;
+    (*span->mutable_values<int64_t>())[1] = monotonic_ns();
+    auto result = inputs;
+    result.insert_or_assign("pid", std::move(*pid));
+    result.insert_or_assign("span", std::move(*span));
+    return result;
   }
   uint64_t memory_bytes() const override { return sizeof(*this) + memory_.size(); }
   model_capabilities capabilities() const override {
@@ -81,6 +103,7 @@ private:
   reserved_memory memory_;
   bool thread_safe_;
   bool batchable_;
+  bool with_pid_;
   std::chrono::milliseconds delay_;
 };
 
@@ -149,8 +172,16 @@ void add_builtin_backends(backend_registry& registry) {
   identity.params = common_param_infos();
   identity.params.push_back({"thread_safe", param_info::kind::boolean, "false",
                              "infer may run on several threads at once"});
+  identity.params.push_back({"with_pid", param_info::kind::boolean, "false",
+                             "add outputs 'pid' (the process that ran the request) and 'span' "
+                             "(when it ran: monotonic clock, ns)"});
   identity.inputs = {{"*", "*", std::nullopt, "any tensors"}};
-  identity.outputs = {{"*", "*", std::nullopt, "the inputs, unchanged"}};
+  identity.outputs = {{"*", "*", std::nullopt, "the inputs, unchanged"},
+                      {"pid", "i64", std::vector<int64_t>{1}, "with_pid: the serving process", true},
+                      {"span", "i64", std::vector<int64_t>{2},
+                       "with_pid: start and end of the call (monotonic clock, ns)", true}};
+  // Its instances may be forked from one loaded copy (the tests' zygote).
+  identity.forkable = true;
   backend_info gain;
   gain.doc = "multiplies float audio by a constant";
   gain.params = common_param_infos();
@@ -161,10 +192,13 @@ void add_builtin_backends(backend_registry& registry) {
     auto thread_safe = param_bool(spec, "thread_safe", false);
     if (!thread_safe)
       return thread_safe.error();
+    auto with_pid = param_bool(spec, "with_pid", false);
+    if (!with_pid)
+      return with_pid.error();
     auto common = prepare(spec);
     if (!common)
       return common.error();
-    return std::make_shared<identity_model>(*common, *thread_safe);
+    return std::make_shared<identity_model>(*common, *thread_safe, *with_pid);
   }, std::move(identity));
   registry.add("gain", [](const model_spec& spec) -> caf::expected<model_ptr> {
     auto gain = param_double(spec, "gain", 1.0);

@@ -9,9 +9,13 @@
 //   load_delay_ms  sleep this long while loading (a slow load)  default 0
 //   fail_load      "true": loading fails with load_failed       default false
 //   batchable      "true": declare dynamic batching (dimension 0) default false
-// identity also takes thread_safe (default false) and infer_delay_ms (sleep
-// in every infer, a slow model; it then declares itself blocking); gain is
-// thread-safe.
+// identity also takes thread_safe (default false), infer_delay_ms (sleep
+// in every infer, a slow model; it then declares itself blocking) and
+// with_pid (extra outputs "pid": the process that served the request, and
+// "span": when the call ran, monotonic clock in ns, comparable across
+// processes); it
+// is forkable, so its instances come from a zygote as pocketsphinx's do
+// (docs/instances.md). gain is thread-safe.
 #pragma once
 
 namespace modelreg {

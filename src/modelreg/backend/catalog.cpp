@@ -1,6 +1,7 @@
 #include "modelreg/backend/catalog.hpp"
 
 #include <fstream>
+#include <string_view>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -82,7 +83,10 @@ std::string catalog::describe_json(const backend_registry& backends) const {
   };
   auto out = nlohmann::json::object();
   for (const auto& [name, spec] : entries_) {
-    nlohmann::json e = {{"backend", spec.backend}, {"params", spec.params}};
+    nlohmann::json e = {{"backend", spec.backend},
+                        {"params", spec.params},
+                        {"instances", spec.initial_instances()},
+                        {"max_instances", spec.instance_limit()}};
     if (const auto* info = backends.info(spec.backend)) {
       e["doc"] = info->doc;
       auto params = nlohmann::json::array();
@@ -139,9 +143,22 @@ caf::expected<catalog> catalog::parse(const std::string& text) {
                             where + "parameter '" + key + "' must be a string, number or boolean");
       }
     }
+    for (const char* field : {"instances", "max_instances"}) {
+      if (!entry.contains(field))
+        continue;
+      const auto& v = entry[field];
+      if (!v.is_number_unsigned() || v.get<uint64_t>() < 1 || v.get<uint64_t>() > max_instances)
+        return make_error(errc::invalid_argument, where + "\"" + field +
+                                                    "\" must be a whole number from 1 to " +
+                                                    std::to_string(max_instances));
+      (std::string_view{field} == "instances" ? spec.instances : spec.max_instances) =
+        v.get<uint32_t>();
+    }
     for (auto& [key, value] : entry.items())
-      if (key != "backend" && key != "params")
-        return make_error(errc::invalid_argument, where + "unknown field '" + key + "'");
+      if (key != "backend" && key != "params" && key != "instances" && key != "max_instances")
+        return make_error(errc::invalid_argument,
+                          where + "unknown field '" + key +
+                            "' (an entry has backend, params, instances, max_instances)");
     out.add(name, std::move(spec));
   }
   out.text_ = text;

@@ -48,6 +48,10 @@ public:
 
   /// One line for status output, e.g. "gain(x0.5)".
   virtual std::string describe() const = 0;
+
+  /// Runs the model once on made-up input, so state it builds lazily exists
+  /// before a zygote forks instances from it (docs/instances.md). Optional.
+  virtual void warm_up() {}
 };
 
 using model_ptr = std::shared_ptr<model>;

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include <unistd.h>
 
@@ -120,6 +121,25 @@ public:
 
   uint64_t memory_bytes() const override { return bytes_; }
   model_capabilities capabilities() const override { return {false, true, false}; }
+
+  /// Decodes two seconds of made-up sound (noise bursts over silence) that
+  /// the search takes for speech: it builds its structures, so a zygote
+  /// forks instances from a decoder that has run, and an instance's
+  /// private memory is what decoding costs it.
+  void warm_up() override {
+    std::vector<int16_t> noise(2 * sample_rate);
+    uint32_t x = 12345;
+    for (size_t i = 0; i < noise.size(); ++i) {
+      x = x * 1103515245u + 12345u;
+      bool loud = (i / 4000) % 2 == 1; // quarter-second bursts
+      int32_t span = loud ? 6000 : 64;
+      noise[i] = static_cast<int16_t>(static_cast<int32_t>((x >> 16) % span) - span / 2);
+    }
+    if (ps_start_utt(ps_) < 0)
+      return;
+    ps_process_raw(ps_, noise.data(), noise.size(), FALSE, TRUE);
+    ps_end_utt(ps_);
+  }
   std::string describe() const override { return describe_; }
 
 private:
@@ -142,6 +162,8 @@ void add_pocketsphinx_backend(backend_registry& registry) {
     {"lm", param_info::kind::text, default_lm, "language model file"},
     {"dict", param_info::kind::text, default_dict, "pronunciation dictionary"},
   };
+  // One decoder holds ~95 MiB of which ~70 stay shared after a fork.
+  info.forkable = true;
   info.inputs = {
     {"audio", "i16", std::vector<int64_t>{-1}, "16 kHz mono PCM: [samples] or [1, samples]"},
     {"sample_rate", "i32|i64", std::vector<int64_t>{1}, "16000 if given (int32 or int64)", true},

@@ -27,6 +27,8 @@ void put_spec(wire::ModelSpec::Builder s, const model_spec& spec) {
     params[i].setValue(v);
     ++i;
   }
+  s.setInstances(spec.instances);
+  s.setMaxInstances(spec.max_instances);
 }
 
 model_spec spec_of(wire::ModelSpec::Reader r) {
@@ -34,6 +36,8 @@ model_spec spec_of(wire::ModelSpec::Reader r) {
   spec.backend = r.getBackend();
   for (auto p : r.getParams())
     spec.params[p.getKey()] = p.getValue();
+  spec.instances = r.getInstances();
+  spec.max_instances = r.getMaxInstances();
   return spec;
 }
 

@@ -24,6 +24,10 @@
 #include "modelreg/actors/model_actor.hpp"
 #include "modelreg/metrics/histogram.hpp"
 
+namespace modelreg {
+class instance_set;
+}
+
 namespace modelreg::detail {
 
 /// Monotonic nanoseconds (steady clock).
@@ -41,6 +45,15 @@ struct model_stats {
   /// Requests answered without running: their caller went away first.
   std::atomic<uint64_t> abandoned{0};
   latency_histogram latency;
+  /// Instances (models with several, see instances.hpp): serving now, with
+  /// a request on them, the most there may be, and how many were replaced
+  /// after their process died. Zero for other models.
+  std::atomic<uint64_t> instances{0};
+  std::atomic<uint64_t> instances_busy{0};
+  std::atomic<uint64_t> instance_restarts{0};
+  uint64_t max_instances = 0;
+  /// The set, for its processes (set before the stats are shared).
+  std::shared_ptr<modelreg::instance_set> instances_of;
 };
 
 struct entry_block {

@@ -20,6 +20,7 @@
 
 #include "modelreg/actors/detail/entry_block.hpp"
 #include "modelreg/actors/detail/lease.hpp"
+#include "modelreg/backend/instances.hpp"
 #include "modelreg/cache/eviction.hpp"
 #include "modelreg/log.hpp"
 #include "modelreg/messages/error.hpp"
@@ -127,6 +128,15 @@ model_status status_of(const std::string& key, const entry& e, int64_t now) {
     s.errors = b->stats->errors.load(std::memory_order_relaxed);
     s.batches = b->stats->batches.load(std::memory_order_relaxed);
     s.abandoned = b->stats->abandoned.load(std::memory_order_relaxed);
+    s.max_instances = b->stats->max_instances;
+    s.instances = b->stats->instances.load(std::memory_order_relaxed);
+    s.instances_busy = b->stats->instances_busy.load(std::memory_order_relaxed);
+    s.instance_restarts = b->stats->instance_restarts.load(std::memory_order_relaxed);
+    if (const auto& set = b->stats->instances_of) {
+      s.zygote_pid = set->zygote_pid();
+      for (const auto& p : set->processes())
+        s.processes.push_back({p.pid, p.private_bytes});
+    }
     s.latency_p50_us = b->stats->latency.quantile(0.50) / 1000;
     s.latency_p99_us = b->stats->latency.quantile(0.99) / 1000;
     s.idle_ms = static_cast<uint64_t>(std::max<int64_t>(now - b->last_used_ns.load(), 0)) / 1000000;
