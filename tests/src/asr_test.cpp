@@ -2,7 +2,10 @@
 // transcripts, a phrase spoken by espeak-ng, and the clear errors for audio
 // it cannot take. The flite backend (text to speech): what it says, the
 // recogniser transcribes; text it cannot take gets a clear error.
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
+#include <iostream>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -158,6 +161,87 @@ TEST_F(asr_test, AudioItCannotTakeGetsAClearError) {
   auto out = recognise({{"audio", pcm_tensor(pcm)}, {"sample_rate", *tensor::from_values<int32_t>({16000}, {})}});
   ASSERT_TRUE(out) << describe(out.error());
   EXPECT_EQ(as_string(out->at("text")), "go forward ten meters");
+}
+
+TEST_F(asr_test, StreamedIn20MsChunksGivesPartialsThenThePinnedTranscript) {
+  auto recordings = tools::default_recordings();
+  const auto& rec = recordings[0]; // "go forward ten meters"
+  auto pcm = pcm_tensor(read_file(rec.file));
+  auto samples = *pcm.values<int16_t>();
+  // What the decoder says before any stream, for another recording.
+  const auto& other = recordings[1];
+  auto before = recognise({{"audio", pcm_tensor(read_file(other.file))}});
+  ASSERT_TRUE(before) << describe(before.error());
+  auto stream = recogniser->open_stream();
+  ASSERT_TRUE(stream) << describe(stream.error());
+  std::vector<std::string> partials;
+  std::vector<int64_t> push_us;
+  for (size_t off = 0; off < samples.size(); off += 320) {
+    auto n = std::min<size_t>(320, samples.size() - off);
+    auto t = *tensor::from_values<int16_t>(
+      std::vector<int16_t>(samples.begin() + static_cast<std::ptrdiff_t>(off),
+                           samples.begin() + static_cast<std::ptrdiff_t>(off + n)),
+      {static_cast<int64_t>(n)});
+    auto started = std::chrono::steady_clock::now();
+    auto partial = (*stream)->push({{"audio", t}}, heap_allocator());
+    push_us.push_back(std::chrono::duration_cast<std::chrono::microseconds>(
+                        std::chrono::steady_clock::now() - started)
+                        .count());
+    ASSERT_TRUE(partial) << describe(partial.error());
+    auto text = as_string(partial->at("text"));
+    if (partials.empty() || partials.back() != text)
+      partials.push_back(text);
+  }
+  // Words arrived while the audio did, before the end.
+  EXPECT_GE(partials.size(), 3u);
+  std::sort(push_us.begin(), push_us.end());
+  auto finish_started = std::chrono::steady_clock::now();
+  auto final = (*stream)->finish(heap_allocator());
+  std::cout << "[ measured ] " << push_us.size() << " chunks of 20 ms: push p50 "
+            << push_us[push_us.size() / 2] << " us, p99 " << push_us[push_us.size() * 99 / 100]
+            << " us; finish "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(
+                 std::chrono::steady_clock::now() - finish_started)
+                 .count()
+            << " ms\n";
+  ASSERT_TRUE(final) << describe(final.error());
+  EXPECT_EQ(as_string(final->at("text")), rec.expected);
+  EXPECT_EQ(as_string(final->at("words")), "go\nforward\nten\nmeters\n");
+  // The same decoder, after a stream, gives the same whole-utterance answers.
+  auto after = recognise({{"audio", pcm_tensor(read_file(other.file))}});
+  ASSERT_TRUE(after) << describe(after.error());
+  EXPECT_EQ(as_string(after->at("text")), as_string(before->at("text")));
+  EXPECT_EQ(as_string(after->at("text")), other.expected);
+}
+
+TEST_F(asr_test, AChunkItCannotTakeIsRefusedAndTheStreamGoesOn) {
+  auto stream = recogniser->open_stream();
+  ASSERT_TRUE(stream) << describe(stream.error());
+  auto wrong = (*stream)->push({{"audio", *tensor::from_values<float>({0.f, 1.f})}}, heap_allocator());
+  ASSERT_FALSE(wrong);
+  EXPECT_TRUE(is(wrong.error(), errc::invalid_argument)) << describe(wrong.error());
+  EXPECT_NE(describe(wrong.error()).find("int16"), std::string::npos);
+  auto none = (*stream)->push({}, heap_allocator());
+  EXPECT_FALSE(none);
+  // An empty chunk is fine (nothing new yet).
+  auto empty = (*stream)->push({{"audio", *tensor::allocate(dtype::i16, {0})}}, heap_allocator());
+  EXPECT_TRUE(empty) << describe(empty.error());
+  auto recordings = tools::default_recordings();
+  const auto& rec = recordings[0];
+  auto whole = (*stream)->push({{"audio", pcm_tensor(read_file(rec.file))}}, heap_allocator());
+  ASSERT_TRUE(whole) << describe(whole.error());
+  auto final = (*stream)->finish(heap_allocator());
+  ASSERT_TRUE(final) << describe(final.error());
+  EXPECT_EQ(as_string(final->at("text")), rec.expected);
+  // A dropped stream leaves the decoder ready for the next utterance.
+  {
+    auto dropped = recogniser->open_stream();
+    ASSERT_TRUE(dropped);
+    (void) (*dropped)->push({{"audio", pcm_tensor(read_file(rec.file))}}, heap_allocator());
+  }
+  auto next = recognise({{"audio", pcm_tensor(read_file(rec.file))}});
+  ASSERT_TRUE(next) << describe(next.error());
+  EXPECT_EQ(as_string(next->at("text")), rec.expected);
 }
 
 TEST_F(asr_test, AMissingModelFileFailsTheLoadClearly) {

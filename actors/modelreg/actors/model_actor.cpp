@@ -5,6 +5,7 @@
 #include <map>
 
 #include <caf/actor_system.hpp>
+#include <caf/send.hpp>
 #include <caf/stateful_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
 
@@ -75,6 +76,11 @@ caf::error abandoned_error() {
 caf::error went_down_error() {
   return make_error(errc::model_crashed, "the model actor went down before answering (it "
                                          "crashed, was unloaded or the node is stopping)");
+}
+
+/// The answer of a model that does not stream to a session request.
+caf::error no_sessions(const model& m) {
+  return make_error(errc::unsupported, m.describe() + " does not stream (no sessions)");
 }
 
 // -- dynamic batching ----------------------------------------------------
@@ -214,6 +220,7 @@ batch_actor::behavior_type batching_model(batch_ptr self, model_ptr m,
       if (timer == self->state.timer)
         flush(self);
     },
+    [self](session_request&) -> caf::result<tensor_map> { return no_sessions(*self->state.model); },
   };
 }
 
@@ -354,12 +361,14 @@ serial_actor::behavior_type serial_model(serial_ptr self, model_ptr m,
       return promise;
     },
     [self](run_atom) { run_next(self); },
+    [self](session_request&) -> caf::result<tensor_map> { return no_sessions(*self->state.model); },
   };
 }
 
 struct dispatcher_state {
   std::vector<model_actor> lanes;
   size_t next = 0;
+  model_ptr model;
 
   const model_actor& pick() { return lanes[next++ % lanes.size()]; }
 };
@@ -370,6 +379,7 @@ model_actor::behavior_type dispatcher(model_actor::stateful_pointer<dispatcher_s
                                       model_ptr m, std::shared_ptr<detail::model_stats> stats,
                                       size_t lanes, size_t max_queue) {
   bool blocking = m->capabilities().blocking;
+  self->state.model = m;
   for (size_t i = 0; i < std::max<size_t>(lanes, 1); ++i) {
     auto lane = blocking ? self->spawn<caf::linked + caf::detached>(serial_model, m, stats, max_queue)
                          : self->spawn<caf::linked>(serial_model, m, stats, max_queue);
@@ -379,6 +389,7 @@ model_actor::behavior_type dispatcher(model_actor::stateful_pointer<dispatcher_s
     [self](infer_request& req) -> caf::result<tensor_map> {
       return self->delegate(self->state.pick(), std::move(req));
     },
+    [self](session_request&) -> caf::result<tensor_map> { return no_sessions(*self->state.model); },
   };
 }
 
@@ -399,8 +410,68 @@ struct worker_state {
   size_t index = 0;
   instance_set_ptr set;
   model_ptr instance;
+  /// The session's stream on `instance` (declared after it: goes first).
+  std::unique_ptr<model_stream> stream;
   std::shared_ptr<detail::model_stats> stats;
 };
+
+/// The instance's process died (`out` is model_crashed from a forked
+/// instance): the front hears first, then a new one is started.
+template <class T>
+bool lost_instance(caf::stateful_actor<worker_state>* self, const caf::expected<T>& out) {
+  auto& st = self->state;
+  if (out || !is(out.error(), errc::model_crashed) || !st.set->forked())
+    return false;
+  st.stats->instance_restarts.fetch_add(1, std::memory_order_relaxed);
+  st.stream.reset();
+  self->send(st.front, instance_lost_atom::value, st.index);
+  st.instance = nullptr;
+  self->send(self, make_instance_atom::value);
+  return true;
+}
+
+/// Runs one session request on the worker's instance (the front answers
+/// its caller).
+caf::expected<tensor_map> run_session(caf::stateful_actor<worker_state>* self,
+                                      session_request& req) {
+  auto& st = self->state;
+  auto& out_alloc = req.allocator ? *req.allocator : heap_allocator();
+  auto guarded = [&](auto&& f) -> caf::expected<tensor_map> {
+    try {
+      return f();
+    } catch (const std::exception& e) {
+      return make_error(errc::infer_failed, st.instance->describe() + " threw: " + e.what());
+    }
+  };
+  switch (req.op) {
+    case session_op::open: {
+      st.stream.reset();
+      auto s = guarded([&]() -> caf::expected<tensor_map> {
+        auto opened = st.instance->open_stream();
+        if (!opened)
+          return std::move(opened.error());
+        st.stream = std::move(*opened);
+        return tensor_map{};
+      });
+      return s;
+    }
+    case session_op::push:
+      if (!st.stream)
+        return make_error(errc::invalid_argument, "the session's stream is gone");
+      return guarded([&] { return st.stream->push(req.inputs, out_alloc); });
+    case session_op::finish: {
+      if (!st.stream)
+        return make_error(errc::invalid_argument, "the session's stream is gone");
+      auto out = guarded([&] { return st.stream->finish(out_alloc); });
+      st.stream.reset();
+      return out;
+    }
+    case session_op::cancel:
+    default:
+      st.stream.reset();
+      return tensor_map{};
+  }
+}
 
 caf::behavior instance_worker(caf::stateful_actor<worker_state>* self, caf::actor front,
                               size_t index, instance_set_ptr set, model_ptr instance,
@@ -428,6 +499,7 @@ caf::behavior instance_worker(caf::stateful_actor<worker_state>* self, caf::acto
                                           " died and no new one started: " +
                                           modelreg::describe(m.error())));
         }
+        st.stream.reset();
         st.instance = std::move(*m);
       }
       auto started = detail::steady_now_ns();
@@ -435,19 +507,28 @@ caf::behavior instance_worker(caf::stateful_actor<worker_state>* self, caf::acto
                             req.allocator ? *req.allocator : heap_allocator());
       record(*st.instance, *st.stats, started, out ? nullptr : &out.error());
       req.inputs.clear();
-      if (!out && is(out.error(), errc::model_crashed) && st.set->forked()) {
-        // Its process died: this caller hears model_crashed; the front
-        // sends nothing here until a new fork serves (the lost message
-        // reaches it before this answer does).
-        st.stats->instance_restarts.fetch_add(1, std::memory_order_relaxed);
-        self->send(st.front, instance_lost_atom::value, st.index);
-        st.instance = nullptr;
-        self->send(self, make_instance_atom::value);
-      }
+      // Its process died: this caller hears model_crashed; the front sends
+      // nothing here until a new fork serves (the lost message reaches it
+      // before this answer does).
+      lost_instance(self, out);
       if (req.reply) {
         req.reply->deliver(std::move(out));
         return tensor_map{};
       }
+      if (!out)
+        return std::move(out.error());
+      return std::move(*out);
+    },
+    [self](session_request& req) -> caf::result<tensor_map> {
+      auto& st = self->state;
+      if (!st.instance)
+        return make_error(errc::model_crashed, "the session's instance died");
+      auto started = detail::steady_now_ns();
+      auto out = run_session(self, req);
+      if (req.op == session_op::push)
+        record(*st.instance, *st.stats, started, out ? nullptr : &out.error());
+      req.inputs.clear();
+      lost_instance(self, out);
       if (!out)
         return std::move(out.error());
       return std::move(*out);
@@ -471,17 +552,42 @@ caf::behavior instance_worker(caf::stateful_actor<worker_state>* self, caf::acto
 struct front_state {
   struct slot {
     caf::actor worker;
-    bool ready = false; // its instance serves
-    bool busy = false;  // a request is on it
-    bool dead = false;  // its instance could not be started
+    bool ready = false;   // its instance serves
+    bool busy = false;    // a request is on it
+    bool dead = false;    // its instance could not be started
+    uint64_t session = 0; // the session pinned to it, if any
+
+    bool idle() const { return ready && !busy && session == 0; }
+  };
+  struct session_info {
+    size_t slot = 0;
+    uint64_t client = 0;
+    int64_t last_ns = 0;
+  };
+  /// An open waiting for a free instance.
+  struct pending_open {
+    session_request request;
+    caf::typed_response_promise<tensor_map> promise;
+    int64_t deadline_ns = 0;
   };
   instance_set_ptr set;
   std::shared_ptr<detail::model_stats> stats;
   size_t max_queue = 4096;
+  std::chrono::milliseconds idle_timeout{30000};
   fair_queue queue;
   std::vector<slot> slots;
   bool growing = false;
   int64_t grow_after_ns = 0;
+  std::map<uint64_t, session_info> sessions;
+  uint64_t next_session = 1;
+  std::deque<pending_open> opens;
+  bool sweeping = false;
+
+  ~front_state() {
+    for (auto& p : opens)
+      if (!p.request.reply && p.promise.pending())
+        p.promise.deliver(went_down_error());
+  }
 
   size_t count(bool front_state::slot::*flag) const {
     return static_cast<size_t>(
@@ -489,14 +595,19 @@ struct front_state {
   }
 };
 
+using sweep_atom = caf::atom_constant<caf::atom("sweep")>;
+using open_due_atom = caf::atom_constant<caf::atom("opendue")>;
+
 using front_actor = model_actor::extend<caf::reacts_to<instance_up_atom, size_t, bool>,
-                                        caf::reacts_to<instance_lost_atom, size_t>>;
+                                        caf::reacts_to<instance_lost_atom, size_t>,
+                                        caf::reacts_to<sweep_atom>, caf::reacts_to<open_due_atom>>;
 using front_ptr = front_actor::stateful_pointer<front_state>;
 
 void publish(front_ptr self) {
   auto& st = self->state;
   st.stats->instances.store(st.count(&front_state::slot::ready), std::memory_order_relaxed);
   st.stats->instances_busy.store(st.count(&front_state::slot::busy), std::memory_order_relaxed);
+  st.stats->sessions.store(st.sessions.size(), std::memory_order_relaxed);
 }
 
 void add_worker(front_ptr self, model_ptr instance) {
@@ -506,7 +617,7 @@ void add_worker(front_ptr self, model_ptr instance) {
   auto w = self->spawn<caf::linked + caf::detached>(instance_worker,
                                                     caf::actor_cast<caf::actor>(self), index,
                                                     st.set, std::move(instance), st.stats);
-  st.slots.push_back({w, ready, false, false});
+  st.slots.push_back({w, ready, false, false, 0});
 }
 
 void dispatch(front_ptr self);
@@ -522,19 +633,99 @@ void finished(front_ptr self, size_t i) {
 /// (up to the set's limit; after a failed start, not for a while).
 void maybe_grow(front_ptr self) {
   auto& st = self->state;
-  if (st.growing || st.queue.waiting == 0 || st.slots.size() >= st.set->limit() ||
+  if (st.growing || (st.queue.waiting == 0 && st.opens.empty()) ||
+      st.slots.size() >= st.set->limit() ||
       detail::steady_now_ns() < st.grow_after_ns)
     return;
   st.growing = true;
   add_worker(self, nullptr);
 }
 
-/// Hands waiting requests to idle instances, in fair order.
+/// Delivers a session request's outcome to its caller.
+void deliver_session(session_request& req, caf::typed_response_promise<tensor_map>& promise,
+                     caf::expected<tensor_map> out) {
+  if (req.reply) {
+    req.reply->deliver(std::move(out));
+  } else if (promise.pending()) {
+    if (out)
+      promise.deliver(std::move(*out));
+    else
+      promise.deliver(std::move(out.error()));
+  }
+}
+
+/// Frees the instance session `id` was pinned to.
+void end_session(front_ptr self, uint64_t id) {
+  auto& st = self->state;
+  auto i = st.sessions.find(id);
+  if (i == st.sessions.end())
+    return;
+  auto& slot = st.slots[i->second.slot];
+  if (slot.session == id)
+    slot.session = 0;
+  st.sessions.erase(i);
+}
+
+void start_sweeping(front_ptr self) {
+  auto& st = self->state;
+  if (st.sweeping || st.sessions.empty())
+    return;
+  st.sweeping = true;
+  auto period = std::clamp(st.idle_timeout / 4, std::chrono::milliseconds{5},
+                           std::chrono::milliseconds{1000});
+  self->delayed_send(self, period, sweep_atom::value);
+}
+
+/// Pins idle slot `i` to a new session for `p` and opens a stream there.
+void pin(front_ptr self, size_t i, front_state::pending_open p) {
+  auto& st = self->state;
+  auto id = st.next_session++;
+  st.slots[i].session = id;
+  st.sessions[id] = {i, p.request.client, detail::steady_now_ns()};
+  start_sweeping(self);
+  session_request open;
+  open.op = session_op::open;
+  auto waiting = std::make_shared<front_state::pending_open>(std::move(p));
+  self->request(st.slots[i].worker, caf::infinite, std::move(open))
+    .then(
+      [self, id, waiting](tensor_map&) {
+        auto t = tensor::allocate(dtype::u64, {1});
+        if (!t) {
+          end_session(self, id);
+          deliver_session(waiting->request, waiting->promise, t.error());
+          return;
+        }
+        (*t->mutable_values<uint64_t>())[0] = id;
+        deliver_session(waiting->request, waiting->promise, tensor_map{{"session", *t}});
+        publish(self);
+      },
+      [self, id, waiting](caf::error& err) {
+        end_session(self, id);
+        deliver_session(waiting->request, waiting->promise, std::move(err));
+        dispatch(self);
+      });
+}
+
+/// Hands waiting opens, then waiting requests, to idle instances (requests
+/// in fair order).
 void dispatch(front_ptr self) {
   auto& st = self->state;
+  while (!st.opens.empty()) {
+    auto idle = std::find_if(st.slots.begin(), st.slots.end(),
+                             [](const front_state::slot& s) { return s.idle(); });
+    if (idle == st.slots.end()) {
+      maybe_grow(self);
+      break;
+    }
+    auto p = std::move(st.opens.front());
+    st.opens.pop_front();
+    if (p.request.reply && p.request.reply->abandoned())
+      continue;
+    pin(self, static_cast<size_t>(idle - st.slots.begin()), std::move(p));
+  }
   while (st.queue.waiting > 0) {
     auto idle = std::find_if(st.slots.begin(), st.slots.end(),
-                             [](const front_state::slot& s) { return s.ready && !s.busy; });
+                             [](const front_state::slot& s) { return s.idle(); });
     if (idle == st.slots.end()) {
       maybe_grow(self);
       break;
@@ -577,13 +768,113 @@ void check_alive(front_ptr self) {
   self->quit(make_error(errc::model_crashed, st.set->describe() + ": no instance left"));
 }
 
+/// A push, finish or cancel: goes to the session's instance, in order.
+caf::result<tensor_map> session_step(front_ptr self, session_request& req) {
+  auto& st = self->state;
+  auto i = st.sessions.find(req.session);
+  if (i == st.sessions.end() ||
+      (i->second.client != 0 && req.client != 0 && i->second.client != req.client)) {
+    req.inputs.clear();
+    auto err = make_error(errc::invalid_argument,
+                          "no open session " + std::to_string(req.session) + " on " +
+                            st.set->describe() +
+                            " (finished, cancelled, idle too long, its instance died, or "
+                            "never opened by this client)");
+    if (req.reply) {
+      req.reply->deliver(std::move(err));
+      return caf::delegated<tensor_map>{};
+    }
+    return err;
+  }
+  i->second.last_ns = detail::steady_now_ns();
+  auto slot = i->second.slot;
+  auto id = req.session;
+  auto op = req.op;
+  if (op == session_op::finish || op == session_op::cancel) {
+    // Later requests of this session are refused; the instance is free for
+    // what comes next (it is queued behind this one in the worker).
+    end_session(self, id);
+    dispatch(self);
+  }
+  caf::typed_response_promise<tensor_map> promise;
+  if (!req.reply)
+    promise = self->make_response_promise<tensor_map>();
+  auto reply = req.reply;
+  req.reply = nullptr;
+  auto ticket = std::move(req.ticket);
+  self->request(st.slots[slot].worker, caf::infinite, std::move(req))
+    .then(
+      [promise, reply, ticket](tensor_map& out) mutable {
+        session_request r;
+        r.reply = reply;
+        deliver_session(r, promise, std::move(out));
+      },
+      [self, id, promise, reply, ticket](caf::error& err) mutable {
+        // An instance that died takes its session with it.
+        if (is(err, errc::model_crashed)) {
+          end_session(self, id);
+          publish(self);
+        }
+        session_request r;
+        r.reply = reply;
+        deliver_session(r, promise, std::move(err));
+      });
+  publish(self);
+  if (reply)
+    return caf::delegated<tensor_map>{};
+  return promise;
+}
+
+/// An open: pins an idle instance now, or waits up to `req.wait` for one.
+caf::result<tensor_map> session_open(front_ptr self, session_request& req) {
+  auto& st = self->state;
+  auto fail = [&](caf::error err) -> caf::result<tensor_map> {
+    if (req.reply) {
+      req.reply->deliver(std::move(err));
+      return caf::delegated<tensor_map>{};
+    }
+    return err;
+  };
+  if (!st.set->capabilities().streaming)
+    return fail(no_sessions(*st.set));
+  front_state::pending_open p;
+  if (!req.reply)
+    p.promise = self->make_response_promise<tensor_map>();
+  auto own_reply = req.reply != nullptr;
+  auto promise = p.promise;
+  auto wait = req.wait;
+  p.request = std::move(req);
+  auto idle = std::find_if(st.slots.begin(), st.slots.end(),
+                           [](const front_state::slot& s) { return s.idle(); });
+  if (idle != st.slots.end()) {
+    pin(self, static_cast<size_t>(idle - st.slots.begin()), std::move(p));
+  } else if (wait.count() <= 0 || st.opens.size() >= st.max_queue) {
+    auto err = make_error(errc::busy, st.set->describe() + ": all " +
+                                        std::to_string(st.slots.size()) +
+                                        " instances are in use (sessions or requests)" +
+                                        (wait.count() > 0 ? " and too many opens wait" : ""));
+    deliver_session(p.request, p.promise, std::move(err));
+    maybe_grow(self);
+  } else {
+    p.deadline_ns = detail::steady_now_ns() +
+                    std::chrono::duration_cast<std::chrono::nanoseconds>(wait).count();
+    st.opens.push_back(std::move(p));
+    self->delayed_send(self, wait, open_due_atom::value);
+    maybe_grow(self);
+  }
+  if (own_reply)
+    return caf::delegated<tensor_map>{};
+  return promise;
+}
+
 front_actor::behavior_type instances_front(front_ptr self, instance_set_ptr set,
                                            std::shared_ptr<detail::model_stats> stats,
-                                           size_t max_queue) {
+                                           model_actor_options options) {
   auto& st = self->state;
   st.set = std::move(set);
   st.stats = std::move(stats);
-  st.max_queue = std::max<size_t>(max_queue, 1);
+  st.max_queue = std::max<size_t>(options.max_queue, 1);
+  st.idle_timeout = std::max(options.session_idle_timeout, std::chrono::milliseconds{1});
   for (auto& m : st.set->take_initial())
     add_worker(self, std::move(m));
   publish(self);
@@ -624,6 +915,48 @@ front_actor::behavior_type instances_front(front_ptr self, instance_set_ptr set,
       self->state.slots[i].ready = false;
       publish(self);
     },
+    [self](session_request& req) -> caf::result<tensor_map> {
+      if (req.op == session_op::open)
+        return session_open(self, req);
+      return session_step(self, req);
+    },
+    [self](sweep_atom) {
+      // Sessions idle too long are cancelled; their instances are freed.
+      auto& st = self->state;
+      st.sweeping = false;
+      auto now = detail::steady_now_ns();
+      auto limit = std::chrono::duration_cast<std::chrono::nanoseconds>(st.idle_timeout).count();
+      std::vector<uint64_t> expired;
+      for (const auto& [id, info] : st.sessions)
+        if (now - info.last_ns > limit)
+          expired.push_back(id);
+      for (auto id : expired) {
+        session_request cancel;
+        cancel.op = session_op::cancel;
+        cancel.session = id;
+        caf::anon_send(st.slots[st.sessions[id].slot].worker, std::move(cancel));
+        end_session(self, id);
+        st.stats->sessions_expired.fetch_add(1, std::memory_order_relaxed);
+        log::get("modelreg.model")
+          ->info("{}: session {} was idle for {} ms: cancelled", st.set->describe(), id,
+                 st.idle_timeout.count());
+      }
+      start_sweeping(self);
+      dispatch(self);
+    },
+    [self](open_due_atom) {
+      auto& st = self->state;
+      auto now = detail::steady_now_ns();
+      std::erase_if(st.opens, [&](front_state::pending_open& p) {
+        if (p.deadline_ns > now)
+          return false;
+        deliver_session(p.request, p.promise,
+                        make_error(errc::busy, st.set->describe() +
+                                                 ": no instance became free in time for a new "
+                                                 "session"));
+        return true;
+      });
+    },
   };
 }
 
@@ -647,13 +980,16 @@ void reply_sink::deliver(caf::expected<tensor_map> result) {
 model_actor spawn_model_actor(caf::actor_system& sys, model_ptr m,
                               std::shared_ptr<detail::model_stats> stats,
                               model_actor_options options) {
-  if (auto set = std::dynamic_pointer_cast<instance_set>(m)) {
+  auto caps = m->capabilities();
+  auto set = std::dynamic_pointer_cast<instance_set>(m);
+  if (!set && caps.streaming && !caps.thread_safe)
+    set = single_instance(m); // sessions pin it: the instances front serves it
+  if (set) {
     stats->instances_of = set;
     stats->max_instances = set->limit();
-    auto a = sys.spawn(instances_front, std::move(set), std::move(stats), options.max_queue);
+    auto a = sys.spawn(instances_front, std::move(set), std::move(stats), options);
     return caf::actor_cast<model_actor>(a);
   }
-  auto caps = m->capabilities();
   if (caps.batchable && options.max_batch > 1) {
     auto a = caps.blocking ? sys.spawn<caf::detached>(batching_model, std::move(m),
                                                       std::move(stats), options)

@@ -17,6 +17,11 @@
 // instance; each instance has a worker thread of its own, which replaces an
 // instance whose process died (its caller gets `model_crashed`). When every
 // instance is busy and requests wait, one more starts, up to the set's limit.
+// Streaming sessions (models whose capabilities say `streaming`, which are
+// always served through that front, with one instance if no more were asked
+// for): a session pins an instance until it is finished, cancelled or idle
+// for `session_idle_timeout`; other requests use the other instances. Models
+// that do not stream answer session requests `unsupported`.
 // The model is destroyed when the actor (and its lanes) terminate.
 //
 // Dynamic batching (models whose capabilities say `batchable`): requests with
@@ -101,8 +106,33 @@ struct infer_request {
   uint64_t client = 0;
 };
 
-using model_actor =
-  caf::typed_actor<caf::replies_to<infer_request>::with<tensor_map>>;
+/// What a session request asks (streaming sessions, docs/instances.md).
+enum class session_op : uint8_t { open, push, finish, cancel };
+
+/// A streaming session's request to its model actor. `open` pins one
+/// instance to a new session and answers {"session": u64 [1]}; `push`
+/// answers the partial result; `finish` the final one (and frees the
+/// instance); `cancel` an empty map (and frees it). Requests of one session
+/// are answered in the order they were sent.
+struct session_request {
+  session_op op = session_op::open;
+  /// push, finish, cancel: which session.
+  uint64_t session = 0;
+  /// push: the chunk.
+  tensor_map inputs;
+  /// Who: `open` records it, and later requests naming another client are
+  /// refused as if the session did not exist (0: no check).
+  uint64_t client = 0;
+  /// open: how long to wait for a free instance before answering `busy`.
+  std::chrono::milliseconds wait{0};
+  /// As in infer_request.
+  reply_sink_ptr reply = nullptr;
+  allocator_ptr allocator = nullptr;
+  request_ticket ticket = nullptr;
+};
+
+using model_actor = caf::typed_actor<caf::replies_to<infer_request>::with<tensor_map>,
+                                     caf::replies_to<session_request>::with<tensor_map>>;
 
 /// How to run one model.
 struct model_actor_options {
@@ -117,6 +147,9 @@ struct model_actor_options {
   /// Requests that may wait for a model served one at a time (fair queue);
   /// more are answered `busy`. At least 1.
   size_t max_queue = 4096;
+  /// A session that receives nothing for this long is cancelled and its
+  /// instance freed.
+  std::chrono::milliseconds session_idle_timeout{30000};
 };
 
 /// Spawns the model actor for `m` in `sys`. Stats go to `stats`. Blocking
@@ -129,6 +162,7 @@ model_actor spawn_model_actor(caf::actor_system& sys, model_ptr m,
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(modelreg::tensor_map)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(modelreg::infer_request)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(modelreg::session_request)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(modelreg::request_ticket)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(modelreg::allocator_ptr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(modelreg::model_ptr)

@@ -26,6 +26,8 @@ struct entry_block;
 class lease;
 } // namespace detail
 
+class model_session;
+
 class model_handle {
 public:
   /// An empty handle (`valid()` is false).
@@ -51,6 +53,14 @@ public:
   caf::expected<tensor_map> infer(const tensor_map& inputs,
                                   caf::timespan timeout = timeouts::request) const;
 
+  /// Opens a streaming session on the model (models that stream, e.g.
+  /// pocketsphinx): pins one of its instances until the session is
+  /// finished, cancelled, destroyed or idle too long. Waits up to `wait` for
+  /// a free instance, then fails with `busy`; `unsupported` for a model that
+  /// does not stream. Blocking, like `infer`.
+  caf::expected<model_session> open_session(std::chrono::milliseconds wait = {},
+                                            caf::timespan timeout = timeouts::request) const;
+
   /// A ticket that counts one request as in flight (see model_actor.hpp).
   request_ticket ticket() const;
 
@@ -69,6 +79,40 @@ public:
 
 private:
   std::shared_ptr<detail::lease> lease_;
+};
+
+/// A streaming session (model_handle::open_session): push chunks, read
+/// partial results, finish for the final one. Holds its handle, so the model
+/// stays loaded while the session lives. Destroying an unfinished session
+/// cancels it. Movable, not copyable; use from one thread at a time.
+class model_session {
+public:
+  model_session() = default;
+  model_session(model_session&& other) noexcept;
+  model_session& operator=(model_session&& other) noexcept;
+  ~model_session();
+
+  /// Sends one chunk (e.g. {"audio": 320 int16 samples}) and waits for the
+  /// partial result.
+  caf::expected<tensor_map> push(const tensor_map& chunk,
+                                 caf::timespan timeout = timeouts::request);
+  /// Ends the input and waits for the final result; the session is closed.
+  caf::expected<tensor_map> finish(caf::timespan timeout = timeouts::request);
+  /// Drops the session without a result (does nothing if it is closed).
+  void cancel();
+
+  bool open() const noexcept { return id_ != 0; }
+  uint64_t id() const noexcept { return id_; }
+
+private:
+  friend class model_handle;
+  model_session(model_handle handle, uint64_t id, uint64_t client)
+    : handle_(std::move(handle)), id_(id), client_(client) {}
+  caf::expected<tensor_map> step(session_op op, tensor_map chunk, caf::timespan timeout);
+
+  model_handle handle_;
+  uint64_t id_ = 0;
+  uint64_t client_ = 0;
 };
 
 } // namespace modelreg

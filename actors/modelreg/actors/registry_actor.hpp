@@ -88,6 +88,8 @@ struct registry_config {
   /// Requests that may wait for one model served a request at a time
   /// (queued fairly across clients); more are answered `busy`.
   size_t max_queue = 4096;
+  /// A streaming session idle this long is cancelled (docs/instances.md).
+  std::chrono::milliseconds session_idle_timeout{30000};
   /// Backends for model specs; null: the built-in ones.
   std::shared_ptr<const backend_registry> backends;
   /// Names for model specs: a get-or-load whose spec has no backend looks

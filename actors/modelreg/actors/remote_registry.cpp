@@ -412,6 +412,16 @@ model_actor::behavior_type forwarder(model_actor::pointer self, registry_actor p
               });
       return caf::delegated<tensor_map>{};
     },
+    [key](session_request& req) -> caf::result<tensor_map> {
+      auto err = make_error(errc::unsupported, "sessions on '" + key +
+                                                 "': not available through connect() yet; "
+                                                 "open them in the node's process");
+      if (req.reply) {
+        req.reply->deliver(std::move(err));
+        return caf::delegated<tensor_map>{};
+      }
+      return err;
+    },
   };
 }
 

@@ -62,6 +62,8 @@ std::string to_json(const registry_snapshot& x) {
       j["instance_restarts"] = m.instance_restarts;
       j["zygote_pid"] = m.zygote_pid;
       j["processes"] = processes;
+      j["sessions"] = m.sessions;
+      j["sessions_expired"] = m.sessions_expired;
     }
   }
   const auto& t = x.totals;
@@ -147,6 +149,8 @@ bool from_json(const std::string& json, registry_snapshot& out) {
       get_to(m, "instances_busy", s.instances_busy);
       get_to(m, "instance_restarts", s.instance_restarts);
       get_to(m, "zygote_pid", s.zygote_pid);
+      get_to(m, "sessions", s.sessions);
+      get_to(m, "sessions_expired", s.sessions_expired);
       for (const auto& p : m.value("processes", nlohmann::json::array())) {
         instance_status i;
         get_to(p, "pid", i.pid);

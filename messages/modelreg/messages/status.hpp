@@ -77,6 +77,8 @@ struct model_status {
   uint64_t instance_restarts = 0; ///< instances replaced after their process died
   int64_t zygote_pid = 0;         ///< the process the instances are forked from
   std::vector<instance_status> processes; ///< the instance processes
+  uint64_t sessions = 0;         ///< streaming sessions open now
+  uint64_t sessions_expired = 0; ///< sessions cancelled for idling
 };
 
 template <class Inspector>
@@ -85,7 +87,7 @@ typename Inspector::result_type inspect(Inspector& f, model_status& x) {
            x.generation, x.handles, x.in_flight, x.memory_bytes, x.load_time_us, x.requests,
            x.errors, x.latency_p50_us, x.latency_p99_us, x.idle_ms, x.pinned, x.waiters,
            x.batches, x.abandoned, x.instances, x.max_instances, x.instances_busy,
-           x.instance_restarts, x.zygote_pid, x.processes);
+           x.instance_restarts, x.zygote_pid, x.processes, x.sessions, x.sessions_expired);
 }
 
 /// Registry-wide counters since start.

@@ -75,6 +75,19 @@ struct Request {
     subscribe @6 :Void;
     echo @7 :List(NamedTensor);  # answered with the same tensors (tests, benchmarks)
     unsubscribe @8 :Void;
+    openSession @9 :OpenSession;   # answered with `session` (an instance process: outputs)
+    push @10 :Push;                # answered with the partial result (outputs)
+    finishSession @11 :UInt64;     # answered with the final result (outputs)
+    cancelSession @12 :UInt64;     # answered with ok
+  }
+  struct OpenSession {
+    key @0 :Text;
+    lease @1 :UInt64;      # as in Infer (0: by key)
+    waitMs @2 :UInt32;     # how long to wait for a free instance before `busy`
+  }
+  struct Push {
+    session @0 :UInt64;
+    inputs @1 :List(NamedTensor);
   }
   struct GetOrLoad {
     key @0 :Text;
@@ -106,6 +119,7 @@ struct Response {
     ok @4 :Void;
     statusJson @5 :Text;   # a registry_snapshot as JSON, plus "connections"
     evicted @6 :Evicted;   # what an unload freed
+    session @7 :UInt64;    # an opened session
   }
   struct Evicted {
     count @0 :UInt64;

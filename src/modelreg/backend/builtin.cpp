@@ -66,14 +66,79 @@ int64_t monotonic_ns() {
     .count();
 }
 
+/// One i64 tensor of one value.
+caf::expected<tensor> scalar(tensor_allocator& out, int64_t v) {
+  auto t = out.allocate(dtype::i64, {1});
+  if (t)
+    (*t->mutable_values<int64_t>())[0] = v;
+  return t;
+}
+
+/// identity's stream: counts chunks and their elements. Each push answers
+/// {count, total} so far (and pid with with_pid); finish answers the same.
+class identity_stream final : public model_stream {
+public:
+  identity_stream(bool with_pid, std::chrono::milliseconds delay)
+    : with_pid_(with_pid), delay_(delay) {}
+
+  caf::expected<tensor_map> push(const tensor_map& chunk, tensor_allocator& out) override {
+    if (done_)
+      return make_error(errc::invalid_argument, "identity: the stream is finished");
+    if (chunk.empty())
+      return make_error(errc::invalid_argument, "identity: a chunk needs at least one tensor");
+    if (delay_.count() > 0)
+      std::this_thread::sleep_for(delay_);
+    ++count_;
+    for (const auto& [name, t] : chunk)
+      total_ += t.element_count();
+    return so_far(out);
+  }
+
+  caf::expected<tensor_map> finish(tensor_allocator& out) override {
+    if (done_)
+      return make_error(errc::invalid_argument, "identity: the stream is finished");
+    done_ = true;
+    return so_far(out);
+  }
+
+private:
+  caf::expected<tensor_map> so_far(tensor_allocator& out) const {
+    auto count = scalar(out, count_);
+    auto total = scalar(out, total_);
+    if (!count || !total)
+      return make_error(errc::out_of_memory, "identity: cannot allocate outputs");
+    tensor_map m{{"count", *count}, {"total", *total}};
+    if (with_pid_) {
+      auto pid = scalar(out, ::getpid());
+      if (!pid)
+        return pid.error();
+      m.emplace("pid", *pid);
+    }
+    return m;
+  }
+
+  bool with_pid_;
+  std::chrono::milliseconds delay_;
+  int64_t count_ = 0;
+  int64_t total_ = 0;
+  bool done_ = false;
+};
+
 class identity_model final : public model {
 public:
-  identity_model(common_params common, bool thread_safe, bool with_pid)
+  identity_model(common_params common, bool thread_safe, bool with_pid, bool streaming)
     : memory_(common.reserve_bytes),
       thread_safe_(thread_safe),
       batchable_(common.batchable),
       with_pid_(with_pid),
+      streaming_(streaming),
       delay_(common.infer_delay) {}
+
+  caf::expected<std::unique_ptr<model_stream>> open_stream() override {
+    if (!streaming_)
+      return model::open_stream();
+    return std::unique_ptr<model_stream>{std::make_unique<identity_stream>(with_pid_, delay_)};
+  }
 
   caf::expected<tensor_map> infer(const tensor_map& inputs, tensor_allocator& out) override {
     auto started = monotonic_ns();
@@ -95,7 +160,9 @@ public:
   }
   uint64_t memory_bytes() const override { return sizeof(*this) + memory_.size(); }
   model_capabilities capabilities() const override {
-    return {thread_safe_, delay_.count() > 0, batchable_};
+    model_capabilities caps{thread_safe_, delay_.count() > 0, batchable_};
+    caps.streaming = streaming_;
+    return caps;
   }
   std::string describe() const override { return "identity"; }
 
@@ -104,6 +171,7 @@ private:
   bool thread_safe_;
   bool batchable_;
   bool with_pid_;
+  bool streaming_;
   std::chrono::milliseconds delay_;
 };
 
@@ -175,6 +243,9 @@ void add_builtin_backends(backend_registry& registry) {
   identity.params.push_back({"with_pid", param_info::kind::boolean, "false",
                              "add outputs 'pid' (the process that ran the request) and 'span' "
                              "(when it ran: monotonic clock, ns)"});
+  identity.params.push_back({"streaming", param_info::kind::boolean, "false",
+                             "sessions: each chunk pushed answers {count, total} (chunks and "
+                             "elements so far)"});
   identity.inputs = {{"*", "*", std::nullopt, "any tensors"}};
   identity.outputs = {{"*", "*", std::nullopt, "the inputs, unchanged"},
                       {"pid", "i64", std::vector<int64_t>{1}, "with_pid: the serving process", true},
@@ -195,10 +266,17 @@ void add_builtin_backends(backend_registry& registry) {
     auto with_pid = param_bool(spec, "with_pid", false);
     if (!with_pid)
       return with_pid.error();
+    auto streaming = param_bool(spec, "streaming", false);
+    if (!streaming)
+      return streaming.error();
+    if (*streaming && *thread_safe)
+      return make_error(errc::invalid_argument,
+                        "identity: streaming and thread_safe exclude each other (a stream holds "
+                        "its model object)");
     auto common = prepare(spec);
     if (!common)
       return common.error();
-    return std::make_shared<identity_model>(*common, *thread_safe, *with_pid);
+    return std::make_shared<identity_model>(*common, *thread_safe, *with_pid, *streaming);
   }, std::move(identity));
   registry.add("gain", [](const model_spec& spec) -> caf::expected<model_ptr> {
     auto gain = param_double(spec, "gain", 1.0);

@@ -13,7 +13,8 @@
 // in every infer, a slow model; it then declares itself blocking) and
 // with_pid (extra outputs "pid": the process that served the request, and
 // "span": when the call ran, monotonic clock in ns, comparable across
-// processes); it
+// processes) and streaming (sessions: each chunk answers {count, total},
+// the chunks and elements pushed so far); it
 // is forkable, so its instances come from a zygote as pocketsphinx's do
 // (docs/instances.md). gain is thread-safe.
 #pragma once

@@ -144,8 +144,10 @@ public:
     : initial_(std::move(first)), factory_(std::move(factory)), spec_(std::move(spec)) {
     for (const auto& m : initial_)
       bytes_ += m->memory_bytes();
-    describe_ = initial_.front()->describe() + " x" + std::to_string(initial_.size()) +
-                " (loaded " + std::to_string(initial_.size()) + " times)";
+    describe_ = initial_.size() == 1
+                  ? initial_.front()->describe()
+                  : initial_.front()->describe() + " x" + std::to_string(initial_.size()) +
+                      " (loaded " + std::to_string(initial_.size()) + " times)";
     caps_ = initial_.front()->capabilities();
   }
 
@@ -155,6 +157,8 @@ public:
   }
 
   caf::expected<model_ptr> make_instance() override {
+    if (!factory_)
+      return make_error(errc::unsupported, describe_ + " has one instance");
     auto m = factory_(spec_);
     if (m && *m)
       bytes_ += (*m)->memory_bytes();
@@ -229,6 +233,11 @@ public:
       return make_error(errc::load_failed, "the zygote answered '" + *line + "'");
     z->memory_bytes_ = std::strtoull(words[2].c_str(), nullptr, 10);
     z->describe_ = words[3];
+    // "ready PID BYTES streaming DESCRIPTION" from a model that streams.
+    if (z->describe_.rfind("streaming ", 0) == 0) {
+      z->streaming_ = true;
+      z->describe_ = z->describe_.substr(10);
+    }
     auto ep = transport::endpoint::try_start();
     if (!ep)
       return ep.error();
@@ -298,6 +307,7 @@ public:
   int64_t pid() const { return pid_; }
   uint64_t memory_bytes() const { return memory_bytes_; }
   const std::string& description() const { return describe_; }
+  bool streaming() const { return streaming_; }
 
 private:
   zygote_process() = default;
@@ -311,13 +321,17 @@ private:
   uint64_t next_ = 1;
   uint64_t memory_bytes_ = 0;
   std::string describe_;
+  bool streaming_ = false;
 };
 
 /// One forked instance, seen from the node: requests go to its process.
 class process_instance final : public model {
 public:
   process_instance(std::shared_ptr<zygote_process> zygote, zygote_process::forked f)
-    : zygote_(std::move(zygote)), pid_(f.pid), client_(std::move(f.client)) {}
+    : zygote_(std::move(zygote)), pid_(f.pid), client_(std::move(f.client)) {
+    caps_.blocking = true;
+    caps_.streaming = zygote_->streaming();
+  }
 
   ~process_instance() override {
     // The instance exits when its connection closes.
@@ -325,23 +339,30 @@ public:
   }
 
   caf::expected<tensor_map> infer(const tensor_map& inputs, tensor_allocator&) override {
+    return transport::outputs_of(call([&](transport::outgoing_frame& f, wire::Request::Builder r) {
+      return transport::put_infer(f, r, std::string{}, 0, inputs);
+    }));
+  }
+
+  caf::expected<std::unique_ptr<model_stream>> open_stream() override;
+
+  /// Sends one request to the instance process and waits for its answer;
+  /// a dead process is `model_crashed`.
+  caf::expected<transport::frame_ptr>
+  call(const std::function<caf::error(transport::outgoing_frame&, wire::Request::Builder)>& fill) {
     if (!alive_.load())
       return gone("");
-    auto answer = client_->call(
-      [&](transport::outgoing_frame& f, wire::Request::Builder r) {
-        return transport::put_infer(f, r, std::string{}, 0, inputs);
-      },
-      instance_call_timeout);
+    auto answer = client_->call(fill, instance_call_timeout);
     if (!answer && (is(answer.error(), errc::peer_disconnected) ||
                     is(answer.error(), errc::shutting_down))) {
       alive_.store(false);
       return gone(modelreg::describe(answer.error()));
     }
-    return transport::outputs_of(std::move(answer));
+    return answer;
   }
 
   uint64_t memory_bytes() const override { return memory_of_process(pid_).private_bytes; }
-  model_capabilities capabilities() const override { return {false, true, false}; }
+  model_capabilities capabilities() const override { return caps_; }
   std::string describe() const override {
     return zygote_->description() + " [instance process " + std::to_string(pid_) + "]";
   }
@@ -361,7 +382,56 @@ private:
   int64_t pid_;
   std::shared_ptr<transport::rpc_client> client_;
   std::atomic<bool> alive_{true};
+  model_capabilities caps_;
 };
+
+/// A stream on an instance process: its one open utterance there.
+class process_stream final : public model_stream {
+public:
+  explicit process_stream(process_instance& instance) : instance_(instance) {}
+  ~process_stream() override {
+    if (open_)
+      (void) instance_.call([](transport::outgoing_frame&, wire::Request::Builder r) {
+        r.setCancelSession(1);
+        return caf::error{};
+      });
+  }
+
+  caf::expected<tensor_map> push(const tensor_map& chunk, tensor_allocator&) override {
+    return transport::outputs_of(
+      instance_.call([&](transport::outgoing_frame& f, wire::Request::Builder r) {
+        auto p = r.initPush();
+        p.setSession(1);
+        return f.put_tensors(p.initInputs(static_cast<uint32_t>(chunk.size())), chunk);
+      }));
+  }
+
+  caf::expected<tensor_map> finish(tensor_allocator&) override {
+    open_ = false;
+    return transport::outputs_of(
+      instance_.call([](transport::outgoing_frame&, wire::Request::Builder r) {
+        r.setFinishSession(1);
+        return caf::error{};
+      }));
+  }
+
+private:
+  process_instance& instance_;
+  bool open_ = true;
+};
+
+caf::expected<std::unique_ptr<model_stream>> process_instance::open_stream() {
+  auto answer = call([](transport::outgoing_frame&, wire::Request::Builder r) {
+    r.initOpenSession();
+    return caf::error{};
+  });
+  if (!answer)
+    return answer.error();
+  auto resp = (*answer)->root().getResponse();
+  if (resp.isError())
+    return transport::error_of(resp.getError());
+  return std::unique_ptr<model_stream>{std::make_unique<process_stream>(*this)};
+}
 
 /// Instances forked from one copy the zygote loaded.
 class forked_set final : public instance_set {
@@ -421,7 +491,12 @@ public:
   }
 
   uint64_t memory_bytes() const override { return bytes_; }
-  model_capabilities capabilities() const override { return {false, true, false}; }
+  model_capabilities capabilities() const override {
+    model_capabilities caps;
+    caps.blocking = true;
+    caps.streaming = zygote_->streaming();
+    return caps;
+  }
   std::string describe() const override {
     return zygote_->description() + " x" + std::to_string(spec_.initial_instances()) +
            " (forked)";
@@ -446,6 +521,60 @@ caf::expected<tensor_map> run_guarded(model& m, const tensor_map& in, tensor_all
     return make_error(errc::infer_failed, m.describe() + " threw: " + e.what());
   } catch (...) {
     return make_error(errc::infer_failed, m.describe() + " threw a non-standard exception");
+  }
+}
+
+/// A session request on an instance process (it has one stream at a time;
+/// the node keeps the sessions).
+void serve_stream_request(model& m, std::unique_ptr<model_stream>& stream,
+                          const transport::connection_ptr& conn, transport::frame_ptr& frame) {
+  auto request = frame->root().getRequest();
+  auto id = request.getId();
+  auto none = [&] {
+    transport::respond_error(conn, id, make_error(errc::invalid_argument, "no open stream"));
+  };
+  switch (request.which()) {
+    case wire::Request::OPEN_SESSION: {
+      stream.reset();
+      auto s = m.open_stream();
+      if (!s)
+        return transport::respond_error(conn, id, s.error());
+      stream = std::move(*s);
+      return transport::respond_outputs(conn, id, tensor_map{});
+    }
+    case wire::Request::PUSH: {
+      if (!stream)
+        return none();
+      auto chunk = frame->tensors(request.getPush().getInputs());
+      if (!chunk)
+        return transport::respond_error(conn, id, chunk.error());
+      caf::expected<tensor_map> out = make_error(errc::infer_failed, "not run");
+      try {
+        out = stream->push(*chunk, conn->allocator());
+      } catch (const std::exception& e) {
+        out = make_error(errc::infer_failed, m.describe() + " threw: " + e.what());
+      }
+      chunk->clear();
+      frame.reset();
+      if (out)
+        return transport::respond_outputs(conn, id, *out);
+      return transport::respond_error(conn, id, out.error());
+    }
+    case wire::Request::FINISH_SESSION: {
+      if (!stream)
+        return none();
+      auto out = stream->finish(conn->allocator());
+      stream.reset();
+      if (out)
+        return transport::respond_outputs(conn, id, *out);
+      return transport::respond_error(conn, id, out.error());
+    }
+    case wire::Request::CANCEL_SESSION:
+      stream.reset();
+      return transport::respond_outputs(conn, id, tensor_map{});
+    default:
+      return transport::respond_error(
+        conn, id, make_error(errc::unsupported, "an instance process answers Infer and sessions only"));
   }
 }
 
@@ -494,6 +623,7 @@ int serve_instance(model& m, uint64_t n, const std::string& path, int ctl) {
   int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
   ::dup2(null, 1);
   ::close(null);
+  std::unique_ptr<model_stream> stream; // the one open utterance, if any
   auto connect_deadline = std::chrono::steady_clock::now() + instance_connect_timeout;
   for (;;) {
     std::unique_lock lock{mutex};
@@ -514,8 +644,7 @@ int serve_instance(model& m, uint64_t n, const std::string& path, int ctl) {
     auto request = root.getRequest();
     auto id = request.getId();
     if (!request.isInfer()) {
-      transport::respond_error(conn, id, make_error(errc::unsupported,
-                                                    "an instance process answers Infer only"));
+      serve_stream_request(m, stream, conn, frame);
       continue;
     }
     auto inputs = frame->tensors(request.getInfer().getInputs());
@@ -625,6 +754,11 @@ std::string zygote_executable() {
 #endif
 }
 
+instance_set_ptr single_instance(model_ptr m) {
+  return std::make_shared<loaded_set>(std::vector<model_ptr>{std::move(m)}, backend_factory{},
+                                      model_spec{});
+}
+
 caf::expected<model_ptr> load_instances(const backend_factory& factory, const backend_info& info,
                                         const model_spec& spec) {
   auto one = spec;
@@ -696,7 +830,7 @@ int zygote_main(int argc, char** argv) {
   std::string description = m->describe();
   std::replace(description.begin(), description.end(), '\n', ' ');
   write_line(1, "ready " + std::to_string(::getpid()) + " " + std::to_string(m->memory_bytes()) +
-                  " " + description);
+                  (m->capabilities().streaming ? " streaming " : " ") + description);
   auto self = ::getpid();
   std::set<pid_t> children;
   line_reader lines{0};

@@ -77,6 +77,10 @@ using instance_set_ptr = std::shared_ptr<instance_set>;
 caf::expected<model_ptr> load_instances(const backend_factory& factory, const backend_info& info,
                                         const model_spec& spec);
 
+/// A set of one: `m` itself (a streaming model without more instances; its
+/// sessions pin it like an instance).
+instance_set_ptr single_instance(model_ptr m);
+
 /// The zygote executable: $MODELREG_ZYGOTE if set, else modelreg-zygote
 /// where it was installed, else where it was built.
 std::string zygote_executable();

@@ -15,6 +15,7 @@
 
 #include <caf/expected.hpp>
 
+#include "modelreg/messages/error.hpp"
 #include "modelreg/tensor/tensor.hpp"
 
 namespace modelreg {
@@ -30,6 +31,25 @@ struct model_capabilities {
   /// input's first dimension counts rows, and every output has one row per
   /// input row.
   bool batchable = false;
+  /// `open_stream` works: the model takes input in chunks with partial
+  /// results (sessions; docs/instances.md). A stream holds the model object
+  /// until it is finished, so such a model is never shared between threads.
+  bool streaming = false;
+};
+
+/// One streaming session on a model object: input arrives in chunks; each
+/// push answers what the model has so far (a partial result), and finish
+/// the final one. A stream holds its model object until it is finished or
+/// destroyed (destroying an unfinished stream cancels it). Used from one
+/// thread at a time.
+class model_stream {
+public:
+  virtual ~model_stream() = default;
+  /// Takes one chunk; answers the partial result. A chunk the model cannot
+  /// take is refused with an error and the stream goes on.
+  virtual caf::expected<tensor_map> push(const tensor_map& chunk, tensor_allocator& out) = 0;
+  /// Ends the input; answers the final result. The stream is done after.
+  virtual caf::expected<tensor_map> finish(tensor_allocator& out) = 0;
 };
 
 class model {
@@ -45,6 +65,14 @@ public:
   virtual uint64_t memory_bytes() const = 0;
 
   virtual model_capabilities capabilities() const { return {}; }
+
+  /// Starts a streaming session (models whose capabilities say `streaming`);
+  /// `unsupported` otherwise.
+  virtual caf::expected<std::unique_ptr<model_stream>> open_stream() {
+    auto what = describe();
+    what.append(" does not stream (no sessions)");
+    return make_error(errc::unsupported, std::move(what));
+  }
 
   /// One line for status output, e.g. "gain(x0.5)".
   virtual std::string describe() const = 0;

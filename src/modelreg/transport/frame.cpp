@@ -198,6 +198,8 @@ inbound_frame::decode(kj::Array<capnp::word> bytes, const segment_lookup& segmen
           check_list(req.getInfer().getInputs());
         else if (req.isEcho())
           check_list(req.getEcho());
+        else if (req.isPush())
+          check_list(req.getPush().getInputs());
         break;
       }
       case wire::Frame::RESPONSE:
@@ -281,7 +283,14 @@ caf::expected<tensor_map> inbound_frame::tensors(capnp::List<wire::NamedTensor>:
         capacity = data.size();
       } else {
         auto ref = t.getRef();
-        const auto& seg = pinned_.at(ref.getSegment());
+        auto pinned = pinned_.find(ref.getSegment());
+        if (pinned == pinned_.end()) {
+          // Only lists checked at decode may be read (a list of a request
+          // kind decode does not know).
+          err = make_error(errc::malformed_frame, "tensor '" + name + "' was not checked");
+          return;
+        }
+        const auto& seg = pinned->second;
         layout.type = static_cast<dtype>(ref.getDtype());
         layout.byte_offset = ref.getByteOffset();
         for (auto d : ref.getShape())

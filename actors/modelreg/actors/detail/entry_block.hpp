@@ -52,6 +52,9 @@ struct model_stats {
   std::atomic<uint64_t> instances_busy{0};
   std::atomic<uint64_t> instance_restarts{0};
   uint64_t max_instances = 0;
+  /// Streaming sessions open now, and those cancelled for idling.
+  std::atomic<uint64_t> sessions{0};
+  std::atomic<uint64_t> sessions_expired{0};
   /// The set, for its processes (set before the stats are shared).
   std::shared_ptr<modelreg::instance_set> instances_of;
 };

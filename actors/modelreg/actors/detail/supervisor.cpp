@@ -132,6 +132,8 @@ model_status status_of(const std::string& key, const entry& e, int64_t now) {
     s.instances = b->stats->instances.load(std::memory_order_relaxed);
     s.instances_busy = b->stats->instances_busy.load(std::memory_order_relaxed);
     s.instance_restarts = b->stats->instance_restarts.load(std::memory_order_relaxed);
+    s.sessions = b->stats->sessions.load(std::memory_order_relaxed);
+    s.sessions_expired = b->stats->sessions_expired.load(std::memory_order_relaxed);
     if (const auto& set = b->stats->instances_of) {
       s.zygote_pid = set->zygote_pid();
       for (const auto& p : set->processes())
@@ -402,8 +404,9 @@ void finish_load(supervisor_ptr self, std::unordered_map<std::string, entry>::it
   auto lanes = st.cfg.inference_lanes != 0 ? st.cfg.inference_lanes
                                            : self->system().scheduler().num_workers();
   auto actor = spawn_model_actor(self->system(), std::move(outcome.model), stats,
-                                 model_actor_options{lanes, st.cfg.max_batch,
-                                                     st.cfg.batch_timeout, st.cfg.max_queue});
+                                 model_actor_options{lanes, st.cfg.max_batch, st.cfg.batch_timeout,
+                                                     st.cfg.max_queue,
+                                                     st.cfg.session_idle_timeout});
   self->monitor(actor);
   st.key_of_actor[actor.address()] = key;
   auto load_us = outcome.duration_ns / 1000;
