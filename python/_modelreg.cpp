@@ -619,6 +619,101 @@ struct shm_arrays {
   std::map<const std::byte*, tensor> tensors;
 };
 
+/// A dict of NumPy arrays as tensors: arrays from `Client.empty()` by
+/// reference (their shared memory), others as views copied once on send.
+tensor_map tensors_of(py::dict inputs) {
+  tensor_map in;
+  for (auto item : inputs) {
+    auto name = py::str(item.first).cast<std::string>();
+    if (!py::isinstance<py::array>(item.second))
+      throw py::type_error("input '" + name + "' must be a NumPy array");
+    auto arr = py::reinterpret_borrow<py::array>(item.second);
+    if (!(arr.flags() & py::array::c_style))
+      throw py::value_error("input '" + name + "' is not C-contiguous (use numpy.ascontiguousarray)");
+    auto type = dtype_of_array(arr);
+    tensor_layout layout;
+    layout.type = type;
+    for (py::ssize_t i = 0; i < arr.ndim(); ++i)
+      layout.shape.push_back(arr.shape(i));
+    // An array from empty(): its shared-memory tensor goes by reference.
+    if (py::isinstance<py::capsule>(arr.base())) {
+      auto cap = py::reinterpret_borrow<py::capsule>(arr.base());
+      if (std::string{cap.name() ? cap.name() : ""} == "modelreg.tensor") {
+        auto* t = cap.get_pointer<tensor>();
+        auto view = tensor::wrap(t->owner(), t->storage_base(), t->storage_capacity(),
+                                 tensor_layout{type, layout.shape, {},
+                                               static_cast<size_t>(static_cast<const std::byte*>(arr.data()) - t->storage_base())},
+                                 true);
+        if (!view)
+          raise(view.error());
+        in[name] = *view;
+        continue;
+      }
+    }
+    // An ordinary array: viewed here, copied into shared memory once on send.
+    auto owner = std::shared_ptr<const void>(new gil_object(arr), [](const void* p) {
+      delete static_cast<const gil_object*>(p);
+    });
+    auto view = tensor::wrap(owner, static_cast<const std::byte*>(arr.data()),
+                             static_cast<size_t>(arr.nbytes()), layout);
+    if (!view)
+      raise(view.error());
+    in[name] = *view;
+  }
+  return in;
+}
+
+/// A streaming session of a Client (Python's Stream): chunks in, partial
+/// results out, then the final one.
+class stream_wrapper {
+public:
+  stream_wrapper(std::shared_ptr<runtime> rt, blocking_session s)
+    : rt_(std::move(rt)), session_(std::move(s)) {}
+  stream_wrapper(stream_wrapper&&) noexcept = default;
+  stream_wrapper& operator=(stream_wrapper&&) noexcept = default;
+  ~stream_wrapper() {
+    // A dropped stream frees its instance (without the GIL: it sends).
+    released([&] { session_.cancel(); });
+  }
+
+  py::dict push(py::dict chunk, double timeout_s) {
+    auto in = tensors_of(chunk);
+    return dict_of(without_gil([&] {
+      auto r = session_.push(in, timeout(timeout_s));
+      in.clear();
+      return r;
+    }));
+  }
+
+  py::dict finish(double timeout_s) {
+    return dict_of(without_gil([&] { return session_.finish(timeout(timeout_s)); }));
+  }
+
+  void cancel() {
+    released([&] { session_.cancel(); });
+  }
+
+  bool open() const { return session_.open(); }
+  uint64_t id() const { return session_.id(); }
+
+private:
+  static caf::timespan timeout(double seconds) {
+    if (!(seconds > 0))
+      return timeouts::request;
+    return std::chrono::duration_cast<caf::timespan>(std::chrono::duration<double>{seconds});
+  }
+
+  static py::dict dict_of(const tensor_map& out) {
+    py::dict result;
+    for (const auto& [name, t] : out)
+      result[py::str(name)] = tensor_wrapper{t};
+    return result;
+  }
+
+  std::shared_ptr<runtime> rt_; // the actor system the link lives in
+  blocking_session session_;
+};
+
 class client_wrapper {
 public:
   client_wrapper(const std::string& uri, const tls_files& tls) {
@@ -776,44 +871,7 @@ public:
     }
     if (!held)
       load(model, timeout_s);
-    tensor_map in;
-    for (auto item : inputs) {
-      auto name = py::str(item.first).cast<std::string>();
-      if (!py::isinstance<py::array>(item.second))
-        throw py::type_error("input '" + name + "' must be a NumPy array");
-      auto arr = py::reinterpret_borrow<py::array>(item.second);
-      if (!(arr.flags() & py::array::c_style))
-        throw py::value_error("input '" + name + "' is not C-contiguous (use numpy.ascontiguousarray)");
-      auto type = dtype_of_array(arr);
-      tensor_layout layout;
-      layout.type = type;
-      for (py::ssize_t i = 0; i < arr.ndim(); ++i)
-        layout.shape.push_back(arr.shape(i));
-      // An array from empty(): its shared-memory tensor goes by reference.
-      if (py::isinstance<py::capsule>(arr.base())) {
-        auto cap = py::reinterpret_borrow<py::capsule>(arr.base());
-        if (std::string{cap.name() ? cap.name() : ""} == "modelreg.tensor") {
-          auto* t = cap.get_pointer<tensor>();
-          auto view = tensor::wrap(t->owner(), t->storage_base(), t->storage_capacity(),
-                                   tensor_layout{type, layout.shape, {},
-                                                 static_cast<size_t>(static_cast<const std::byte*>(arr.data()) - t->storage_base())},
-                                   true);
-          if (!view)
-            raise(view.error());
-          in[name] = *view;
-          continue;
-        }
-      }
-      // An ordinary array: viewed here, copied into shared memory once on send.
-      auto owner = std::shared_ptr<const void>(new gil_object(arr), [](const void* p) {
-        delete static_cast<const gil_object*>(p);
-      });
-      auto view = tensor::wrap(owner, static_cast<const std::byte*>(arr.data()),
-                               static_cast<size_t>(arr.nbytes()), layout);
-      if (!view)
-        raise(view.error());
-      in[name] = *view;
-    }
+    tensor_map in = tensors_of(inputs);
     current(); // shutting_down once closed
     // On a Unix link this thread sends the request itself and is woken by
     // the connection's thread (blocking_client).
@@ -833,6 +891,13 @@ public:
     for (auto& [name, t] : out)
       result[py::str(name)] = tensor_wrapper{t};
     return result;
+  }
+
+  stream_wrapper open_session(const std::string& model, double wait_s, double timeout_s) {
+    current(); // shutting_down once closed
+    auto wait = std::chrono::milliseconds{static_cast<int64_t>(std::max(0.0, wait_s) * 1000)};
+    return stream_wrapper{
+      rt_, without_gil([&] { return caller_->open_session(model, wait, timeout_of(timeout_s)); })};
   }
 
   py::dict counters() {
@@ -945,6 +1010,12 @@ anything made from it lives; then it goes back to the node.)")
     .def_property_readonly("data_ptr", [](const tensor_wrapper& w) {
       return reinterpret_cast<uintptr_t>(w.t.data());
     });
+  py::class_<stream_wrapper>(m, "Stream")
+    .def("push", &stream_wrapper::push, py::arg("chunk"), py::arg("timeout") = 0.0)
+    .def("finish", &stream_wrapper::finish, py::arg("timeout") = 0.0)
+    .def("cancel", &stream_wrapper::cancel)
+    .def_property_readonly("open", &stream_wrapper::open)
+    .def_property_readonly("id", &stream_wrapper::id);
   py::class_<client_wrapper>(m, "Client")
     .def(py::init([](const std::string& uri, const std::string& cert, const std::string& key,
                      const std::string& ca) {
@@ -957,6 +1028,8 @@ anything made from it lives; then it goes back to the node.)")
     .def("empty", &client_wrapper::empty)
     .def("infer", &client_wrapper::infer, py::arg("model"), py::arg("inputs"),
          py::arg("timeout") = 0.0)
+    .def("open_session", &client_wrapper::open_session, py::arg("model"), py::arg("wait"),
+         py::arg("timeout"))
     .def("counters", &client_wrapper::counters)
     .def("close", &client_wrapper::close);
   m.def("_shutdown", &shutdown);

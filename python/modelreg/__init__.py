@@ -30,7 +30,7 @@ from . import _modelreg
 from ._modelreg import LoadError, ModelRegError, __version__
 
 __all__ = ["Registry", "Handle", "get_or_load", "LoadError", "ModelRegError", "default_registry",
-           "connect", "default_uri", "Client", "Tensor"]
+           "connect", "default_uri", "Client", "Stream", "Tensor"]
 
 Tensor = _modelreg.Tensor
 
@@ -178,6 +178,23 @@ class Client:
             raise TypeError("inputs must be a dict of name -> numpy array")
         return self._c.infer(model, inputs, float(timeout or 0))
 
+    def stream(self, model, wait=0.0, timeout=None):
+        """Opens a streaming session on catalog model ``model`` (loaded if it
+        is not): the node pins one of the model's instances to it until it is
+        finished, cancelled, left idle or this client goes away. Use it as a
+        context manager::
+
+            with client.stream("asr-en-us") as s:
+                for chunk in chunks:              # e.g. 320 int16 samples (20 ms)
+                    partial = s.push(chunk)       # {"text": Tensor}
+                final = s.finish()                # {"text", "words", "word_times"}
+
+        ``wait``: seconds to wait for a free instance before ``busy``.
+        ``timeout``: seconds per call (default 300). Leaving the ``with``
+        block unfinished cancels the session.
+        """
+        return Stream(self._c.open_session(model, float(wait or 0), float(timeout or 0)))
+
     def empty(self, shape, dtype):
         """A NumPy array in shared memory: input written into it is not copied."""
         if isinstance(shape, int):
@@ -211,6 +228,46 @@ class Client:
 
     def __exit__(self, *exc):
         self.close()
+        return False
+
+
+class Stream:
+    """A streaming session (``Client.stream``): ``push`` chunks, read the
+    partial results, ``finish`` for the final one."""
+
+    def __init__(self, s):
+        self._s = s
+
+    @property
+    def id(self):
+        """The session's number on the node."""
+        return self._s.id
+
+    @property
+    def open(self):
+        """False once finished or cancelled."""
+        return self._s.open
+
+    def push(self, chunk, timeout=None):
+        """Sends one chunk (a NumPy array, sent as ``audio``, or a dict of
+        arrays) and returns the partial result (dict of ``Tensor``)."""
+        if not isinstance(chunk, dict):
+            chunk = {"audio": chunk}
+        return self._s.push(chunk, float(timeout or 0))
+
+    def finish(self, timeout=None):
+        """Ends the input; returns the final result. The session is closed."""
+        return self._s.finish(float(timeout or 0))
+
+    def cancel(self):
+        """Drops the session without a result (nothing if it is closed)."""
+        self._s.cancel()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._s.cancel()
         return False
 
 

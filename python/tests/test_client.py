@@ -176,6 +176,74 @@ def test_the_node_speaks_and_hears_itself(node):
         assert empty.value.code == "invalid_argument" and "empty" in str(empty.value)
 
 
+RECORDING = "/usr/share/pocketsphinx/test/data/goforward.raw"
+
+
+def model_status(c, key):
+    return next((m for m in c.status()["models"] if m["key"] == key), None)
+
+
+def test_a_stream_of_20ms_chunks_gives_partials_then_the_final_transcript(node):
+    audio = np.fromfile(RECORDING, dtype=np.int16)
+    with modelreg.connect(node) as c:
+        partials = []
+        with c.stream("asr-en-us") as s:
+            chunk = c.empty(320, np.int16)  # in shared memory: pushed without a copy
+            for off in range(0, audio.shape[0] - 320 + 1, 320):
+                chunk[:] = audio[off:off + 320]
+                text = bytes(np.asarray(s.push(chunk)["text"])).decode()
+                if not partials or partials[-1] != text:
+                    partials.append(text)
+            # A chunk it cannot take is refused; the stream goes on.
+            with pytest.raises(modelreg.ModelRegError) as wrong:
+                s.push(np.zeros(320, np.float32))
+            assert wrong.value.code == "invalid_argument" and "int16" in str(wrong.value)
+            s.push(audio[(audio.shape[0] // 320) * 320:])
+            final = s.finish()
+            assert not s.open
+            with pytest.raises(modelreg.ModelRegError) as closed:
+                s.push(chunk)
+            assert closed.value.code == "invalid_argument"
+        assert bytes(np.asarray(final["text"])) == b"go forward ten meters"
+        assert len(partials) >= 3 and partials[-1] != ""
+        # The same decoder, after the stream, answers a whole recording as pinned.
+        whole = c.infer("asr-en-us", {"audio": audio})
+        assert bytes(np.asarray(whole["text"])) == b"go forward ten meters"
+        assert eventually(lambda: model_status(c, "asr-en-us")["sessions"] == 0)
+
+
+STREAM_AND_FREEZE = """
+import sys, numpy as np, modelreg
+c = modelreg.connect(sys.argv[1])
+s = c.stream("asr-en-us")
+s.push(np.zeros(320, np.int16))
+print("open", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_client_that_dies_frees_its_session(node):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    p = subprocess.Popen([sys.executable, "-c", STREAM_AND_FREEZE, node], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert p.stdout.readline().strip() == "open"
+        with modelreg.connect(node) as c:
+            # asr-en-us has one instance: the session holds it.
+            with pytest.raises(modelreg.ModelRegError) as busy:
+                c.stream("asr-en-us")
+            assert busy.value.code == "busy"
+            p.kill()
+            p.wait()
+            assert eventually(lambda: model_status(c, "asr-en-us")["sessions"] == 0)
+            with c.stream("asr-en-us", wait=10) as s:
+                s.push(np.zeros(320, np.int16))
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def test_a_request_past_its_timeout_raises_and_the_client_goes_on(node):
     with modelreg.connect(node) as c:
         c.load("slow-infer")  # answers after 300 ms

@@ -33,7 +33,9 @@ inline constexpr const char* test_catalog = R"({
     "broken": { "backend": "identity", "params": { "fail_load": true } },
     "slow-gain": { "backend": "gain", "params": { "gain": 2, "infer_delay_ms": 300 } },
     "slow-load": { "backend": "identity", "params": { "load_delay_ms": 60000 } },
-    "forked": { "backend": "identity", "params": { "with_pid": true }, "instances": 2 }
+    "forked": { "backend": "identity", "params": { "with_pid": true }, "instances": 2 },
+    "stream": { "backend": "identity", "params": { "with_pid": true, "streaming": true },
+                "instances": 2 }
   }
 })";
 

@@ -214,6 +214,62 @@ TEST_F(serve_test, KilledNodeLeavesNoZygoteOrInstanceBehind) {
     EXPECT_TRUE(eventually([pid] { return process_gone(pid); })) << "process " << pid << " outlived the node";
 }
 
+TEST_F(serve_test, SessionsThroughTheNodeAnswerInOrderAndEndWithTheirConnection) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  auto value = [](const tensor_map& m, const char* name) {
+    return (*m.at(name).values<int64_t>())[0];
+  };
+  auto chunk = *tensor::from_values<float>({1.f, 2.f, 3.f});
+  auto sessions_open = [&](client& c, const registry_actor& reg) {
+    auto status = c.status(reg);
+    for (const auto& m : status["models"])
+      if (m["key"] == "stream")
+        return m["sessions"].get<int>();
+    return -1;
+  };
+  {
+    client c;
+    auto reg = c.connect(uri());
+    ASSERT_TRUE(reg);
+    blocking_client caller{*c.sys, *reg};
+    ASSERT_TRUE(caller.direct());
+    // Loaded on first open, as a load by name is.
+    auto a = caller.open_session("stream");
+    ASSERT_TRUE(a) << describe(a.error());
+    auto b = caller.open_session("stream");
+    ASSERT_TRUE(b) << describe(b.error());
+    auto busy = caller.open_session("stream");
+    ASSERT_FALSE(busy);
+    EXPECT_TRUE(is(busy.error(), errc::busy)) << describe(busy.error());
+    for (int i = 1; i <= 3; ++i) {
+      auto p = a->push({{"x", chunk}});
+      ASSERT_TRUE(p) << describe(p.error());
+      EXPECT_EQ(value(*p, "count"), i);
+      EXPECT_EQ(value(*p, "total"), 3 * i);
+    }
+    auto pa = value(*a->push({{"x", chunk}}), "pid");
+    auto pb = value(*b->push({{"x", chunk}}), "pid");
+    EXPECT_NE(pa, pb);
+    auto final = a->finish();
+    ASSERT_TRUE(final) << describe(final.error());
+    EXPECT_EQ(value(*final, "count"), 4);
+    auto again = a->push({{"x", chunk}});
+    ASSERT_FALSE(again);
+    EXPECT_TRUE(is(again.error(), errc::invalid_argument));
+    EXPECT_EQ(sessions_open(c, *reg), 1);
+    // b is cancelled as it goes out of scope (a client killed with its
+    // sessions open: python/tests/test_client.py).
+  }
+  client c;
+  auto reg = c.connect(uri());
+  ASSERT_TRUE(reg);
+  EXPECT_TRUE(eventually([&] { return sessions_open(c, *reg) == 0; }));
+  blocking_client caller{*c.sys, *reg};
+  auto x = caller.open_session("stream");
+  auto y = caller.open_session("stream");
+  EXPECT_TRUE(x && y);
+}
+
 TEST_F(serve_test, BlockingClientTakesTheDirectPathAndFailsLikeTheProxy) {
   ASSERT_TRUE(start_node()) << ready_line;
   client c;
@@ -488,7 +544,7 @@ TEST_F(serve_test, CliCommandsAgainstALiveNode) {
   auto ls = run({"ls", "--json", sock, socket});
   ASSERT_EQ(ls.code, 0);
   auto names = nlohmann::json::parse(ls.out);
-  ASSERT_EQ(names.size(), 7u);
+  ASSERT_EQ(names.size(), 8u);
   EXPECT_EQ(names[0]["state"], "available");
 
   auto load = run({"load", "gain", "--json", sock, socket});

@@ -2,6 +2,7 @@
 // pipeline node's main loop, Python) against a registry from `connect()`.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -10,6 +11,8 @@
 #include <caf/timespan.hpp>
 
 #include "modelreg/actors/registry_actor.hpp"
+#include "modelreg/messages/timeouts.hpp"
+#include "modelreg/tensor/tensor.hpp"
 
 namespace modelreg {
 
@@ -23,6 +26,37 @@ struct direct_link;
 /// answer arrives: two thread hand-offs fewer per round trip than a request
 /// to the proxy actor. Over TCP, or for a registry not from connect(), it
 /// makes an ordinary request. Thread-safe; copies share the link.
+/// A streaming session opened through a blocking_client (a Unix link):
+/// push chunks, read partial results, finish for the final one. Requests
+/// are answered in order. Destroying an unfinished session cancels it; so
+/// does the link closing (the node frees the instance). Movable; use from
+/// one thread at a time.
+class blocking_session {
+public:
+  blocking_session() = default;
+  blocking_session(blocking_session&& other) noexcept;
+  blocking_session& operator=(blocking_session&& other) noexcept;
+  ~blocking_session();
+
+  /// Sends one chunk and waits for the partial result.
+  caf::expected<tensor_map> push(const tensor_map& chunk, caf::timespan timeout = timeouts::request);
+  /// Ends the input and waits for the final result; the session is closed.
+  caf::expected<tensor_map> finish(caf::timespan timeout = timeouts::request);
+  /// Drops the session (does nothing if it is closed).
+  void cancel();
+
+  bool open() const noexcept { return id_ != 0; }
+  uint64_t id() const noexcept { return id_; }
+
+private:
+  friend class blocking_client;
+  blocking_session(std::shared_ptr<detail::direct_link> link, uint64_t id)
+    : link_(std::move(link)), id_(id) {}
+
+  std::shared_ptr<detail::direct_link> link_;
+  uint64_t id_ = 0;
+};
+
 class blocking_client {
 public:
   /// Asks `remote`'s proxy for its link (one round trip to the actor).
@@ -36,6 +70,13 @@ public:
   /// model.
   caf::expected<tensor_map> infer(const std::string& key, const tensor_map& inputs,
                                   caf::timespan timeout) const;
+
+  /// Opens a streaming session on `key` (loaded if it is not, as a load by
+  /// catalog name): the node pins one of its instances to it. Waits up to
+  /// `wait` for a free instance, then fails with `busy`. Unix links only.
+  caf::expected<blocking_session> open_session(const std::string& key,
+                                               std::chrono::milliseconds wait = {},
+                                               caf::timespan timeout = timeouts::request) const;
 
   /// Whether calls take the direct path (a Unix link from connect()).
   bool direct() const { return link_ != nullptr; }

@@ -94,6 +94,12 @@ struct peer {
   bool subscribed = false;
   peer_role role = peer_role::infer;
   std::shared_ptr<peer_counter> counter = std::make_shared<peer_counter>();
+  /// Its open streaming sessions: session id -> the model's handle (which
+  /// keeps the model loaded while the session lives).
+  std::map<uint64_t, model_handle> sessions;
+  /// Opens sent to a model and not answered yet (they count against the
+  /// session limit).
+  size_t opening = 0;
 };
 
 } // namespace
@@ -314,8 +320,40 @@ caf::error authorize(peer_role role, wire::Request::Reader request) {
   }
 }
 
+/// Sends a session's push or finish to its model; the model's thread
+/// answers the peer (outputs into memory the peer maps).
+void session_step(const model_handle& h, session_op op, uint64_t session, uint64_t peer_id,
+                  const std::shared_ptr<peer_link>& link, uint64_t id, tensor_map inputs,
+                  flight f) {
+  session_request req;
+  req.op = op;
+  req.session = session;
+  req.inputs = std::move(inputs);
+  req.client = peer_id;
+  req.allocator = link->allocator();
+  req.ticket = h.ticket();
+  req.reply = std::make_shared<reply_sink>(
+    [link, id, f](caf::expected<tensor_map> out) {
+      if (out)
+        respond_outputs(*link, id, *out);
+      else
+        respond_error(*link, id, out.error());
+      f->done();
+    },
+    [link] { return link->open(); });
+  caf::anon_send(h.actor(), std::move(req));
+}
+
+caf::error no_session(uint64_t session) {
+  return make_error(errc::invalid_argument,
+                    "no open session " + std::to_string(session) +
+                      " on this connection (finished, cancelled, or never opened here)");
+}
+
 /// Checks list lengths before anything walks them.
 caf::error check_limits(const gateway_options& opts, wire::Request::Reader request) {
+  if (request.isOpenSession() && request.getOpenSession().getWaitMs() > 600000)
+    return make_error(errc::invalid_argument, "an open may wait at most 600000 ms");
   if (request.isGetOrLoad()) {
     auto params = request.getGetOrLoad().getSpec().getParams().size();
     if (params > opts.max_spec_params)
@@ -573,6 +611,125 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
         respond_outputs(*link, id, *tensors);
       return f->done();
     }
+    case wire::Request::OPEN_SESSION: {
+      auto r = request.getOpenSession();
+      if (p.sessions.size() + p.opening >= st.options.max_sessions_per_peer) {
+        respond_error(*link, id,
+                      make_error(errc::quota_exceeded,
+                                 "this connection has " + std::to_string(p.sessions.size()) +
+                                   " sessions open (at most " +
+                                   std::to_string(st.options.max_sessions_per_peer) + ")"));
+        return f->done();
+      }
+      ++p.opening;
+      std::string key = r.getKey();
+      auto wait = std::chrono::milliseconds{r.getWaitMs()};
+      // Opens the session on `h` and records it for this peer.
+      auto open = [self, f, link, peer_id, id, wait](model_handle h) {
+        session_request req;
+        req.op = session_op::open;
+        req.client = peer_id;
+        req.wait = wait;
+        req.ticket = h.ticket();
+        auto actor = h.actor();
+        self->request(actor, caf::infinite, std::move(req))
+          .then(
+            [self, f, link, peer_id, id, h](tensor_map& out) {
+              auto& st = self->state;
+              auto s = out.find("session");
+              auto i = st.peers.find(peer_id);
+              if (i != st.peers.end())
+                --i->second.opening;
+              if (s == out.end() || s->second.type() != dtype::u64) {
+                respond_error(*link, id, make_error(errc::infer_failed, "the model opened no session"));
+                return f->done();
+              }
+              auto session = (*s->second.values<uint64_t>())[0];
+              if (i == st.peers.end()) { // the peer left meanwhile
+                session_request cancel;
+                cancel.op = session_op::cancel;
+                cancel.session = session;
+                cancel.client = peer_id;
+                caf::anon_send(h.actor(), std::move(cancel));
+                return f->done();
+              }
+              i->second.sessions.emplace(session, h);
+              auto frame = link->new_frame();
+              auto resp = frame.root().initResponse();
+              resp.setId(id);
+              resp.setSession(session);
+              link->send(frame);
+              f->done();
+            },
+            [self, f, link, peer_id, id](caf::error& err) {
+              if (auto i = self->state.peers.find(peer_id); i != self->state.peers.end())
+                --i->second.opening;
+              respond_error(*link, id, as_modelreg_error(std::move(err), errc::infer_failed, "the model"));
+              f->done();
+            });
+      };
+      if (r.getLease() != 0) {
+        auto lease = st.core->find(r.getLease(), peer_id);
+        if (!lease) {
+          --p.opening;
+          respond_error(*link, id, make_error(errc::handle_released, "lease " +
+                                                                       std::to_string(r.getLease()) +
+                                                                       " is not held by this connection"));
+          return f->done();
+        }
+        return open(lease->handle);
+      }
+      // By name: loaded if it is not (a catalog name, as a load by name).
+      self->request(st.registry, timeout, get_or_load_atom::value, key, model_spec{})
+        .then([open](model_handle& h) { open(h); },
+              [self, f, link, peer_id, id](caf::error& err) {
+                if (auto i = self->state.peers.find(peer_id); i != self->state.peers.end())
+                  --i->second.opening;
+                respond_error(*link, id, as_modelreg_error(std::move(err), errc::load_failed, "the model"));
+                f->done();
+              });
+      return;
+    }
+    case wire::Request::PUSH:
+    case wire::Request::FINISH_SESSION: {
+      bool push = request.isPush();
+      auto session = push ? request.getPush().getSession() : request.getFinishSession();
+      auto i = p.sessions.find(session);
+      if (i == p.sessions.end()) {
+        respond_error(*link, id, no_session(session));
+        return f->done();
+      }
+      tensor_map inputs;
+      if (push) {
+        auto chunk = frame->tensors(request.getPush().getInputs());
+        if (!chunk) {
+          respond_error(*link, id, chunk.error());
+          return f->done();
+        }
+        inputs = std::move(*chunk);
+      }
+      auto h = i->second;
+      if (!push)
+        p.sessions.erase(i);
+      return session_step(h, push ? session_op::push : session_op::finish, session, peer_id, link,
+                          id, std::move(inputs), std::move(f));
+    }
+    case wire::Request::CANCEL_SESSION: {
+      auto session = request.getCancelSession();
+      auto i = p.sessions.find(session);
+      if (i == p.sessions.end()) {
+        respond_error(*link, id, no_session(session));
+        return f->done();
+      }
+      session_request cancel;
+      cancel.op = session_op::cancel;
+      cancel.session = session;
+      cancel.client = peer_id;
+      caf::anon_send(i->second.actor(), std::move(cancel));
+      p.sessions.erase(i);
+      respond_ok(*link, id);
+      return f->done();
+    }
     default:
       respond_error(*link, id, make_error(errc::unsupported, "request not supported"));
       return f->done();
@@ -589,6 +746,14 @@ void drop_peer(gateway_ptr self, uint64_t peer_id, const char* why) {
   if (i == self->state.peers.end())
     return;
   auto n = self->state.core->remove_peer(peer_id);
+  // Its sessions end with it: their instances are free for the others.
+  for (auto& [session, h] : i->second.sessions) {
+    session_request cancel;
+    cancel.op = session_op::cancel;
+    cancel.session = session;
+    cancel.client = peer_id;
+    caf::anon_send(h.actor(), std::move(cancel));
+  }
   self->state.peers.erase(i);
   log::get("modelreg.gateway")->info("peer {} {}: released {} leases", peer_id, why, n);
 }

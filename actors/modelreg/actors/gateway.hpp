@@ -90,6 +90,9 @@ struct gateway_options {
   size_t max_in_flight_per_peer = 1024;
   /// Parameters a model spec in a request may carry.
   size_t max_spec_params = 64;
+  /// Streaming sessions one connection may hold open at once; more are
+  /// refused with `quota_exceeded`.
+  size_t max_sessions_per_peer = 64;
 };
 
 /// Spawns a gateway for `registry` (not yet listening anywhere).

@@ -2,6 +2,7 @@
 // (blocking_client). Internal to modelreg.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -82,6 +83,12 @@ struct direct_link {
     }
     calls.fail_all(err);
   }
+
+  /// Fills a request (its id is set), sends it on the link and waits for
+  /// the answer on this thread.
+  caf::expected<transport::frame_ptr>
+  call(const std::function<caf::error(transport::outgoing_frame&, wire::Request::Builder)>& fill,
+       caf::timespan timeout);
 
   /// Sends an Infer (naming the lease held on `key`, if any) on the link
   /// and waits for its answer on this thread.
