@@ -1,9 +1,12 @@
 // The operator's commands against a running node: status, ls, load, unload,
 // infer; and the small helpers every command shares.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <future>
 #include <iostream>
 #include <csignal>
@@ -25,6 +28,7 @@
 #include <caf/send.hpp>
 
 #include "modelreg/actors/ask.hpp"
+#include "modelreg/actors/blocking_client.hpp"
 #include "cli/commands.hpp"
 #include "modelreg/nearest.hpp"
 #include "modelreg/actors/remote_registry.hpp"
@@ -730,6 +734,185 @@ int run_catalog_check(const std::vector<std::string>& files) {
   return rc;
 }
 
+// -- transcribe -------------------------------------------------------------
+
+struct transcribe_options {
+  node_options node;
+  std::string file;
+  std::string model = "asr-en-us";
+  bool stream = false;
+  bool realtime = false;
+  std::chrono::milliseconds chunk{20};
+  bool json = false;
+};
+
+/// 16 kHz mono int16 samples from a WAV file (PCM, 16-bit, mono, 16 kHz) or
+/// a headerless .raw/.pcm file of such samples.
+caf::expected<std::vector<int16_t>> read_pcm16k(const std::string& path) {
+  std::ifstream in{path, std::ios::binary};
+  if (!in)
+    return make_error(errc::invalid_argument,
+                      "cannot read '" + path + "': " + std::strerror(errno));
+  std::vector<char> bytes{std::istreambuf_iterator<char>{in}, {}};
+  auto bad = [&](const std::string& why) {
+    return make_error(errc::invalid_argument,
+                      path + ": " + why + "; give 16 kHz mono 16-bit PCM (WAV, or .raw samples; "
+                                          "e.g. sox IN -r 16000 -c 1 -b 16 OUT.wav)");
+  };
+  size_t data_at = 0, data_size = bytes.size();
+  if (bytes.size() >= 12 && std::memcmp(bytes.data(), "RIFF", 4) == 0 &&
+      std::memcmp(bytes.data() + 8, "WAVE", 4) == 0) {
+    auto u16 = [&](size_t at) {
+      uint16_t v;
+      std::memcpy(&v, bytes.data() + at, 2);
+      return v;
+    };
+    auto u32 = [&](size_t at) {
+      uint32_t v;
+      std::memcpy(&v, bytes.data() + at, 4);
+      return v;
+    };
+    bool fmt_seen = false;
+    data_size = 0;
+    for (size_t at = 12; at + 8 <= bytes.size();) {
+      auto size = u32(at + 4);
+      if (std::memcmp(bytes.data() + at, "fmt ", 4) == 0 && size >= 16 && at + 24 <= bytes.size()) {
+        if (u16(at + 8) != 1)
+          return bad("not PCM (format " + std::to_string(u16(at + 8)) + ")");
+        if (u16(at + 10) != 1)
+          return bad(std::to_string(u16(at + 10)) + " channels");
+        if (u32(at + 12) != 16000)
+          return bad(std::to_string(u32(at + 12)) + " Hz");
+        if (u16(at + 22) != 16)
+          return bad(std::to_string(u16(at + 22)) + "-bit samples");
+        fmt_seen = true;
+      } else if (std::memcmp(bytes.data() + at, "data", 4) == 0) {
+        data_at = at + 8;
+        data_size = std::min<size_t>(size, bytes.size() - data_at);
+        break;
+      }
+      at += 8 + size + (size & 1);
+    }
+    if (!fmt_seen || data_at == 0)
+      return bad("a WAV file without a format or data chunk");
+  } else {
+    auto ext = std::filesystem::path{path}.extension().string();
+    if (ext != ".raw" && ext != ".pcm")
+      return bad("not a WAV file, and headerless samples need a .raw or .pcm name");
+  }
+  if (data_size < 2)
+    return bad("no audio");
+  std::vector<int16_t> samples(data_size / 2);
+  std::memcpy(samples.data(), bytes.data() + data_at, samples.size() * 2);
+  return samples;
+}
+
+int run_transcribe(const transcribe_options& o) {
+  if (o.chunk.count() < 1 || o.chunk.count() > 10000)
+    return usage_error("transcribe: --chunk must be from 1ms to 10s, not " +
+                       std::to_string(o.chunk.count()) + "ms");
+  if (o.realtime && !o.stream)
+    return usage_error("transcribe: --realtime paces a stream: give --stream too");
+  auto samples = read_pcm16k(o.file);
+  if (!samples)
+    return failed(samples.error());
+  client_system cs{o.node};
+  int rc = exit_ok;
+  auto reg = connect_node(cs.sys, o.node, rc);
+  if (!reg)
+    return rc;
+  caf::timespan timeout{o.node.timeout};
+  auto done = [&](int code) {
+    caf::anon_send(*reg, shutdown_atom::value);
+    return code;
+  };
+  auto text_of = [](const tensor_map& m) {
+    auto i = m.find("text");
+    return i == m.end() ? std::string{} : as_text(i->second).value_or("");
+  };
+  nlohmann::json report = {{"file", o.file},
+                           {"model", o.model},
+                           {"seconds", static_cast<double>(samples->size()) / 16000.0}};
+  if (!o.stream) {
+    auto h = load_with_progress(cs.sys, *reg, o.model, timeout);
+    if (!h)
+      return done(failed(h.error()));
+    auto audio = tensor::from_values<int16_t>(*samples, {static_cast<int64_t>(samples->size())});
+    auto started = std::chrono::steady_clock::now();
+    auto out = ask<tensor_map>(cs.sys, *reg, timeout, infer_atom::value, o.model,
+                               tensor_map{{"audio", *audio}});
+    auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started);
+    h->release();
+    if (!out)
+      return done(failed(out.error()));
+    report["text"] = text_of(*out);
+    report["latency_ms"] = ms.count();
+  } else {
+    blocking_client caller{cs.sys, *reg};
+    if (!caller.direct())
+      return done(failed(make_error(errc::unsupported,
+                                    "--stream needs a Unix link (--socket or --connect unix:PATH)")));
+    auto session = caller.open_session(o.model, std::chrono::milliseconds{0}, timeout);
+    if (!session)
+      return done(failed(session.error()));
+    bool tty = ::isatty(STDOUT_FILENO) != 0 && !o.json;
+    auto per_chunk = static_cast<size_t>(16 * o.chunk.count());
+    std::vector<double> latencies;
+    std::string shown;
+    size_t changes = 0;
+    auto start = std::chrono::steady_clock::now();
+    for (size_t off = 0; off < samples->size(); off += per_chunk) {
+      auto n = std::min(per_chunk, samples->size() - off);
+      if (o.realtime) // at the pace of the audio: chunk k goes out when it has been "heard"
+        std::this_thread::sleep_until(start + std::chrono::microseconds{
+                                                static_cast<int64_t>((off + n) * 1000000 / 16000)});
+      std::vector<int16_t> part(samples->begin() + static_cast<std::ptrdiff_t>(off),
+                                samples->begin() + static_cast<std::ptrdiff_t>(off + n));
+      auto chunk = tensor::from_values<int16_t>(part, {static_cast<int64_t>(n)});
+      auto sent = std::chrono::steady_clock::now();
+      auto partial = session->push({{"audio", *chunk}}, timeout);
+      latencies.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - sent).count());
+      if (!partial)
+        return done(failed(partial.error()));
+      auto text = text_of(*partial);
+      if (text != shown) {
+        shown = text;
+        ++changes;
+        if (tty)
+          std::cout << "\r\033[K" << text << std::flush;
+        else if (!o.json)
+          std::cout << "partial: " << text << std::endl;
+      }
+    }
+    auto sent = std::chrono::steady_clock::now();
+    auto final = session->finish(timeout);
+    auto final_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - sent).count();
+    if (tty)
+      std::cout << "\r\033[K";
+    if (!final)
+      return done(failed(final.error()));
+    std::sort(latencies.begin(), latencies.end());
+    auto at = [&](double q) {
+      return latencies.empty() ? 0.0
+                               : latencies[std::min(latencies.size() - 1,
+                                                    static_cast<size_t>(q * static_cast<double>(latencies.size())))];
+    };
+    report["text"] = text_of(*final);
+    report["chunks"] = latencies.size();
+    report["partials"] = changes;
+    report["chunk_latency_ms_p50"] = at(0.5);
+    report["chunk_latency_ms_p99"] = at(0.99);
+    report["final_latency_ms"] = final_ms;
+  }
+  if (o.json)
+    std::cout << report.dump() << "\n";
+  else
+    std::cout << report["text"].get<std::string>() << "\n";
+  return done(exit_ok);
+}
+
 constexpr const char* exit_codes =
   "\nexit codes: 0 success, 1 the command failed, 2 usage error, 3 no node reachable\n";
 
@@ -793,6 +976,25 @@ std::vector<command> add_client_commands(CLI::App& app) {
   add_node_options(infer, in->node, 10min, "default 10m, for the load and the inference each");
   infer->footer(exit_codes);
   out.push_back({infer, [in] { return run_infer(*in); }});
+
+  auto tr = std::make_shared<transcribe_options>();
+  auto* transcribe = app.add_subcommand(
+    "transcribe", "speech to text with the node's recogniser: a whole file, or streamed in "
+                  "chunks with partial results as they change (--stream)");
+  transcribe->add_option("FILE", tr->file, "16 kHz mono 16-bit PCM: a WAV file or .raw samples")
+    ->required();
+  transcribe->add_option("--model", tr->model, "catalog name (default asr-en-us)")
+    ->type_name("NAME");
+  transcribe->add_flag("--stream", tr->stream,
+                       "a session: send the audio in chunks, print partial results as they change");
+  transcribe->add_flag("--realtime", tr->realtime,
+                       "with --stream: send each chunk when the audio would have been heard");
+  add_duration(transcribe, "--chunk", tr->chunk, "with --stream: chunk length (default 20ms)");
+  transcribe->add_flag("--json", tr->json,
+                       "report as JSON (text; with --stream also chunk and final latencies)");
+  add_node_options(transcribe, tr->node, 2min, "default 2m, per request");
+  transcribe->footer(exit_codes);
+  out.push_back({transcribe, [tr] { return run_transcribe(*tr); }});
 
   auto de = std::make_shared<describe_options>();
   auto* describe_cmd = app.add_subcommand(

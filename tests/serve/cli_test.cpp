@@ -1,6 +1,8 @@
 // The operator's surface as a new user meets it: the `modelreg` binary run as
 // a real process, with the mistakes operators make (issue #11).
 #include <csignal>
+#include <cstring>
+#include <fstream>
 #include <future>
 
 #include <arpa/inet.h>
@@ -8,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "modelreg/backend/pocketsphinx.hpp"
 #include "modelreg/tensor/npy.hpp"
 #include "serve/serve_fixture.hpp"
 
@@ -82,6 +85,7 @@ TEST_F(cli_test, EveryCommandAnswersHelpAndAMistypedOneGetsTheNearest) {
          {"load"},
          {"unload"},
          {"infer"},
+         {"transcribe"},
          {"demo"},
          {"describe"},
          {"catalog"},
@@ -170,6 +174,81 @@ TEST_F(cli_test, ACommandAimedAtSomethingElseGivesUpAtItsTimeoutAndSaysWhy) {
   auto none = run({"ls", "--socket", dir + "/nobody.sock"});
   EXPECT_EQ(none.code, 3);
   EXPECT_TRUE(contains(none.err, "modelreg serve")) << none.err;
+}
+
+/// A WAV file of `samples` at `rate` Hz, `channels` channels, 16-bit.
+void write_wav(const std::string& path, const std::vector<int16_t>& samples, uint32_t rate,
+               uint16_t channels) {
+  std::ofstream out{path, std::ios::binary};
+  auto u32 = [&](uint32_t v) { out.write(reinterpret_cast<const char*>(&v), 4); };
+  auto u16 = [&](uint16_t v) { out.write(reinterpret_cast<const char*>(&v), 2); };
+  auto bytes = static_cast<uint32_t>(samples.size() * 2);
+  out.write("RIFF", 4);
+  u32(36 + bytes);
+  out.write("WAVEfmt ", 8);
+  u32(16);
+  u16(1);
+  u16(channels);
+  u32(rate);
+  u32(rate * channels * 2);
+  u16(static_cast<uint16_t>(channels * 2));
+  u16(16);
+  out.write("data", 4);
+  u32(bytes);
+  out.write(reinterpret_cast<const char*>(samples.data()), bytes);
+}
+
+TEST_F(cli_test, TranscribeTakesAFileWholeOrStreamedAndRefusesAudioItCannotUse) {
+  if (!have_pocketsphinx())
+    GTEST_SKIP() << "built without pocketsphinx";
+  std::ofstream{catalog_path} << R"({"models": {
+    "asr-en-us": {"backend": "pocketsphinx"},
+    "echo": {"backend": "identity"}}})";
+  ASSERT_TRUE(start_node()) << ready_line;
+  const std::string raw = "/usr/share/pocketsphinx/test/data/goforward.raw";
+  auto whole = run({"transcribe", raw, sock_flag, socket});
+  EXPECT_EQ(whole.code, 0) << whole.err;
+  EXPECT_EQ(whole.out, "go forward ten meters\n");
+  auto streamed = run({"transcribe", raw, "--stream", "--json", sock_flag, socket});
+  ASSERT_EQ(streamed.code, 0) << streamed.err;
+  auto j = nlohmann::json::parse(streamed.out);
+  EXPECT_EQ(j["text"], "go forward ten meters");
+  EXPECT_EQ(j["chunks"], 140); // 2.79 s in 20 ms chunks
+  EXPECT_GE(j["partials"].get<int>(), 2);
+  auto lines = run({"transcribe", raw, "--stream", "--chunk", "200ms", sock_flag, socket});
+  ASSERT_EQ(lines.code, 0) << lines.err;
+  EXPECT_TRUE(contains(lines.out, "partial: go")) << lines.out;
+  EXPECT_TRUE(contains(lines.out, "\ngo forward ten meters\n")) << lines.out;
+  // The same audio as a WAV file; and WAV files it cannot use, named.
+  std::ifstream in{raw, std::ios::binary};
+  std::vector<char> bytes{std::istreambuf_iterator<char>{in}, {}};
+  std::vector<int16_t> samples(bytes.size() / 2);
+  std::memcpy(samples.data(), bytes.data(), samples.size() * 2);
+  write_wav(dir + "/ok.wav", samples, 16000, 1);
+  auto wav = run({"transcribe", dir + "/ok.wav", sock_flag, socket});
+  EXPECT_EQ(wav.out, "go forward ten meters\n") << wav.err;
+  write_wav(dir + "/8k.wav", samples, 8000, 1);
+  auto low = run({"transcribe", dir + "/8k.wav", sock_flag, socket});
+  EXPECT_EQ(low.code, 1);
+  EXPECT_TRUE(contains(low.err, "8000 Hz")) << low.err;
+  write_wav(dir + "/stereo.wav", samples, 16000, 2);
+  auto stereo = run({"transcribe", dir + "/stereo.wav", sock_flag, socket});
+  EXPECT_EQ(stereo.code, 1);
+  EXPECT_TRUE(contains(stereo.err, "2 channels")) << stereo.err;
+  auto text = run({"transcribe", catalog_path, sock_flag, socket});
+  EXPECT_EQ(text.code, 1);
+  EXPECT_TRUE(contains(text.err, "not a WAV file")) << text.err;
+  auto missing = run({"transcribe", dir + "/none.wav", sock_flag, socket});
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_TRUE(contains(missing.err, "none.wav")) << missing.err;
+  // A model that does not stream says so; flags are checked first.
+  auto echo = run({"transcribe", raw, "--model", "echo", "--stream", sock_flag, socket});
+  EXPECT_EQ(echo.code, 1);
+  EXPECT_TRUE(contains(echo.err, "does not stream")) << echo.err;
+  EXPECT_EQ(run({"transcribe", raw, "--realtime", sock_flag, socket}).code, 2);
+  EXPECT_EQ(run({"transcribe", raw, "--stream", "--chunk", "0ms", sock_flag, socket}).code, 2);
+  // Nothing stays pinned.
+  EXPECT_TRUE(eventually([&] { return model_status("asr-en-us").value("sessions", -1) == 0; }));
 }
 
 TEST_F(cli_test, InferNeverOverwritesItsInputNorOtherFilesUnlessForced) {
