@@ -20,6 +20,7 @@
 #endif
 #include "cli/commands.hpp"
 #include "tools/asr_demo.hpp"
+#include "tools/voice_loop.hpp"
 
 namespace modelreg::cli {
 
@@ -174,6 +175,71 @@ command bench_python(CLI::App* bench) {
   }};
 }
 
+command bench_streams(CLI::App* bench) {
+  auto streams = std::make_shared<size_t>(4);
+  auto model = std::make_shared<std::string>("asr-en-us");
+  auto json = std::make_shared<bool>(false);
+  auto whole = std::make_shared<bool>(false);
+  auto* sub = bench->add_subcommand(
+    "streams", "N real-time streams of 20 ms chunks through sessions on a shared recogniser "
+               "(one forked instance each): chunk and final latency, kept up, memory against N "
+               "processes with their own; --whole: whole-utterance throughput at 1 and 2 instances");
+  add_count(sub, "--streams", *streams, "concurrent streams, and clients for --whole (default 4)",
+            1, 16);
+  sub->add_option("--model", *model, "catalog name given to the pocketsphinx model (default "
+                                     "asr-en-us)");
+  sub->add_flag("--whole", *whole, "whole-utterance requests: utterances/s with 1 and 2 instances");
+  sub->add_flag("--json", *json, "as JSON");
+  return command{sub, [streams, model, json, whole] {
+    if (*whole) {
+      auto one = nlohmann::json::parse(
+        modelreg::tools::run_whole_throughput(self_path(), *streams, 1, std::chrono::seconds{15}, *model));
+      auto two = nlohmann::json::parse(
+        modelreg::tools::run_whole_throughput(self_path(), *streams, 2, std::chrono::seconds{15}, *model));
+      if (one.contains("error") || two.contains("error")) {
+        std::cerr << "bench streams: " << (one.contains("error") ? one : two)["error"].get<std::string>() << "\n";
+        return exit_failed;
+      }
+      double ratio = one["utterances_per_s"].get<double>() > 0
+                       ? two["utterances_per_s"].get<double>() / one["utterances_per_s"].get<double>()
+                       : 0.0;
+      nlohmann::json j = {{"clients", *streams}, {"one_instance", one}, {"two_instances", two},
+                          {"speedup", ratio}};
+      if (*json)
+        std::cout << j.dump() << std::endl;
+      else
+        std::printf("whole utterances, %zu clients: %.2f/s with 1 instance, %.2f/s with 2: x%.2f\n",
+                    *streams, one["utterances_per_s"].get<double>(),
+                    two["utterances_per_s"].get<double>(), ratio);
+      return exit_ok;
+    }
+    auto result = modelreg::tools::run_streams_bench(self_path(), *streams, *model);
+    auto j = nlohmann::json::parse(result);
+    if (*json) {
+      std::cout << result << std::endl;
+    } else if (j.contains("error")) {
+      std::cerr << "bench streams: " << j["error"].get<std::string>() << "\n";
+    } else {
+      std::printf("streams benchmark: %zu real-time streams on '%s' (%llu instances)\n", *streams,
+                  model->c_str(), static_cast<unsigned long long>(j["instances"].get<uint64_t>()));
+      std::printf("  chunk latency  p50 %6.1f ms   p99 %6.1f ms   (%llu chunks)\n",
+                  j["chunk_latency_ms_p50"].get<double>(), j["chunk_latency_ms_p99"].get<double>(),
+                  static_cast<unsigned long long>(j["chunks"].get<uint64_t>()));
+      std::printf("  final latency  p50 %6.1f ms   p99 %6.1f ms\n",
+                  j["final_latency_ms_p50"].get<double>(), j["final_latency_ms_p99"].get<double>());
+      std::printf("  kept up: %s (latest chunk %.0f ms late); transcripts right: %s\n",
+                  j["kept_up"].get<bool>() ? "yes" : "NO", j["max_lateness_ms"].get<double>(),
+                  j["transcripts_right"].get<bool>() ? "yes" : "NO");
+      std::printf("  one more instance: %.1f MiB; node (with zygote and instances) %.1f MiB, "
+                  "clients %.1f MiB, separate %.1f MiB: reduction %.2f\n",
+                  j["extra_instance_pss_mib"].get<double>(), j["node_pss_mib"].get<double>(),
+                  j["clients_pss_mib"].get<double>(), j["separate_pss_mib"].get<double>(),
+                  j["reduction"].get<double>());
+    }
+    return j.contains("error") ? exit_failed : exit_ok;
+  }};
+}
+
 command bench_memory(CLI::App* bench) {
   auto clients = std::make_shared<size_t>(4);
   auto model = std::make_shared<std::string>("asr-en-us");
@@ -245,7 +311,8 @@ command bench_registry(CLI::App* bench) {
 }
 
 /// Every benchmark, in the order `modelreg bench --help` lists them.
-constexpr command (*benchmarks[])(CLI::App*) = {bench_transport, bench_serve, bench_python, bench_memory, bench_registry};
+constexpr command (*benchmarks[])(CLI::App*) = {bench_transport, bench_serve, bench_python, bench_memory,
+                                                  bench_streams, bench_registry};
 
 } // namespace
 

@@ -24,6 +24,7 @@
 #include "modelreg/log.hpp"
 
 #include "tools/asr_demo.hpp"
+#include "tools/voice_loop.hpp"
 #include "tools/serve_client.hpp"
 #include "tools/transport_peer.hpp"
 
@@ -41,13 +42,14 @@ exit codes: 0 success, 1 the command failed, 2 usage error, 3 no node reachable
 
 /// The main job.
 command add_demo(CLI::App& app) {
-  auto opts = std::make_shared<modelreg::tools::demo_options>();
+  auto opts = std::make_shared<modelreg::tools::voice_demo_options>();
   auto expect = std::make_shared<std::vector<std::string>>();
   auto* sub = app.add_subcommand(
-    "demo", "the main job: 4 pipeline-node processes share one speech recogniser held by a "
-            "node: transcripts, loads, bytes copied, latency, memory");
+    "demo", "the main job, a voice loop: 4 pipeline-node processes speak with one shared TTS "
+            "model and stream what they say and three recordings, in real time, to one shared "
+            "speech recogniser: partial results, transcripts, latencies, loads, instances, memory");
   sub->add_option("--expect", *expect,
-                  "replace a pinned transcript, to see the check fail (repeatable)")
+                  "replace a recording's pinned transcript, to see the check fail (repeatable)")
     ->type_name("FILE=TEXT");
   return {sub, [opts, expect] {
     opts->self_path = self_path();
@@ -55,11 +57,16 @@ command add_demo(CLI::App& app) {
       auto eq = e.find('=');
       if (eq == std::string::npos || eq == 0)
         return usage_error("demo: --expect takes FILE=TEXT, not '" + e + "'");
+      bool found = false;
       for (auto& r : opts->recordings)
-        if (r.file.find(e.substr(0, eq)) != std::string::npos)
+        if (r.file.find(e.substr(0, eq)) != std::string::npos) {
           r.expected = e.substr(eq + 1);
+          found = true;
+        }
+      if (!found)
+        return usage_error("demo: --expect names no recording: '" + e.substr(0, eq) + "'");
     }
-    return modelreg::tools::run_demo(*opts);
+    return modelreg::tools::run_voice_demo(*opts);
   }};
 }
 
@@ -94,6 +101,10 @@ std::optional<int> run_hidden(const std::string& command, std::vector<std::strin
     return modelreg::tools::run_serve_bench_client(args[0], args[1], n(args[2]), n(args[3]),
                                                    n(args[4]), args[5], args[6],
                                                    std::stof(args[7]));
+  if (command == "__voice-client" && args.size() >= 5)
+    return modelreg::tools::run_voice_client(args[0], args[1], args[2],
+                                             std::vector<std::string>(args.begin() + 4, args.end()),
+                                             args[3] == "live");
   if (command == "__asr-node-client" && args.size() >= 3)
     return modelreg::tools::run_asr_node_client(
       args[0], args[1], std::vector<std::string>(args.begin() + 2, args.end()));

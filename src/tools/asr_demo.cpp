@@ -36,6 +36,8 @@ std::string read_file(const std::string& path) {
   return s.str();
 }
 
+} // namespace
+
 std::string text_of(const tensor_map& out) {
   auto i = out.find("text");
   if (i == out.end())
@@ -45,6 +47,13 @@ std::string text_of(const tensor_map& out) {
 
 double mib(uint64_t b) {
   return static_cast<double>(b) / (1024.0 * 1024.0);
+}
+
+std::vector<recording> default_recordings() {
+  return {{std::string{testdata} + "/goforward.raw", "go forward ten meters"},
+          {std::string{testdata} + "/numbers.raw",
+           "thirty three four or six ninety two"},
+          {std::string{testdata} + "/something.raw", "go somewhere and do something"}};
 }
 
 nlohmann::json node_status(const std::string& uri) {
@@ -81,15 +90,6 @@ uint64_t separate_pss(const std::string& self_path, size_t n, const std::string&
   for (auto& a : alone)
     sum += pss_bytes(a->pid());
   return sum;
-}
-
-} // namespace
-
-std::vector<recording> default_recordings() {
-  return {{std::string{testdata} + "/goforward.raw", "go forward ten meters"},
-          {std::string{testdata} + "/numbers.raw",
-           "thirty three four or six ninety two"},
-          {std::string{testdata} + "/something.raw", "go somewhere and do something"}};
 }
 
 uint64_t pss_bytes(int pid) {
@@ -173,130 +173,6 @@ int run_asr_alone(const model_spec& spec, const std::string& file) {
   while (std::fgets(line, sizeof(line), stdin) != nullptr) {
   }
   return 0;
-}
-
-int run_demo(const demo_options& opts) {
-  auto t0 = std::chrono::steady_clock::now();
-  auto elapsed = [&] {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  };
-  std::printf("modelreg demo: %zu pipeline nodes share one speech recogniser (%s)\n\n",
-              opts.nodes, opts.model.c_str());
-  std::printf("[%5.1fs] starting a node on a private socket ...\n", elapsed());
-  std::fflush(stdout);
-  private_node node{opts.self_path, "demo"};
-  if (!node.ready) {
-    std::printf("the node did not start\n");
-    return 1;
-  }
-  std::vector<std::string> files;
-  for (const auto& r : opts.recordings)
-    files.push_back(r.file);
-  std::printf("[%5.1fs] starting %zu pipeline-node processes ...\n", elapsed(), opts.nodes);
-  std::fflush(stdout);
-  std::vector<std::unique_ptr<child_process>> clients;
-  for (size_t i = 0; i < opts.nodes; ++i) {
-    std::vector<std::string> argv{opts.self_path, "__asr-node-client", node.uri(), opts.model};
-    argv.insert(argv.end(), files.begin(), files.end());
-    clients.push_back(std::make_unique<child_process>(argv));
-  }
-  for (auto& c : clients)
-    if (c->read_line(std::chrono::seconds{30}) != "connected") {
-      std::printf("a pipeline node could not connect\n");
-      return 1;
-    }
-  std::printf("[%5.1fs] all %zu ask for '%s' at the same moment ...\n", elapsed(), opts.nodes,
-              opts.model.c_str());
-  std::fflush(stdout);
-  for (auto& c : clients)
-    c->write_line("go");
-  bool all_right = true;
-  std::vector<std::vector<nlohmann::json>> results(clients.size());
-  std::vector<nlohmann::json> summaries(clients.size());
-  std::vector<double> latencies;
-  for (size_t i = 0; i < clients.size(); ++i) {
-    for (size_t k = 0; k < files.size(); ++k) {
-      auto j = nlohmann::json::parse(clients[i]->read_line(std::chrono::seconds{60}), nullptr, false);
-      if (j.is_discarded() || j.contains("error") || !j.contains("text")) {
-        std::printf("node %zu failed: %s\n", i + 1, j.is_discarded() ? "no answer" : j.dump().c_str());
-        return 1;
-      }
-      latencies.push_back(j["latency_ms"].get<double>());
-      results[i].push_back(j);
-      std::printf("[%5.1fs]   node %zu  %-14s -> \"%s\"\n", elapsed(), i + 1,
-                  j["file"].get<std::string>().c_str(), j["text"].get<std::string>().c_str());
-      std::fflush(stdout);
-    }
-    summaries[i] = nlohmann::json::parse(clients[i]->read_line(std::chrono::seconds{30}), nullptr, false);
-  }
-  // Memory while every pipeline node still holds the model.
-  uint64_t shared = pss_bytes(node.process->pid());
-  for (auto& c : clients)
-    shared += pss_bytes(c->pid());
-  auto status = node_status(node.uri());
-  for (auto& c : clients)
-    c->close_stdin();
-  for (auto& c : clients)
-    c->wait_for_exit(std::chrono::seconds{10});
-  std::printf("[%5.1fs] measuring %zu processes that each load their own copy ...\n", elapsed(),
-              opts.nodes);
-  std::fflush(stdout);
-  auto separate = separate_pss(opts.self_path, opts.nodes, opts.model, files.front());
-
-  // -- summary -----------------------------------------------------------
-  std::printf("\nTranscripts\n");
-  for (size_t k = 0; k < files.size(); ++k) {
-    const auto& want = opts.recordings[k].expected;
-    std::printf("  %-14s expected \"%s\"\n", std::filesystem::path{files[k]}.filename().c_str(),
-                want.c_str());
-    for (size_t i = 0; i < results.size(); ++i) {
-      auto got = results[i][k]["text"].get<std::string>();
-      bool ok = got == want;
-      all_right = all_right && ok;
-      std::printf("    node %zu: %s \"%s\"\n", i + 1, ok ? "right" : "WRONG", got.c_str());
-    }
-  }
-  const auto& totals = status["totals"];
-  uint64_t loads = totals.is_object() ? totals["loads"].get<uint64_t>() : 0;
-  uint64_t coalesced = totals.is_object() ? totals["coalesced"].get<uint64_t>() : 0;
-  uint64_t hits = totals.is_object() ? totals["hits"].get<uint64_t>() : 0;
-  uint64_t model_bytes = 0;
-  for (const auto& m : status["models"])
-    if (m["key"] == opts.model)
-      model_bytes = m["memory_bytes"].get<uint64_t>();
-  uint64_t zero_copy = 0, copied = 0;
-  for (const auto& s : summaries) {
-    zero_copy += s.value("zero_copy_tensors", uint64_t{0});
-    copied += s.value("copied_bytes", uint64_t{0});
-  }
-  uint64_t audio_bytes = 0;
-  for (const auto& r : results)
-    for (const auto& j : r)
-      audio_bytes += j["bytes"].get<uint64_t>();
-  std::sort(latencies.begin(), latencies.end());
-  auto pct = [&](double q) {
-    return latencies.empty() ? 0.0 : latencies[static_cast<size_t>(q * static_cast<double>(latencies.size() - 1))];
-  };
-  std::printf("\nSharing\n");
-  std::printf("  model loaded %llu time(s) for %zu nodes (%llu callers coalesced onto the load, "
-              "%llu hits); it holds %.1f MiB\n",
-              static_cast<unsigned long long>(loads), opts.nodes,
-              static_cast<unsigned long long>(coalesced), static_cast<unsigned long long>(hits),
-              mib(model_bytes));
-  std::printf("  audio sent without a copy: %.2f MiB in %llu tensors by reference; bytes copied: %llu\n",
-              mib(audio_bytes), static_cast<unsigned long long>(zero_copy),
-              static_cast<unsigned long long>(copied));
-  std::printf("  request latency: p50 %.1f ms, max %.1f ms (%zu requests)\n", pct(0.5), pct(1.0),
-              latencies.size());
-  std::printf("\nMemory (proportional set size, measured)\n");
-  std::printf("  %zu nodes + 1 shared model node: %7.1f MiB\n", opts.nodes, mib(shared));
-  std::printf("  %zu processes with their own copy: %6.1f MiB\n", opts.nodes, mib(separate));
-  if (separate > 0)
-    std::printf("  saved: %.0f%%\n", 100.0 * (1.0 - static_cast<double>(shared) / static_cast<double>(separate)));
-  std::printf("\n%s in %.1f s\n", all_right && loads == 1 ? "OK: every transcript is right, one load"
-                                                          : "FAILED",
-              elapsed());
-  return all_right && loads == 1 ? 0 : 1;
 }
 
 std::string run_memory_bench(const std::string& self_path, size_t clients, const std::string& model) {

@@ -1,13 +1,17 @@
-// The main job (`make demo` → `modelreg demo`) and `modelreg bench memory`:
-// pipeline-node processes sharing one speech recogniser held by a node,
-// against processes that each load their own copy.
+// `modelreg bench memory` and what the main job (voice_loop.hpp) shares with
+// it: pipeline-node processes sharing one speech recogniser held by a node,
+// against processes that each load their own copy; the pinned recordings.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "modelreg/messages/model_spec.hpp"
+#include "modelreg/tensor/tensor.hpp"
 
 namespace modelreg::tools {
 
@@ -19,17 +23,6 @@ struct recording {
 
 /// Debian's pocketsphinx-testdata recordings and their transcripts.
 std::vector<recording> default_recordings();
-
-struct demo_options {
-  std::string self_path;
-  size_t nodes = 4;
-  std::string model = "asr-en-us";
-  std::vector<recording> recordings = default_recordings();
-};
-
-/// Runs the demo; prints progress and the summary; 0 only if every
-/// transcript is right.
-int run_demo(const demo_options& opts);
 
 /// `bench memory`: summed PSS of N processes each loading `model` against N
 /// clients plus one node holding it; one JSON object.
@@ -48,5 +41,19 @@ int run_asr_alone(const model_spec& spec, const std::string& file);
 
 /// Proportional set size of process `pid` in bytes (smaps_rollup), 0 if unknown.
 uint64_t pss_bytes(int pid);
+
+/// A model's `text` output as a string (empty if it has none).
+std::string text_of(const tensor_map& out);
+
+/// Bytes in MiB.
+double mib(uint64_t bytes);
+
+/// The status JSON of the node at `uri` (empty if it does not answer).
+nlohmann::json node_status(const std::string& uri);
+
+/// Summed PSS of `n` processes that each load `model` themselves and
+/// transcribe `file`, all alive at once (0 if one fails).
+uint64_t separate_pss(const std::string& self_path, size_t n, const std::string& model,
+                      const std::string& file);
 
 } // namespace modelreg::tools

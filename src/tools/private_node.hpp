@@ -5,6 +5,7 @@
 #include <chrono>
 #include <csignal>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -35,14 +36,20 @@ inline int report_error(const caf::error& err) {
 /// A node on a private socket in a fresh /tmp directory, started from this
 /// executable; stopped (SIGTERM) and its directory removed at the end.
 struct private_node {
-  private_node(const std::string& self_path, const std::string& name) {
+  /// `catalog_json`: the node's catalog (empty: the built-in one).
+  private_node(const std::string& self_path, const std::string& name,
+               const std::string& catalog_json = {}) {
     std::string tmpl = "/tmp/modelreg-" + name + "-XXXXXX";
     if (::mkdtemp(tmpl.data()) == nullptr)
       return; // `ready` stays false: the caller reports it
     dir = tmpl;
     socket = dir + "/node.sock";
-    process = std::make_unique<child_process>(
-      std::vector<std::string>{self_path, "serve", "--socket", socket});
+    std::vector<std::string> argv{self_path, "serve", "--socket", socket};
+    if (!catalog_json.empty()) {
+      std::ofstream{dir + "/catalog.json"} << catalog_json;
+      argv.insert(argv.end(), {"--catalog", dir + "/catalog.json"});
+    }
+    process = std::make_unique<child_process>(argv);
     ready = process->read_line(std::chrono::seconds{30}).rfind("ready", 0) == 0;
   }
   ~private_node() {

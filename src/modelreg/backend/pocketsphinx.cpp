@@ -246,6 +246,11 @@ void add_pocketsphinx_backend(backend_registry& registry) {
      "for streaming)"},
     {"bestpath", param_info::kind::boolean, "true",
      "lattice best-path search at the end of an utterance (false: faster finals)"},
+    {"maxhmmpf", param_info::kind::count, "30000",
+     "most HMMs searched per frame (fewer: less CPU per stream; 3000 keeps the pinned "
+     "transcripts)"},
+    {"maxwpf", param_info::kind::count, "0",
+     "most distinct words ending per frame (0: no limit; 10 with maxhmmpf 3000 for streaming)"},
   };
   // One decoder holds ~95 MiB of which ~70 stay shared after a fork.
   info.forkable = true;
@@ -268,6 +273,15 @@ void add_pocketsphinx_backend(backend_registry& registry) {
     auto bestpath = param_bool(spec, "bestpath", true);
     if (!bestpath)
       return bestpath.error();
+    auto maxhmmpf = param_u64(spec, "maxhmmpf", 30000);
+    if (!maxhmmpf)
+      return maxhmmpf.error();
+    auto maxwpf = param_u64(spec, "maxwpf", 0);
+    if (!maxwpf)
+      return maxwpf.error();
+    if (*maxhmmpf == 0 || *maxhmmpf > 1000000 || *maxwpf > 100000)
+      return make_error(errc::invalid_argument,
+                        "pocketsphinx: maxhmmpf must be from 1 to 1000000 and maxwpf at most 100000");
     for (const auto& [what, path] : {std::pair{"hmm", hmm}, {"lm", lm}, {"dict", dict}})
       if (::access(path.c_str(), R_OK) != 0)
         return make_error(errc::load_failed, std::string{"pocketsphinx: "} + what + " '" + path +
@@ -280,6 +294,8 @@ void add_pocketsphinx_backend(backend_registry& registry) {
                                    nullptr);
     if (config == nullptr)
       return make_error(errc::load_failed, "pocketsphinx: bad configuration");
+    cmd_ln_set_int32_r(config, "-maxhmmpf", static_cast<int32>(*maxhmmpf));
+    cmd_ln_set_int32_r(config, "-maxwpf", *maxwpf == 0 ? -1 : static_cast<int32>(*maxwpf));
     ps_decoder_t* ps = ps_init(config);
     if (ps == nullptr) {
       cmd_ln_free_r(config);
