@@ -52,6 +52,8 @@ bench: build
 	@$(BUILD_DIR)/bin/modelreg bench serve --clients 8 --in-flight 64
 	@for n in 4 8; do $(BUILD_DIR)/bin/modelreg bench memory --clients $$n; done
 	@$(BUILD_DIR)/bin/modelreg bench python
+	@for n in 4 8; do $(BUILD_DIR)/bin/modelreg bench streams --streams $$n; done
+	@$(BUILD_DIR)/bin/modelreg bench streams --whole
 
 clean:
 	rm -rf $(BUILD_DIR) $(SANITIZE_DIR)
