@@ -51,7 +51,12 @@ command add_demo(CLI::App& app) {
   sub->add_option("--expect", *expect,
                   "replace a recording's pinned transcript, to see the check fail (repeatable)")
     ->type_name("FILE=TEXT");
-  return {sub, [opts, expect] {
+  auto no_keep_up = std::make_shared<bool>(false);
+  sub->add_flag("--no-keep-up-check", *no_keep_up,
+                "report streams that fall behind real time without failing (a machine busy with "
+                "other work)");
+  return {sub, [opts, expect, no_keep_up] {
+    opts->require_keep_up = !*no_keep_up;
     opts->self_path = self_path();
     for (const auto& e : *expect) {
       auto eq = e.find('=');

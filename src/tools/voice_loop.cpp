@@ -559,10 +559,13 @@ int run_voice_demo(const voice_demo_options& opts) {
   if (separate > 0)
     std::printf("  saved: %.0f%%\n", 100.0 * (1.0 - static_cast<double>(mem.pss + clients_pss) /
                                                       static_cast<double>(separate)));
-  bool ok = recordings_right && wer_ok && kept_up && loads == 2;
+  bool ok = recordings_right && wer_ok && (kept_up || !opts.require_keep_up) && loads == 2;
+  if (!kept_up && !opts.require_keep_up)
+    std::printf("\n(falling behind real time is reported, not failed: --no-keep-up-check)\n");
   std::printf("\n%s in %.1f s\n",
-              ok ? "OK: every transcript is right, every stream kept up, one load per model"
-                 : "FAILED",
+              !ok        ? "FAILED"
+              : kept_up  ? "OK: every transcript is right, every stream kept up, one load per model"
+                         : "OK: every transcript is right, one load per model",
               elapsed());
   return ok ? 0 : 1;
 }
