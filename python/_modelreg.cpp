@@ -663,6 +663,14 @@ tensor_map tensors_of(py::dict inputs) {
   return in;
 }
 
+/// A node's outputs as Python sees them: a dict of Tensor.
+py::dict outputs_dict(const tensor_map& out) {
+  py::dict result;
+  for (const auto& [name, t] : out)
+    result[py::str(name)] = tensor_wrapper{t};
+  return result;
+}
+
 /// A streaming session of a Client (Python's Stream): chunks in, partial
 /// results out, then the final one.
 class stream_wrapper {
@@ -678,7 +686,7 @@ public:
 
   py::dict push(py::dict chunk, double timeout_s) {
     auto in = tensors_of(chunk);
-    return dict_of(without_gil([&] {
+    return outputs_dict(without_gil([&] {
       auto r = session_.push(in, timeout(timeout_s));
       in.clear();
       return r;
@@ -686,7 +694,7 @@ public:
   }
 
   py::dict finish(double timeout_s) {
-    return dict_of(without_gil([&] { return session_.finish(timeout(timeout_s)); }));
+    return outputs_dict(without_gil([&] { return session_.finish(timeout(timeout_s)); }));
   }
 
   void cancel() {
@@ -701,13 +709,6 @@ private:
     if (!(seconds > 0))
       return timeouts::request;
     return std::chrono::duration_cast<caf::timespan>(std::chrono::duration<double>{seconds});
-  }
-
-  static py::dict dict_of(const tensor_map& out) {
-    py::dict result;
-    for (const auto& [name, t] : out)
-      result[py::str(name)] = tensor_wrapper{t};
-    return result;
   }
 
   std::shared_ptr<runtime> rt_; // the actor system the link lives in
@@ -887,10 +888,7 @@ public:
       in.clear(); // ordinary arrays' views are dropped here, without the GIL
       return r;
     });
-    py::dict result;
-    for (auto& [name, t] : out)
-      result[py::str(name)] = tensor_wrapper{t};
-    return result;
+    return outputs_dict(out);
   }
 
   stream_wrapper open_session(const std::string& model, double wait_s, double timeout_s) {

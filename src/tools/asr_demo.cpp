@@ -69,11 +69,6 @@ nlohmann::json node_status(const std::string& uri) {
   return raw ? nlohmann::json::parse(*raw, nullptr, false) : nlohmann::json{};
 }
 
-struct alone_result {
-  uint64_t pss = 0;
-  bool ok = false;
-};
-
 /// N processes that each load the model themselves, all alive at once.
 uint64_t separate_pss(const std::string& self_path, size_t n, const std::string& model,
                       const std::string& file) {
@@ -90,6 +85,26 @@ uint64_t separate_pss(const std::string& self_path, size_t n, const std::string&
   for (auto& a : alone)
     sum += pss_bytes(a->pid());
   return sum;
+}
+
+std::pair<size_t, size_t> word_errors(const std::string& reference, const std::string& hypothesis) {
+  auto split = [](const std::string& s) {
+    std::vector<std::string> out;
+    std::istringstream in{s};
+    for (std::string w; in >> w;)
+      out.push_back(w);
+    return out;
+  };
+  auto r = split(reference), h = split(hypothesis);
+  std::vector<std::vector<size_t>> d(r.size() + 1, std::vector<size_t>(h.size() + 1));
+  for (size_t i = 0; i <= r.size(); ++i)
+    d[i][0] = i;
+  for (size_t j = 0; j <= h.size(); ++j)
+    d[0][j] = j;
+  for (size_t i = 1; i <= r.size(); ++i)
+    for (size_t j = 1; j <= h.size(); ++j)
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (r[i - 1] != h[j - 1])});
+  return {d[r.size()][h.size()], r.size()};
 }
 
 uint64_t pss_bytes(int pid) {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <map>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,10 @@ int run_asr_alone(const model_spec& spec, const std::string& file);
 
 /// Proportional set size of process `pid` in bytes (smaps_rollup), 0 if unknown.
 uint64_t pss_bytes(int pid);
+
+/// Word-level edit distance between a reference and a hypothesis, and the
+/// reference's word count (their ratio is the word error rate).
+std::pair<size_t, size_t> word_errors(const std::string& reference, const std::string& hypothesis);
 
 /// A model's `text` output as a string (empty if it has none).
 std::string text_of(const tensor_map& out);

@@ -364,31 +364,6 @@ std::string run_whole_throughput(const std::string& self_path, size_t clients, s
     .dump();
 }
 
-namespace {
-
-/// Word error rate: word-level edit distance / reference words.
-double word_errors(const std::string& reference, const std::string& hypothesis, size_t& words) {
-  auto split = [](const std::string& s) {
-    std::vector<std::string> out;
-    std::istringstream in{s};
-    for (std::string w; in >> w;)
-      out.push_back(w);
-    return out;
-  };
-  auto r = split(reference), h = split(hypothesis);
-  std::vector<std::vector<size_t>> d(r.size() + 1, std::vector<size_t>(h.size() + 1));
-  for (size_t i = 0; i <= r.size(); ++i)
-    d[i][0] = i;
-  for (size_t j = 0; j <= h.size(); ++j)
-    d[0][j] = j;
-  for (size_t i = 1; i <= r.size(); ++i)
-    for (size_t j = 1; j <= h.size(); ++j)
-      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (r[i - 1] != h[j - 1])});
-  words += r.size();
-  return static_cast<double>(d[r.size()][h.size()]);
-}
-
-} // namespace
 
 std::vector<std::string> default_sentences() {
   return {"go forward ten meters", "turn left at the next corner", "stop the car now",
@@ -518,7 +493,9 @@ int run_voice_demo(const voice_demo_options& opts) {
       max_late = std::max(max_late, j["max_lateness_ms"].get<double>());
       end_late = std::max(end_late, j["end_lateness_ms"].get<double>());
       if (j["item"].get<std::string>().rfind("say:", 0) == 0) {
-        said_errors += word_errors(expected[i][k], got, said_words);
+        auto [errors, words] = word_errors(expected[i][k], got);
+        said_errors += static_cast<double>(errors);
+        said_words += words;
         continue;
       }
       bool ok = got == expected[i][k];

@@ -68,12 +68,6 @@ std::vector<int64_t> children() {
 
 class instances_test : public registry_test {
 protected:
-  std::optional<model_status> status_of(const std::string& key) {
-    for (auto& s : sut->list())
-      if (s.key == key)
-        return s;
-    return std::nullopt;
-  }
 
   /// Runs `n` requests on `key` at once; their outcomes.
   std::vector<caf::expected<tensor_map>> at_once(const std::string& key, int n) {

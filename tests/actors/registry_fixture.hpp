@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include <caf/exit_reason.hpp>
@@ -62,6 +63,14 @@ protected:
     listener = sys.spawn(recorder, log);
     caf::anon_send(sut->actor(), subscribe_atom::value, listener);
     return log;
+  }
+
+  /// The status of `key` in the registry's list, if it is there.
+  std::optional<model_status> status_of(const std::string& key) {
+    for (auto& s : sut->list())
+      if (s.key == key)
+        return s;
+    return std::nullopt;
   }
 
   registry_snapshot snapshot() {

@@ -40,12 +40,6 @@ int64_t value(const tensor_map& m, const std::string& name) {
 
 class sessions_test : public registry_test {
 protected:
-  std::optional<model_status> status_of(const std::string& key) {
-    for (auto& s : sut->list())
-      if (s.key == key)
-        return s;
-    return std::nullopt;
-  }
 };
 
 TEST_F(sessions_test, ASessionAnswersPartialsInOrderThenTheFinalOnOneInstance) {

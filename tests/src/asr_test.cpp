@@ -50,16 +50,8 @@ std::vector<std::string> split(const std::string& s) {
 
 /// Word error rate: word-level edit distance / reference words.
 double word_error_rate(const std::string& reference, const std::string& hypothesis) {
-  auto r = split(reference), h = split(hypothesis);
-  std::vector<std::vector<size_t>> d(r.size() + 1, std::vector<size_t>(h.size() + 1));
-  for (size_t i = 0; i <= r.size(); ++i)
-    d[i][0] = i;
-  for (size_t j = 0; j <= h.size(); ++j)
-    d[0][j] = j;
-  for (size_t i = 1; i <= r.size(); ++i)
-    for (size_t j = 1; j <= h.size(); ++j)
-      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (r[i - 1] != h[j - 1])});
-  return static_cast<double>(d[r.size()][h.size()]) / static_cast<double>(r.size());
+  auto [errors, words] = tools::word_errors(reference, hypothesis);
+  return static_cast<double>(errors) / static_cast<double>(words);
 }
 
 class asr_test : public ::testing::Test {

@@ -642,10 +642,10 @@ void maybe_grow(front_ptr self) {
 }
 
 /// Delivers a session request's outcome to its caller.
-void deliver_session(session_request& req, caf::typed_response_promise<tensor_map>& promise,
+void deliver_session(const reply_sink_ptr& reply, caf::typed_response_promise<tensor_map>& promise,
                      caf::expected<tensor_map> out) {
-  if (req.reply) {
-    req.reply->deliver(std::move(out));
+  if (reply) {
+    reply->deliver(std::move(out));
   } else if (promise.pending()) {
     if (out)
       promise.deliver(std::move(*out));
@@ -692,16 +692,16 @@ void pin(front_ptr self, size_t i, front_state::pending_open p) {
         auto t = tensor::allocate(dtype::u64, {1});
         if (!t) {
           end_session(self, id);
-          deliver_session(waiting->request, waiting->promise, t.error());
+          deliver_session(waiting->request.reply, waiting->promise, t.error());
           return;
         }
         (*t->mutable_values<uint64_t>())[0] = id;
-        deliver_session(waiting->request, waiting->promise, tensor_map{{"session", *t}});
+        deliver_session(waiting->request.reply, waiting->promise, tensor_map{{"session", *t}});
         publish(self);
       },
       [self, id, waiting](caf::error& err) {
         end_session(self, id);
-        deliver_session(waiting->request, waiting->promise, std::move(err));
+        deliver_session(waiting->request.reply, waiting->promise, std::move(err));
         dispatch(self);
       });
 }
@@ -805,9 +805,7 @@ caf::result<tensor_map> session_step(front_ptr self, session_request& req) {
   self->request(st.slots[slot].worker, caf::infinite, std::move(req))
     .then(
       [promise, reply, ticket](tensor_map& out) mutable {
-        session_request r;
-        r.reply = reply;
-        deliver_session(r, promise, std::move(out));
+        deliver_session(reply, promise, std::move(out));
       },
       [self, id, promise, reply, ticket](caf::error& err) mutable {
         // An instance that died takes its session with it.
@@ -815,9 +813,7 @@ caf::result<tensor_map> session_step(front_ptr self, session_request& req) {
           end_session(self, id);
           publish(self);
         }
-        session_request r;
-        r.reply = reply;
-        deliver_session(r, promise, std::move(err));
+        deliver_session(reply, promise, std::move(err));
       });
   publish(self);
   if (reply)
@@ -853,7 +849,7 @@ caf::result<tensor_map> session_open(front_ptr self, session_request& req) {
                                         std::to_string(st.slots.size()) +
                                         " instances are in use (sessions or requests)" +
                                         (wait.count() > 0 ? " and too many opens wait" : ""));
-    deliver_session(p.request, p.promise, std::move(err));
+    deliver_session(p.request.reply, p.promise, std::move(err));
     maybe_grow(self);
   } else {
     p.deadline_ns = detail::steady_now_ns() +
@@ -950,7 +946,7 @@ front_actor::behavior_type instances_front(front_ptr self, instance_set_ptr set,
       std::erase_if(st.opens, [&](front_state::pending_open& p) {
         if (p.deadline_ns > now)
           return false;
-        deliver_session(p.request, p.promise,
+        deliver_session(p.request.reply, p.promise,
                         make_error(errc::busy, st.set->describe() +
                                                  ": no instance became free in time for a new "
                                                  "session"));

@@ -38,7 +38,7 @@ extern char** environ;
 //   zygote -> node   ready <pid> <memory_bytes> <description>
 //                    error <text>                      (then it exits)
 //   node -> zygote   fork <n>
-//   instance -> node instance <n> <pid> <private_bytes>  (it listens on <dir>/instance-<n>.sock)
+//   instance -> node instance <n> <pid>               (it listens on <dir>/instance-<n>.sock)
 //                    failed <n> <text>
 //
 // The node ends the zygote by closing the channel: the zygote kills its
@@ -285,11 +285,11 @@ public:
     if (!line)
       return make_error(errc::model_crashed,
                         "the zygote of " + describe_ + " exited or did not answer a fork");
-    auto words = split(*line, 4);
+    auto words = split(*line, 3);
     if (words[0] == "failed")
       return make_error(errc::load_failed, "an instance of " + describe_ + " did not start: " +
                                              (words.size() > 2 ? words[2] : *line));
-    if (words.size() != 4 || words[0] != "instance" || words[1] != std::to_string(n))
+    if (words.size() != 3 || words[0] != "instance" || words[1] != std::to_string(n))
       return make_error(errc::load_failed, "the zygote answered '" + *line + "'");
     forked f;
     f.pid = std::strtoll(words[2].c_str(), nullptr, 10);
@@ -616,9 +616,7 @@ int serve_instance(model& m, uint64_t n, const std::string& path, int ctl) {
     (*ep)->stop();
     return 1;
   }
-  auto mem = memory_of_process(::getpid());
-  write_line(ctl, "instance " + std::to_string(n) + " " + std::to_string(::getpid()) + " " +
-                    std::to_string(mem.private_bytes));
+  write_line(ctl, "instance " + std::to_string(n) + " " + std::to_string(::getpid()));
   // The channel is the zygote's: this process is done with it.
   int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
   ::dup2(null, 1);
