@@ -39,15 +39,21 @@ CLI::Option* add_size(CLI::App* app, const std::string& name, uint64_t& target,
 template <class Duration>
 CLI::Option* add_duration(CLI::App* app, const std::string& name, Duration& target,
                           const std::string& description,
-                          std::chrono::nanoseconds max = std::chrono::hours{24 * 365}) {
+                          std::chrono::nanoseconds max = std::chrono::hours{24 * 365},
+                          std::chrono::nanoseconds min = std::chrono::nanoseconds{0}) {
   return app
     ->add_option_function<std::string>(
       name,
-      [name, &target, max](const std::string& v) {
+      [name, &target, max, min](const std::string& v) {
         auto d = parse_duration(v);
         if (!d || *d > max)
           throw CLI::ValidationError(name, "takes a duration such as 1.5, 500ms, 30s or 5m, not '" +
                                              v + "'");
+        if (*d < min)
+          throw CLI::ValidationError(
+            name, "must be at least " +
+                    std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(min).count()) +
+                    "ms, not '" + v + "'");
         target = std::chrono::duration_cast<Duration>(*d);
       },
       description)

@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/protocol_bench.hpp"
 #include "bench/python_bench.hpp"
 #include "bench/registry_bench.hpp"
 #include "bench/serve_bench.hpp"
@@ -57,9 +58,51 @@ command bench_transport(CLI::App* bench) {
   }};
 }
 
+/// `bench serve --protocol ...`: the doors side by side (issue #14).
+int run_protocols(modelreg::bench::protocol_bench_options popts, bool json_out) {
+  popts.self_path = self_path();
+  auto result = modelreg::bench::run_protocol_bench(popts);
+  auto j = nlohmann::json::parse(result);
+  if (json_out) {
+    std::cout << result << std::endl;
+  } else if (j.contains("error")) {
+    std::cerr << "bench serve: " << j["error"].get<std::string>() << "\n";
+  } else {
+    std::printf("protocols: %zu clients x %zu in flight, model '%s'\n", popts.clients,
+                popts.in_flight, popts.model.c_str());
+    std::printf("  %-5s %9s %7s %12s %10s %10s %s\n", "door", "bytes", "others", "req/s",
+                "p50 us", "p99 us", "errors");
+    for (const auto& r : j["runs"]) {
+      if (r.contains("error")) {
+        std::printf("  %-5s %s\n", r["protocol"].get<std::string>().c_str(),
+                    r["error"].get<std::string>().c_str());
+        continue;
+      }
+      std::printf("  %-5s %9zu %7s %12.0f %10.0f %10.0f %llu\n",
+                  r["protocol"].get<std::string>().c_str(), r["bytes"].get<size_t>(),
+                  r["others"].get<bool>() ? "yes" : "no", r["req_per_s"].get<double>(),
+                  r["latency_us_p50"].get<double>(), r["latency_us_p99"].get<double>(),
+                  r["errors"].get<unsigned long long>());
+    }
+    for (const auto& [bytes, ratio] : j["ratios"].items()) {
+      std::printf("  %s bytes:", bytes.c_str());
+      for (const auto& [k, v] : ratio.items())
+        if (k != "bytes")
+          std::printf(" %s %.3f", k.c_str(), v.get<double>());
+      std::printf("\n");
+    }
+  }
+  bool bad = j.contains("error");
+  for (const auto& r : j.value("runs", nlohmann::json::array()))
+    bad = bad || r.contains("error") || r.value("errors", 0) > 0 || r.value("wrong_answers", 0) > 0;
+  return bad ? exit_failed : exit_ok;
+}
+
 command bench_serve(CLI::App* bench) {
   auto opts = std::make_shared<modelreg::bench::serve_bench_options>();
   auto json = std::make_shared<bool>(false);
+  auto protocols = std::make_shared<std::vector<std::string>>();
+  auto elements_given = std::make_shared<bool>(false);
   auto* sub = bench->add_subcommand(
     "serve", "N client processes against one `modelreg serve` node: requests/s, latency "
              "p50/p99, errors");
@@ -75,9 +118,38 @@ command bench_serve(CLI::App* bench) {
     ->check(CLI::IsMember({"echo", "gain"}));
   add_count(sub, "--elements", opts->elements,
             "f32 elements per request (default: 1024, i.e. 4 KiB, at one request in flight, "
-            "else 16)",
-            1);
-  return command{sub, [opts, json] {
+            "else 16; with --protocol: 4 KiB and 1 MiB)",
+            1)
+    ->each([elements_given](const std::string&) { *elements_given = true; });
+  sub->add_option("--protocol", *protocols,
+                  "through these doors, side by side in one run: shm, grpc, http "
+                  "(comma-separated); with shm and another, shm also runs with HTTP and gRPC "
+                  "clients loading the node")
+    ->delimiter(',')
+    ->check(CLI::IsMember({"shm", "grpc", "http"}))
+    ->type_name("LIST");
+  return command{sub, [opts, json, protocols, elements_given, sub] {
+    if (!protocols->empty()) {
+      modelreg::bench::protocol_bench_options p;
+      p.protocols = *protocols;
+      if (sub->count("--clients") > 0)
+        p.clients = opts->clients;
+      if (sub->count("--requests") > 0)
+        p.requests = opts->requests;
+      if (sub->count("--in-flight") > 0)
+        p.in_flight = opts->in_flight;
+      if (!opts->model.empty())
+        p.model = opts->model;
+      if (*elements_given)
+        p.sizes = {opts->elements};
+      if (sub->count("--quick") > 0)
+        p.requests = 500;
+      p.mixed = protocols->size() > 1 &&
+                std::find(protocols->begin(), protocols->end(), "shm") != protocols->end();
+      if (sub->count("--stalled-peer") > 0)
+        return usage_error("bench serve: --stalled-peer is for the shm-only benchmark");
+      return run_protocols(p, *json);
+    }
     opts->self_path = self_path();
     auto result = modelreg::bench::run_serve_bench(*opts);
     auto j = nlohmann::json::parse(result);
@@ -335,6 +407,10 @@ std::optional<int> run_hidden_bench(const std::string& command,
     return modelreg::bench::run_caf_echo_server();
   if (command == "__bench-rtt-client" && args.size() == 2)
     return modelreg::bench::run_rtt_client(args[0], args[1]);
+  if (command == "__bench-protocol-client" && args.size() == 10)
+    return modelreg::bench::run_protocol_bench_client(
+      args[0], args[1], args[2], std::stoull(args[3]), std::stoull(args[4]), std::stoull(args[5]),
+      args[6], args[7], std::stof(args[8]), std::stod(args[9]));
   return std::nullopt;
 }
 

@@ -12,6 +12,8 @@
 
 #include <pthread.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 
@@ -25,6 +27,9 @@
 
 #include "cli/commands.hpp"
 #include "cli/default_catalog.hpp"
+#include "doors/grpc_door.hpp"
+#include "doors/http_door.hpp"
+#include "doors/systemd.hpp"
 #include "modelreg/actors/ask.hpp"
 #include "modelreg/actors/remote_registry.hpp"
 #include "modelreg/actors/gateway.hpp"
@@ -58,6 +63,12 @@ struct serve_options {
                                static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)) / 2;
   tcp_guard_options guard;
   bool max_tcp_message_given = false;
+  std::optional<std::string> http;
+  std::optional<std::string> grpc;
+  std::optional<std::string> metrics;
+  doors::http_options http_opts;
+  uint64_t http_max_body = uint64_t{64} << 20;
+  size_t http_max_connections = 1024;
   registry_config rcfg = [] {
     registry_config c;
     c.idle_ttl = std::chrono::seconds{300};
@@ -72,7 +83,13 @@ catalog names. See docs/serve.md, "Access and roles" and "Limits".
 
 Sizes: 2G, 512M, 1.5GiB or bytes. Durations: 1.5 (seconds), 500ms, 30s, 5m.
 
-Prints "ready" (and the TCP port) on stdout once it serves. SIGINT/SIGTERM
+HTTP and gRPC speak the Open Inference Protocol (KServe v2); /metrics is
+Prometheus's text format (docs/serve.md, "HTTP, gRPC and metrics"). Plain
+HTTP and gRPC peers have the infer role (--insecure-admin: admin); gRPC with
+--tls-* is mutual TLS with --tls-role. Under systemd: Type=notify readiness
+and socket activation (examples/modelreg.service, examples/modelreg.socket).
+
+Prints "ready" (and every address) on stdout once it serves. SIGINT/SIGTERM
 stop it gracefully: requests in flight are answered, clients are told; a
 second SIGINT/SIGTERM stops it at once.
 )";
@@ -152,6 +169,32 @@ std::vector<command> add_serve(CLI::App& app) {
       o->max_tcp_message_given = true;
       o->guard.max_buffered = std::max(o->guard.max_buffered, 4 * o->guard.max_message);
     });
+  sub->add_option("--http", o->http,
+                  "also serve the Open Inference Protocol over HTTP/REST, and /metrics "
+                  "(loopback unless --insecure); PORT 0 picks one")
+    ->type_name("HOST:PORT");
+  sub->add_option("--grpc", o->grpc,
+                  "also serve the Open Inference Protocol over gRPC (loopback unless --tls-* "
+                  "or --insecure); PORT 0 picks one")
+    ->type_name("HOST:PORT");
+  sub->add_option("--metrics", o->metrics,
+                  "serve Prometheus /metrics (and /v2/health/*) on a port of its own (loopback "
+                  "unless --insecure)")
+    ->type_name("HOST:PORT");
+  add_size(sub, "--http-max-body", o->http_max_body,
+           "the largest HTTP request body; a larger one is answered 413 unread (default 64M)",
+           1024, uint64_t{1} << 32);
+  add_duration(sub, "--http-request-timeout", o->http_opts.request_timeout,
+               "close an HTTP connection whose request has not arrived whole this long after it "
+               "opened or after its previous answer (default 30s)",
+               std::chrono::hours{1}, std::chrono::milliseconds{100});
+  add_duration(sub, "--http-idle-timeout", o->http_opts.idle_timeout,
+               "close an HTTP connection idle this long (default 15s)", std::chrono::hours{1},
+               std::chrono::seconds{1});
+  add_count(sub, "--http-max-connections", o->http_max_connections,
+            "HTTP connections open at once (a quarter of them from one address); more are "
+            "closed at accept (default 1024)",
+            4, 1u << 16);
   add_size(sub, "--max-memory", o->rcfg.max_memory_bytes,
            "byte budget for loaded models (default: unlimited)");
   add_duration(sub, "--idle-ttl", o->rcfg.idle_ttl,
@@ -229,16 +272,79 @@ int run_serve(serve_options o) {
       return exit_failed;
     }
   } else if (tls.any()) {
-    return usage_error("serve: TLS options need --tcp");
+    if (!o.grpc)
+      return usage_error("serve: TLS options need --tcp or --grpc");
+    if (auto err = check_tls(tls); !err.empty()) {
+      std::cerr << "modelreg serve: " << err << "\n";
+      return exit_failed;
+    }
   }
   if (o.max_tcp_message_given && (!tcp || tls.any()))
     return usage_error("serve: --max-tcp-message is for plain TCP (--tcp without TLS)");
-  if (insecure_admin && (!tcp || tls.any()))
-    return usage_error("serve: --insecure-admin is for plain TCP (--tcp without TLS)");
+  // The Open Inference Protocol's doors and /metrics.
+  auto check_door = [&](const std::optional<std::string>& value, const std::string& flag,
+                        bool tls_protects, std::optional<node_address>& out) -> int {
+    if (!value)
+      return 0;
+    auto a = parse_host_port(*value);
+    if (!a)
+      return usage_error("serve: " + flag + " takes HOST:PORT with PORT from 0 to 65535, not '" +
+                         *value + "'");
+    if (!is_loopback(a->host) && !insecure && !(tls_protects && tls.any())) {
+      std::cerr << "modelreg serve: refusing " << flag << " on non-loopback address " << a->host
+                << ": "
+                << (tls_protects ? "give --tls-cert/--tls-key/--tls-ca, or --insecure to allow "
+                                   "plain gRPC"
+                                 : "this HTTP has no TLS (put a TLS proxy in front and listen on "
+                                   "loopback), or give --insecure to allow it")
+                << "\n";
+      return exit_failed;
+    }
+    out = *a;
+    return 0;
+  };
+  std::optional<node_address> http_at, grpc_at, metrics_at;
+  if (int rc = check_door(o.http, "--http", false, http_at); rc != 0)
+    return rc;
+  if (int rc = check_door(o.grpc, "--grpc", true, grpc_at); rc != 0)
+    return rc;
+  if (int rc = check_door(o.metrics, "--metrics", false, metrics_at); rc != 0)
+    return rc;
+  bool plain_door = (tcp && !tls.any()) || http_at || (grpc_at && !tls.any());
+  if (insecure_admin && !plain_door)
+    return usage_error("serve: --insecure-admin is for plain TCP, HTTP or gRPC peers (--tcp or "
+                       "--grpc without TLS, or --http)");
   if (o.tls_role_given && !tls.any())
     return usage_error("serve: --tls-role needs --tcp with --tls-cert/--tls-key/--tls-ca");
+  // Sockets passed by systemd's socket activation (examples/modelreg.socket):
+  // the Unix socket, the HTTP port and the metrics port, told apart by their
+  // kind and FileDescriptorName=.
+  int passed_unix = -1, passed_http = -1, passed_metrics = -1;
+  for (const auto& [name, fd] : doors::activated_sockets()) {
+    int type = 0;
+    socklen_t len = sizeof type;
+    sockaddr_storage addr{};
+    socklen_t alen = sizeof addr;
+    ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len);
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &alen);
+    if (addr.ss_family == AF_UNIX && type == SOCK_SEQPACKET) {
+      passed_unix = fd;
+      socket = reinterpret_cast<sockaddr_un*>(&addr)->sun_path;
+    } else if ((addr.ss_family == AF_INET || addr.ss_family == AF_INET6) && type == SOCK_STREAM) {
+      (name == "metrics" ? passed_metrics : passed_http) = fd;
+    } else {
+      std::cerr << "modelreg serve: the passed socket '" << name << "' (descriptor " << fd
+                << ") is neither a Unix SOCK_SEQPACKET socket nor a TCP one; see "
+                   "examples/modelreg.socket\n";
+      return exit_failed;
+    }
+  }
+  if (passed_http >= 0 && !http_at)
+    http_at = node_address{};
+  if (passed_metrics >= 0 && !metrics_at)
+    metrics_at = node_address{};
   // Another node on this socket? Do not steal it.
-  if (transport::connect_seqpacket(socket)) {
+  if (passed_unix < 0 && transport::connect_seqpacket(socket)) {
     std::cerr << "modelreg serve: another node is already serving on " << socket << "\n";
     return exit_failed;
   }
@@ -277,6 +383,7 @@ int run_serve(serve_options o) {
   auto logger = log::get("modelreg.serve");
   rcfg.catalog = std::make_shared<catalog>(std::move(*cat));
   rcfg.backends = backends;
+  rcfg.metrics = std::make_shared<node_metrics>();
   auto started = transport::endpoint::try_start(eopts);
   if (!started) {
     std::cerr << "modelreg serve: " << describe(started.error()) << "\n";
@@ -293,17 +400,39 @@ int run_serve(serve_options o) {
   auto gw = spawn_gateway(sys, registry, gopts);
   wire_actor door;
   tcp_guard guard{o.guard};
+  std::shared_ptr<oip::service> protocol;
+  std::unique_ptr<doors::http_door> http_door, metrics_door;
+  std::unique_ptr<doors::grpc_door> grpc_door;
+  auto stop_doors = [&] {
+    if (protocol)
+      protocol->set_ready(false);
+    if (http_door)
+      http_door->stop();
+    if (metrics_door)
+      metrics_door->stop();
+    if (grpc_door)
+      grpc_door->stop();
+    if (protocol)
+      protocol->stop();
+  };
   auto stop_all = [&] {
+    stop_doors();
     close_wire_interface(door);
     caf::anon_send(gw, shutdown_atom::value);
     caf::anon_send(registry, shutdown_atom::value);
     ep->stop();
   };
-  if (auto err = listen_shm(gw, ep, socket)) {
+  bool own_socket_file = passed_unix < 0;
+  if (auto err = own_socket_file ? listen_shm(gw, ep, socket)
+                                 : listen_shm_socket(gw, ep, passed_unix)) {
     std::cerr << "modelreg serve: cannot listen on " << socket << ": " << describe(err) << "\n";
     stop_all();
     return exit_failed;
   }
+  auto unlink_socket = [&] {
+    if (own_socket_file)
+      ::unlink(socket.c_str());
+  };
   std::string tcp_note;
   if (tcp) {
     auto role = tls.any() ? (tls_role_name == "admin" ? peer_role::admin : peer_role::infer)
@@ -319,7 +448,7 @@ int run_serve(serve_options o) {
       std::cerr << "modelreg serve: cannot listen on TCP " << *tcp << ": " << sys.render(port.error())
                 << "\n";
       stop_all();
-      ::unlink(socket.c_str());
+      unlink_socket();
       return exit_failed;
     }
     // An IPv6 address in brackets, as URIs write it (tcp://[::1]:7447).
@@ -327,12 +456,87 @@ int run_serve(serve_options o) {
     tcp_note = " tcp://" + host + ":" + std::to_string(*port) +
                (tls.any() ? " (mutual TLS)" : "") + " role " + to_string(role);
   }
-  std::cout << "ready unix:" << socket << tcp_note << "\n"
+  // HTTP, gRPC and metrics.
+  std::string door_note;
+  auto url_host = [](const std::string& h) {
+    return h.find(':') != std::string::npos ? "[" + h + "]" : h.empty() ? "(passed)" : h;
+  };
+  if (http_at || grpc_at || metrics_at) {
+    oip::service_options so;
+    so.catalog = rcfg.catalog;
+    so.backends = backends;
+    so.metrics = rcfg.metrics;
+    so.endpoint = ep;
+    so.version = MODELREG_VERSION;
+    protocol = std::make_shared<oip::service>(sys, registry, so);
+    auto fail = [&](const std::string& what, const caf::error& err) {
+      std::cerr << "modelreg serve: cannot listen on " << what << ": " << describe(err) << "\n";
+      stop_all();
+      unlink_socket();
+      return exit_failed;
+    };
+    auto http_base = o.http_opts;
+    http_base.max_body = static_cast<size_t>(o.http_max_body);
+    http_base.max_connections = static_cast<unsigned>(o.http_max_connections);
+    http_base.max_connections_per_ip = static_cast<unsigned>(std::max<size_t>(o.http_max_connections / 4, 1));
+    http_base.role = insecure_admin ? peer_role::admin : peer_role::infer;
+    if (http_at) {
+      auto ho = http_base;
+      ho.host = http_at->host;
+      ho.port = http_at->port;
+      ho.listen_fd = passed_http;
+      auto d = doors::http_door::start(protocol, ho);
+      if (!d)
+        return fail("HTTP " + o.http.value_or("(passed socket)"), d.error());
+      http_door = std::move(*d);
+      door_note += " http://" + url_host(http_at->host) + ":" + std::to_string(http_door->port());
+    }
+    if (metrics_at) {
+      auto mo = http_base;
+      mo.host = metrics_at->host;
+      mo.port = metrics_at->port;
+      mo.listen_fd = passed_metrics;
+      mo.metrics_only = true;
+      mo.threads = 1;
+      auto d = doors::http_door::start(protocol, mo);
+      if (!d)
+        return fail("metrics " + o.metrics.value_or("(passed socket)"), d.error());
+      metrics_door = std::move(*d);
+      door_note += " metrics http://" + url_host(metrics_at->host) + ":" +
+                   std::to_string(metrics_door->port()) + "/metrics";
+    }
+    if (grpc_at) {
+      doors::grpc_options go;
+      go.host = grpc_at->host;
+      go.port = grpc_at->port;
+      if (tls.any()) {
+        go.tls_cert = tls.cert;
+        go.tls_key = tls.key;
+        go.tls_ca = tls.ca;
+        go.role = tls_role_name == "admin" ? peer_role::admin : peer_role::infer;
+      } else {
+        go.role = insecure_admin ? peer_role::admin : peer_role::infer;
+      }
+      go.max_message = static_cast<size_t>(o.http_max_body);
+      auto d = doors::grpc_door::start(protocol, go);
+      if (!d)
+        return fail("gRPC " + *o.grpc, d.error());
+      grpc_door = std::move(*d);
+      door_note += " grpc://" + url_host(grpc_at->host) + ":" + std::to_string(grpc_door->port()) +
+                   (tls.any() ? " (mutual TLS)" : "");
+    }
+    protocol->set_ready(true);
+  }
+  std::cout << "ready unix:" << socket << tcp_note << door_note << "\n"
             << "catalog: " << rcfg.catalog->size() << " models" << std::endl;
-  logger->info("serving unix:{}{}", socket, tcp_note);
+  logger->info("serving unix:{}{}{}", socket, tcp_note, door_note);
+  doors::notify_ready("serving unix:" + socket + tcp_note + door_note);
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
+  doors::notify_stopping();
+  if (protocol)
+    protocol->set_ready(false); // health checks see it first
   std::cout << "stopping (" << (sig == SIGINT ? "SIGINT" : "SIGTERM")
             << "): answering what is in flight for at most "
             << std::chrono::duration_cast<std::chrono::seconds>(gopts.drain_timeout).count()
@@ -341,10 +545,11 @@ int run_serve(serve_options o) {
   // and every peer sees its connection end when the process exits.
   // It stays until the process ends: the actor system may still wait for a
   // loader thread after "stopped".
-  std::thread{[stop_signals, path = socket] {
+  std::thread{[stop_signals, path = socket, own_socket_file] {
     int again = 0;
     sigwait(&stop_signals, &again);
-    ::unlink(path.c_str());
+    if (own_socket_file)
+      ::unlink(path.c_str());
     std::cout << "stopped at once (second signal)" << std::endl;
     std::_Exit(exit_failed);
   }}.detach();
@@ -356,9 +561,12 @@ int run_serve(serve_options o) {
     self->receive([](const caf::down_msg&) {},
                   caf::after(gopts.drain_timeout + std::chrono::seconds{1}) >> [] {});
   }
+  // HTTP and gRPC calls had the gateway's drain time too; what still
+  // waits is answered shutting_down.
+  stop_doors();
   close_wire_interface(door);
   ep->stop();
-  ::unlink(socket.c_str());
+  unlink_socket();
   // A loader cannot be interrupted: the process ends when it returns. Say
   // so, rather than seem to hang after "stopped".
   auto snap = ask<registry_snapshot>(sys, registry, std::chrono::seconds{2}, "the registry",

@@ -878,8 +878,11 @@ gateway_actor spawn_gateway(caf::actor_system& sys, registry_actor registry,
   return caf::actor_cast<gateway_actor>(sys.spawn(gateway, std::move(registry), options));
 }
 
-caf::error listen_shm(const gateway_actor& gw, const std::shared_ptr<transport::endpoint>& ep,
-                      const std::string& path) {
+namespace {
+
+/// Listens through `listen(on_frame, on_closed)` with the gateway's handlers.
+template <class Listen>
+caf::error listen_with(const gateway_actor& gw, Listen listen) {
   core_ptr core;
   {
     caf::scoped_actor self{caf::actor_cast<caf::actor>(gw).home_system()};
@@ -891,8 +894,7 @@ caf::error listen_shm(const gateway_actor& gw, const std::shared_ptr<transport::
   // The loop thread hands an Infer on a lease straight to the model actor
   // (the model's thread answers); everything else goes to the gateway.
   caf::weak_actor_ptr weak = caf::actor_cast<caf::weak_actor_ptr>(gw);
-  return ep->listen(
-    path,
+  return listen(
     [weak, core](const connection_ptr& conn, frame_ptr frame) {
       auto own_link = [&conn]() -> std::shared_ptr<peer_link> {
         return std::make_shared<shm_link>(conn);
@@ -907,6 +909,22 @@ caf::error listen_shm(const gateway_actor& gw, const std::shared_ptr<transport::
       if (auto strong = weak.lock())
         caf::anon_send(caf::actor_cast<gateway_actor>(strong), closed_atom::value, conn);
     });
+}
+
+} // namespace
+
+caf::error listen_shm(const gateway_actor& gw, const std::shared_ptr<transport::endpoint>& ep,
+                      const std::string& path) {
+  return listen_with(gw, [&](auto on_frame, auto on_closed) {
+    return ep->listen(path, std::move(on_frame), std::move(on_closed));
+  });
+}
+
+caf::error listen_shm_socket(const gateway_actor& gw,
+                             const std::shared_ptr<transport::endpoint>& ep, int listener) {
+  return listen_with(gw, [&](auto on_frame, auto on_closed) {
+    return ep->listen_socket(listener, std::move(on_frame), std::move(on_closed));
+  });
 }
 
 std::string to_string(peer_role role) {

@@ -103,6 +103,11 @@ gateway_actor spawn_gateway(caf::actor_system& sys, registry_actor registry,
 caf::error listen_shm(const gateway_actor& gw, const std::shared_ptr<transport::endpoint>& ep,
                       const std::string& path);
 
+/// listen_shm on a listening socket someone else made (socket activation):
+/// `listener` must be a Unix SOCK_SEQPACKET socket; the endpoint owns it.
+caf::error listen_shm_socket(const gateway_actor& gw,
+                             const std::shared_ptr<transport::endpoint>& ep, int listener);
+
 /// The gateway's door for peers on other hosts: publish this handle with
 /// `caf::io::publish` or `caf::openssl::publish`. Every peer that comes in
 /// through it gets `role`. It forwards `frame_atom` messages and nothing

@@ -37,11 +37,21 @@ caf::expected<tensor_map> call_model(model& m, const tensor_map& in, tensor_allo
 }
 
 /// Counts a request; its latency only if it succeeded (a refused input
-/// answers in microseconds and would make the model look fast).
-void record(model& m, detail::model_stats& stats, int64_t started, const caf::error* err) {
+/// answers in microseconds and would make the model look fast). `arrived`:
+/// when it reached the model actor (0: when it started), for the queueing
+/// figure; `own_call`: it ran alone (batches count their size themselves).
+void record(model& m, detail::model_stats& stats, int64_t started, const caf::error* err,
+            int64_t arrived = 0, bool own_call = true) {
   stats.requests.fetch_add(1, std::memory_order_relaxed);
+  auto now = detail::steady_now_ns();
+  if (stats.metrics) {
+    int code = err == nullptr ? 0 : err->category() == error_category ? err->code() : -1;
+    stats.metrics->record(arrived != 0 ? started - arrived : 0, now - started, code);
+    if (own_call && err == nullptr)
+      stats.metrics->batch_size.observe(1);
+  }
   if (err == nullptr) {
-    stats.latency.record(static_cast<uint64_t>(detail::steady_now_ns() - started));
+    stats.latency.record(static_cast<uint64_t>(now - started));
   } else {
     stats.errors.fetch_add(1, std::memory_order_relaxed);
     log::get("modelreg.model")->debug("{}: infer failed: {}", m.describe(), describe(*err));
@@ -152,8 +162,10 @@ void run_batch(batch_ptr self, std::vector<queued>& group) {
   if (!answers)
     return fail_all(make_error(errc::infer_failed, m.describe() + ": " + describe(answers.error())));
   st.stats->batches.fetch_add(1, std::memory_order_relaxed);
+  if (st.stats->metrics)
+    st.stats->metrics->batch_size.observe(static_cast<double>(group.size()));
   for (size_t k = 0; k < group.size(); ++k) {
-    record(m, *st.stats, group[k].arrived_ns, nullptr);
+    record(m, *st.stats, started, nullptr, group[k].arrived_ns, false);
     group[k].deliver(std::move((*answers)[k]));
   }
 }
@@ -179,8 +191,9 @@ void flush(batch_ptr self) {
     }
     if (group.size() == 1) {
       auto& q = group.front();
+      auto started = detail::steady_now_ns();
       auto r = call_model(*st.model, q.inputs(), heap_allocator());
-      record(*st.model, *st.stats, q.arrived_ns, r ? nullptr : &r.error());
+      record(*st.model, *st.stats, started, r ? nullptr : &r.error(), q.arrived_ns);
       q.deliver(std::move(r));
     } else {
       run_batch(self, group);
@@ -306,7 +319,7 @@ void run_one(serial_ptr self, queued& q) {
   auto started = detail::steady_now_ns();
   auto& req = q.request;
   auto out = call_model(*st.model, req.inputs, req.allocator ? *req.allocator : heap_allocator());
-  record(*st.model, *st.stats, started, out ? nullptr : &out.error());
+  record(*st.model, *st.stats, started, out ? nullptr : &out.error(), q.arrived_ns);
   // A remote caller's input memory goes back before the answer does.
   req.inputs.clear();
   q.deliver(std::move(out));

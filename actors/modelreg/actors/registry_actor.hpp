@@ -33,6 +33,7 @@
 #include "modelreg/backend/catalog.hpp"
 #include "modelreg/messages/model_spec.hpp"
 #include "modelreg/messages/status.hpp"
+#include "modelreg/metrics/node_metrics.hpp"
 
 namespace modelreg {
 
@@ -92,6 +93,9 @@ struct registry_config {
   std::chrono::milliseconds session_idle_timeout{30000};
   /// Backends for model specs; null: the built-in ones.
   std::shared_ptr<const backend_registry> backends;
+  /// Where the registry and its model actors count for Prometheus
+  /// (metrics/node_metrics.hpp); null: a new one of its own.
+  std::shared_ptr<node_metrics> metrics;
   /// Names for model specs: a get-or-load whose spec has no backend looks
   /// its key up here (`model_not_found` if absent). Null: no catalog.
   std::shared_ptr<const modelreg::catalog> catalog;

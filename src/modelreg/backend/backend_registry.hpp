@@ -36,6 +36,9 @@ struct tensor_info {
   std::optional<std::vector<int64_t>> shape;
   std::string doc;
   bool optional = false;
+  /// A u8 tensor holding one UTF-8 string: protocols with a string type
+  /// (the Open Inference Protocol's BYTES) show it as one string.
+  bool text = false;
 };
 
 /// What a backend declares about itself: `serve` checks catalog entries

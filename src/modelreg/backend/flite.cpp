@@ -174,7 +174,7 @@ void add_flite_backend(backend_registry& registry) {
      "the longest text one request may carry"},
   };
   info.inputs = {
-    {"text", "u8", std::vector<int64_t>{-1}, "UTF-8 text"},
+    {"text", "u8", std::vector<int64_t>{-1}, "UTF-8 text", false, true},
   };
   info.outputs = {
     {"audio", "i16", std::vector<int64_t>{-1}, "mono PCM at sample_rate"},

@@ -259,8 +259,8 @@ void add_pocketsphinx_backend(backend_registry& registry) {
     {"sample_rate", "i32|i64", std::vector<int64_t>{1}, "16000 if given (int32 or int64)", true},
   };
   info.outputs = {
-    {"text", "u8", std::vector<int64_t>{-1}, "the transcript, UTF-8"},
-    {"words", "u8", std::vector<int64_t>{-1}, "one word per line, UTF-8"},
+    {"text", "u8", std::vector<int64_t>{-1}, "the transcript, UTF-8", false, true},
+    {"words", "u8", std::vector<int64_t>{-1}, "one word per line, UTF-8", false, true},
     {"word_times", "f32", std::vector<int64_t>{-1, 3}, "start s, end s, confidence per word"},
   };
   registry.add("pocketsphinx", [](const model_spec& spec) -> caf::expected<model_ptr> {

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -582,10 +583,37 @@ caf::error endpoint::listen(const std::string& path, frame_handler on_frame,
   auto fd = listen_seqpacket(path, others);
   if (!fd)
     return fd.error();
+  return listen_on(std::move(*fd), path, std::move(on_frame), std::move(on_error));
+}
+
+caf::error endpoint::listen_socket(int listener, frame_handler on_frame, error_handler on_error) {
+  unique_fd fd{listener};
+  int type = 0;
+  socklen_t len = sizeof type;
+  sockaddr_storage addr{};
+  socklen_t alen = sizeof addr;
+  int accepting = 0;
+  socklen_t plen = sizeof accepting;
+  if (::getsockopt(listener, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_SEQPACKET ||
+      ::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &alen) != 0 ||
+      addr.ss_family != AF_UNIX ||
+      ::getsockopt(listener, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &plen) != 0 || !accepting)
+    return make_error(errc::invalid_argument,
+                      "descriptor " + std::to_string(listener) +
+                        " is not a listening Unix SOCK_SEQPACKET socket "
+                        "(ListenSequentialPacket= in the .socket unit)");
+  ::fcntl(listener, F_SETFL, ::fcntl(listener, F_GETFL) | O_NONBLOCK);
+  ::fcntl(listener, F_SETFD, FD_CLOEXEC);
+  return listen_on(std::move(fd), "fd " + std::to_string(listener), std::move(on_frame),
+                   std::move(on_error));
+}
+
+caf::error endpoint::listen_on(unique_fd fd, const std::string& path, frame_handler on_frame,
+                               error_handler on_error) {
   auto h = std::make_shared<handlers>(handlers{std::move(on_frame), std::move(on_error)});
-  auto raw = fd->get();
+  auto raw = fd.get();
   auto self = shared_from_this();
-  auto owned = std::make_shared<unique_fd>(std::move(*fd));
+  auto owned = std::make_shared<unique_fd>(std::move(fd));
   post([self, raw, h, owned, path] {
     auto* poll = new uv_poll_t{};
     if (int rc = uv_poll_init(&self->loop_->uv, poll, raw); rc != 0) {

@@ -222,6 +222,11 @@ public:
   /// another uid).
   caf::error listen(const std::string& path, frame_handler on_frame, error_handler on_error = {});
 
+  /// Listens on `listener`, a listening Unix SOCK_SEQPACKET socket made by
+  /// someone else (socket activation); the endpoint owns it from now on.
+  /// `invalid_argument` if it is not such a socket.
+  caf::error listen_socket(int listener, frame_handler on_frame, error_handler on_error = {});
+
   /// Connects to a listening endpoint at `path` (blocking handshake).
   caf::expected<connection_ptr> connect(const std::string& path, frame_handler on_frame,
                                         error_handler on_error = {});
@@ -259,6 +264,8 @@ private:
   bool on_loop_thread() const;
   void drop(const connection_ptr& conn);
   void accept_pending(int listener, const std::shared_ptr<handlers>& h);
+  caf::error listen_on(unique_fd fd, const std::string& path, frame_handler on_frame,
+                       error_handler on_error);
   void sweep();
   void start_flushing(const connection_ptr& conn);
   caf::error send_hello(connection& conn, bool shared_memory);

@@ -23,6 +23,7 @@
 
 #include "modelreg/actors/model_actor.hpp"
 #include "modelreg/metrics/histogram.hpp"
+#include "modelreg/metrics/node_metrics.hpp"
 
 namespace modelreg {
 class instance_set;
@@ -45,6 +46,8 @@ struct model_stats {
   /// Requests answered without running: their caller went away first.
   std::atomic<uint64_t> abandoned{0};
   latency_histogram latency;
+  /// The key's Prometheus figures (kept across reloads); may be null.
+  std::shared_ptr<model_metrics> metrics;
   /// Instances (models with several, see instances.hpp): serving now, with
   /// a request on them, the most there may be, and how many were replaced
   /// after their process died. Zero for other models.

@@ -250,6 +250,7 @@ uint64_t try_evict(supervisor_ptr self, const std::string& key, eviction_reason 
   if (!i->second.block->try_close())
     return 0;
   auto bytes = i->second.block->memory_bytes;
+  st.cfg.metrics->model(key)->evictions[static_cast<size_t>(reason)].add();
   switch (reason) {
     case eviction_reason::ttl: ++st.totals.evictions_ttl; break;
     case eviction_reason::budget: ++st.totals.evictions_budget; break;
@@ -355,6 +356,7 @@ void fail_load(supervisor_ptr self, std::unordered_map<std::string, entry>::iter
   auto key = i->first;
   auto e = std::move(i->second);
   st.entries.erase(i);
+  st.cfg.metrics->model(key)->load_failures.add();
   for (auto& rp : e.waiters)
     rp.deliver(err);
   for (auto& [rp, in] : e.parked_infers)
@@ -400,6 +402,9 @@ void finish_load(supervisor_ptr self, std::unordered_map<std::string, entry>::it
   i = st.entries.find(key);
   auto& ready = i->second;
   auto stats = std::make_shared<model_stats>();
+  stats->metrics = st.cfg.metrics->model(key);
+  stats->metrics->loads.add();
+  stats->metrics->load_seconds.observe(static_cast<double>(outcome.duration_ns) * 1e-9);
   auto description = outcome.model->describe();
   auto lanes = st.cfg.inference_lanes != 0 ? st.cfg.inference_lanes
                                            : self->system().scheduler().num_workers();
@@ -511,6 +516,7 @@ caf::result<model_handle> get_or_load(supervisor_ptr self, const std::string& ke
       return std::move(*h);
     } else {
       ++st.totals.coalesced;
+      st.cfg.metrics->model(key)->coalesced.add();
       auto rp = self->make_response_promise<model_handle>();
       e.waiters.push_back(rp);
       return rp;
@@ -527,6 +533,8 @@ supervisor_actor::behavior_type supervisor(supervisor_ptr self, registry_config 
   if (!cfg.backends)
     cfg.backends = backend_registry::with_builtins();
   st.cfg = std::move(cfg);
+  if (!st.cfg.metrics)
+    st.cfg.metrics = std::make_shared<node_metrics>();
   st.shared = std::move(shared);
   st.totals.max_memory_bytes = st.cfg.max_memory_bytes;
   self->set_down_handler([self](caf::down_msg& dm) {
@@ -538,6 +546,7 @@ supervisor_actor::behavior_type supervisor(supervisor_ptr self, registry_config 
       if (i == st.entries.end() || !i->second.block)
         return;
       ++st.totals.crashes;
+      st.cfg.metrics->model(key)->evictions[static_cast<size_t>(eviction_reason::crashed)].add();
       st.log->error("{}: model actor died: {}", key, caf::to_string(dm.reason));
       drop_ready(self, i, model_state::failed,
                  "model actor died (" + caf::to_string(dm.reason) + "); next request reloads");

@@ -1,0 +1,295 @@
+#include "bench/protocol_bench.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <regex>
+#include <thread>
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "doors/oip_client.hpp"
+#include "modelreg/messages/error.hpp"
+#include "tools/child_process.hpp"
+#include "tools/proc_stats.hpp"
+
+namespace modelreg::bench {
+
+using namespace modelreg::tools;
+using json = nlohmann::json;
+
+namespace {
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+           std::chrono::steady_clock::now().time_since_epoch())
+    .count();
+}
+
+double percentile(std::vector<uint32_t>& v, double q) {
+  if (v.empty())
+    return 0;
+  auto k = static_cast<size_t>(q * static_cast<double>(v.size() - 1));
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
+  return v[k];
+}
+
+/// The clients of one measurement, started and ready.
+struct client_group {
+  std::vector<std::unique_ptr<child_process>> procs;
+  std::vector<std::string> latency_files;
+};
+
+} // namespace
+
+int run_protocol_bench_client(const std::string& protocol, const std::string& address,
+                              const std::string& model, uint64_t requests, size_t in_flight,
+                              size_t elements, const std::string& latency_file,
+                              const std::string& input_name, float scale, double pace_hz) {
+  std::vector<float> input(elements);
+  for (size_t i = 0; i < elements; ++i)
+    input[i] = static_cast<float>(i % 1000) * 0.25f;
+  std::vector<std::unique_ptr<doors::oip_client>> conns;
+  for (size_t k = 0; k < in_flight; ++k) {
+    auto c = doors::make_oip_client(protocol, address);
+    if (!c) {
+      std::cout << "error: " << describe(c.error()) << std::endl;
+      return 1;
+    }
+    conns.push_back(std::move(*c));
+  }
+  // One warm-up call each (connections, the model's load).
+  for (auto& c : conns)
+    if (auto r = c->infer_f32(model, input_name, input); !r) {
+      std::cout << "error: " << describe(r.error()) << std::endl;
+      return 1;
+    }
+  std::cout << "ready" << std::endl;
+  std::string line;
+  std::getline(std::cin, line);
+  auto switches = context_switches();
+  std::vector<std::vector<uint32_t>> lat(in_flight);
+  std::vector<uint64_t> errors(in_flight), wrong(in_flight);
+  std::vector<std::string> first_error(in_flight);
+  auto start = now_ns();
+  std::vector<std::thread> threads;
+  for (size_t k = 0; k < in_flight; ++k) {
+    threads.emplace_back([&, k] {
+      auto share = requests / in_flight + (k < requests % in_flight ? 1 : 0);
+      lat[k].reserve(share);
+      auto period = pace_hz > 0 ? static_cast<int64_t>(1e9 / pace_hz) : 0;
+      auto next = now_ns();
+      for (uint64_t i = 0; i < share; ++i) {
+        if (period > 0) {
+          next += period;
+          std::this_thread::sleep_until(std::chrono::steady_clock::time_point{
+            std::chrono::nanoseconds{next}});
+        }
+        auto t0 = now_ns();
+        auto r = conns[k]->infer_f32(model, input_name, input);
+        lat[k].push_back(static_cast<uint32_t>((now_ns() - t0) / 1000));
+        if (!r) {
+          ++errors[k];
+          if (first_error[k].empty())
+            first_error[k] = describe(r.error());
+          continue;
+        }
+        if (r->size() != elements * sizeof(float)) {
+          ++wrong[k];
+          continue;
+        }
+        const auto* out = reinterpret_cast<const float*>(r->data());
+        for (size_t e = 0; e < elements; e += std::max<size_t>(1, elements / 64))
+          if (out[e] != input[e] * scale) {
+            ++wrong[k];
+            break;
+          }
+      }
+    });
+  }
+  for (auto& t : threads)
+    t.join();
+  auto end = now_ns();
+  switches = context_switches() - switches;
+  std::ofstream out{latency_file, std::ios::binary};
+  uint64_t n = 0, err = 0, bad = 0;
+  std::string first;
+  for (size_t k = 0; k < in_flight; ++k) {
+    out.write(reinterpret_cast<const char*>(lat[k].data()),
+              static_cast<std::streamsize>(lat[k].size() * sizeof(uint32_t)));
+    n += lat[k].size();
+    err += errors[k];
+    bad += wrong[k];
+    if (first.empty())
+      first = first_error[k];
+  }
+  out.close(); // on disk before the parent reads the answer
+  std::cout << json{{"requests", n},        {"errors", err},       {"wrong", bad},
+                    {"start_ns", start},    {"end_ns", end},       {"first_error", first},
+                    {"ctx_switches", switches}}
+                 .dump()
+            << std::endl;
+  return 0;
+}
+
+std::string run_protocol_bench(const protocol_bench_options& opts) {
+  std::string input_name = opts.model == "gain" ? "audio" : "x";
+  float scale = opts.model == "gain" ? 0.5f : 1.0f;
+  char tmpl[] = "/tmp/modelreg-bench-protocols-XXXXXX";
+  if (::mkdtemp(tmpl) == nullptr)
+    return json{{"error", "mkdtemp failed"}}.dump();
+  std::string dir = tmpl;
+  auto fail = [&](const std::string& why) {
+    std::filesystem::remove_all(dir);
+    return json{{"error", why}}.dump();
+  };
+  auto socket = dir + "/node.sock";
+  child_process node{{opts.self_path, "serve", "--socket", socket, "--http", "127.0.0.1:0",
+                      "--grpc", "127.0.0.1:0", "--http-max-connections", "4096"}};
+  auto ready = node.read_line(std::chrono::seconds{60});
+  std::smatch m;
+  std::string http_at, grpc_at;
+  if (std::regex_search(ready, m, std::regex{"http://([^ ]+)"}))
+    http_at = m[1];
+  if (std::regex_search(ready, m, std::regex{"grpc://([^ ]+)"}))
+    grpc_at = m[1];
+  if (ready.rfind("ready", 0) != 0 || http_at.empty() || grpc_at.empty())
+    return fail("the node did not start: " + ready);
+  int serial = 0;
+  auto start_clients = [&](const std::string& protocol, size_t count, size_t elements,
+                           uint64_t requests, double pace_hz = 0) -> caf::expected<client_group> {
+    client_group g;
+    for (size_t i = 0; i < count; ++i) {
+      auto lat = dir + "/lat" + std::to_string(serial++);
+      std::vector<std::string> argv;
+      if (protocol == "shm")
+        argv = {opts.self_path, "__bench-serve-client", "unix:" + socket, opts.model,
+                std::to_string(requests), std::to_string(opts.in_flight), std::to_string(elements),
+                lat, input_name, std::to_string(scale)};
+      else
+        argv = {opts.self_path, "__bench-protocol-client", protocol,
+                protocol == "http" ? http_at : grpc_at, opts.model, std::to_string(requests),
+                std::to_string(opts.in_flight), std::to_string(elements), lat, input_name,
+                std::to_string(scale), std::to_string(pace_hz)};
+      g.procs.push_back(std::make_unique<child_process>(argv));
+      g.latency_files.push_back(lat);
+    }
+    for (auto& c : g.procs) {
+      auto line = c->read_line(std::chrono::seconds{120});
+      if (line != "ready")
+        return make_error(errc::unavailable, protocol + " client did not get ready: " + line);
+    }
+    return g;
+  };
+  auto collect = [&](client_group& g, const std::string& protocol, size_t elements) -> json {
+    uint64_t requests = 0, errors = 0, wrong = 0;
+    int64_t first_start = INT64_MAX, last_end = 0;
+    std::string first_error;
+    std::vector<uint32_t> latencies;
+    for (size_t i = 0; i < g.procs.size(); ++i) {
+      auto line = g.procs[i]->read_line(std::chrono::minutes{10});
+      auto j = json::parse(line, nullptr, false);
+      if (j.is_discarded() || !j.contains("requests"))
+        return json{{"protocol", protocol}, {"error", "a client failed: " + line}};
+      requests += j["requests"].get<uint64_t>();
+      errors += j["errors"].get<uint64_t>();
+      wrong += j["wrong"].get<uint64_t>();
+      if (first_error.empty())
+        first_error = j["first_error"].get<std::string>();
+      first_start = std::min(first_start, j["start_ns"].get<int64_t>());
+      last_end = std::max(last_end, j["end_ns"].get<int64_t>());
+      std::ifstream lat{g.latency_files[i], std::ios::binary};
+      std::vector<char> bytes{std::istreambuf_iterator<char>{lat}, {}};
+      auto n = bytes.size() / sizeof(uint32_t);
+      auto at = latencies.size();
+      latencies.resize(at + n);
+      std::memcpy(latencies.data() + at, bytes.data(), n * sizeof(uint32_t));
+    }
+    double secs = static_cast<double>(last_end - first_start) / 1e9;
+    json r{{"protocol", protocol},
+           {"bytes", elements * sizeof(float)},
+           {"clients", g.procs.size()},
+           {"in_flight_per_client", opts.in_flight},
+           {"requests", requests},
+           {"errors", errors},
+           {"wrong_answers", wrong},
+           {"req_per_s", secs > 0 ? static_cast<double>(requests) / secs : 0.0},
+           {"latency_us_p50", percentile(latencies, 0.5)},
+           {"latency_us_p99", percentile(latencies, 0.99)}};
+    if (!first_error.empty())
+      r["first_error"] = first_error;
+    return r;
+  };
+  auto requests_for = [&](size_t elements) {
+    auto scaled = opts.requests * 1024 / std::max<size_t>(elements, 1024);
+    return std::max<uint64_t>(scaled, 200);
+  };
+  constexpr size_t other_elements = 1024; // the others send 4 KiB
+  auto runs = json::array();
+  json ratios = json::object();
+  for (auto elements : opts.sizes) {
+    std::map<std::string, double> rate;
+    for (const auto& protocol : opts.protocols) {
+      auto g = start_clients(protocol, opts.clients, elements, requests_for(elements));
+      if (!g)
+        return fail(describe(g.error()));
+      for (auto& c : g->procs)
+        c->close_stdin();
+      auto r = collect(*g, protocol, elements);
+      r["others"] = false;
+      if (r.contains("req_per_s"))
+        rate[protocol] = r["req_per_s"].get<double>();
+      runs.push_back(std::move(r));
+    }
+    json ratio{{"bytes", elements * sizeof(float)}};
+    if (rate.count("shm") && rate["shm"] > 0)
+      for (const auto& [p, v] : rate)
+        ratio[p + "_over_shm"] = v / rate["shm"];
+    // The shared-memory clients again, with HTTP and gRPC clients running
+    // against the same node all the while (they start first, end after).
+    if (opts.mixed && rate.count("shm")) {
+      auto half = std::max<size_t>(opts.clients / 2, 1);
+      auto others_http = start_clients("http", half, other_elements, 1u << 30, opts.others_hz);
+      auto others_grpc = start_clients("grpc", half, other_elements, 1u << 30, opts.others_hz);
+      if (!others_http || !others_grpc)
+        return fail("the other protocols' clients did not start");
+      for (auto& c : others_http->procs)
+        c->close_stdin();
+      for (auto& c : others_grpc->procs)
+        c->close_stdin();
+      auto g = start_clients("shm", opts.clients, elements, requests_for(elements));
+      if (!g)
+        return fail(describe(g.error()));
+      for (auto& c : g->procs)
+        c->close_stdin();
+      auto r = collect(*g, "shm", elements);
+      r["others"] = true;
+      r["other_clients"] = {{"http", half},
+                            {"grpc", half},
+                            {"connections_each", opts.in_flight},
+                            {"requests_per_s_per_connection", opts.others_hz},
+                            {"bytes", other_elements * sizeof(float)}};
+      if (r.contains("req_per_s"))
+        ratio["shm_with_others_over_without"] = r["req_per_s"].get<double>() / rate["shm"];
+      runs.push_back(std::move(r));
+      for (auto* group : {&*others_http, &*others_grpc})
+        for (auto& c : group->procs)
+          c->kill(SIGKILL);
+    }
+    ratios[std::to_string(elements * sizeof(float))] = ratio;
+  }
+  node.kill(SIGTERM);
+  node.wait_for_exit(std::chrono::seconds{15});
+  std::filesystem::remove_all(dir);
+  return json{{"model", opts.model}, {"runs", runs}, {"ratios", ratios}}.dump();
+}
+
+} // namespace modelreg::bench
