@@ -31,7 +31,7 @@ struct grpc_options {
   size_t max_message = size_t{64} << 20;
   /// Calls one client (gRPC peer address) may have in flight; more are
   /// refused with RESOURCE_EXHAUSTED.
-  size_t max_in_flight_per_peer = 256;
+  size_t max_in_flight_per_peer = 64;
   /// Streams one connection may have open at once (HTTP/2 setting).
   unsigned max_streams_per_connection = 128;
 };

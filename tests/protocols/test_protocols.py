@@ -614,3 +614,124 @@ def test_systemd_readiness_and_socket_activation(folder):
         node.stop()
         for s in (notify, unix, tcp):
             s.close()
+
+
+def make_pki(d, name):
+    """A CA and a server and a client certificate it signed (openssl)."""
+    p = os.path.join(d, name)
+
+    def sh(*args):
+        subprocess.run(args, check=True, capture_output=True, timeout=120)
+
+    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+       "-subj", "/CN=%s-ca" % name, "-keyout", p + "-ca.key", "-out", p + "-ca.pem")
+    for who in ("server", "client"):
+        w = p + "-" + who
+        sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + who,
+           "-keyout", w + ".key", "-out", w + ".csr")
+        sh("openssl", "x509", "-req", "-in", w + ".csr", "-CA", p + "-ca.pem", "-CAkey",
+           p + "-ca.key", "-CAcreateserial", "-days", "2", "-out", w + ".pem")
+    return p
+
+
+def test_grpc_with_mutual_tls_takes_only_certificates_of_its_ca_and_gives_their_role(folder, pb):
+    grpc, msgs, services = pb
+    d = tempfile.mkdtemp(prefix="tls-", dir=folder)
+    good = make_pki(d, "good")
+    evil = make_pki(d, "evil")
+    node = Node(d, "--grpc", "127.0.0.1:0", "--tls-cert", good + "-server.pem",
+                "--tls-key", good + "-server.key", "--tls-ca", good + "-ca.pem")
+    try:
+        assert "(mutual TLS)" in node.ready_line
+        target = "127.0.0.1:%d" % node.port("grpc")
+        options = [("grpc.ssl_target_name_override", "server")]
+
+        def stub(pki):
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=Path(good + "-ca.pem").read_bytes(),
+                private_key=Path(pki + "-client.key").read_bytes(),
+                certificate_chain=Path(pki + "-client.pem").read_bytes())
+            channel = grpc.secure_channel(target, creds, options)
+            return channel, services.GRPCInferenceServiceStub(channel)
+
+        channel, s = stub(good)
+        try:
+            assert s.ServerReady(msgs.ServerReadyRequest(), timeout=60).ready
+            # TLS peers are admins (--tls-role's default): they may unload.
+            s.RepositoryModelLoad(msgs.RepositoryModelLoadRequest(model_name="gain"), timeout=60)
+            s.RepositoryModelUnload(msgs.RepositoryModelUnloadRequest(model_name="gain"), timeout=60)
+            assert not s.ModelReady(msgs.ModelReadyRequest(name="gain"), timeout=60).ready
+        finally:
+            channel.close()
+        channel, s = stub(evil)
+        try:
+            with pytest.raises(grpc.RpcError) as e:
+                s.ServerReady(msgs.ServerReadyRequest(), timeout=30)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            channel.close()
+    finally:
+        node.stop()
+
+
+def test_an_admin_http_door_unloads_and_a_model_in_use_is_busy(folder):
+    d = tempfile.mkdtemp(prefix="admin-", dir=folder)
+    node = Node(d, "--http", "127.0.0.1:0", "--insecure-admin")
+    try:
+        url = "http://127.0.0.1:%d" % node.port("http")
+        assert curl_json(url + "/v2/repository/models/gain/load", "-X", "POST") == (200, {})
+        # A shared-memory client holds a lease: the model is in use.
+        with modelreg.connect("unix:" + node.sock) as c:
+            c.load("gain")
+            status, err = curl_json(url + "/v2/repository/models/gain/unload", "-X", "POST")
+            assert status == 409 and "busy" in err["error"]
+        assert eventually(lambda: curl_json(url + "/v2/repository/models/gain/unload",
+                                            "-X", "POST") == (200, {}))
+        assert curl_json(url + "/v2/models/gain/ready")[0] == 503
+        # Unloading what is not loaded is no error.
+        assert curl_json(url + "/v2/repository/models/gain/unload", "-X", "POST") == (200, {})
+    finally:
+        node.stop()
+
+
+def test_one_grpc_peer_past_its_in_flight_limit_is_refused_and_others_are_served(folder, pb):
+    grpc, msgs, services = pb
+    d = tempfile.mkdtemp(prefix="flood-", dir=folder)
+    catalog = os.path.join(d, "catalog.json")
+    # A model whose load takes 4 s: calls made meanwhile stay in flight.
+    Path(catalog).write_text(json.dumps({"models": {
+        "held": {"backend": "identity", "params": {"load_delay_ms": 4000}},
+        "gain": {"backend": "gain", "params": {"gain": 0.5}}}}))
+    node = Node(d, argv=[CLI, "serve", "--socket", os.path.join(d, "node.sock"),
+                         "--catalog", catalog, "--grpc", "127.0.0.1:0"])
+    try:
+        target = "127.0.0.1:%d" % node.port("grpc")
+        flood = grpc.insecure_channel(target)
+        other = grpc.insecure_channel(target, [("grpc.use_local_subchannel_pool", 1)])
+        try:
+            s = services.GRPCInferenceServiceStub(flood)
+            T = msgs.ModelInferRequest.InferInputTensor
+            request = msgs.ModelInferRequest(model_name="held", inputs=[
+                T(name="x", datatype="FP32", shape=[1])], raw_input_contents=[b"\0" * 4])
+            calls = [s.ModelInfer.future(request, timeout=120) for _ in range(100)]
+            codes = []
+            for c in calls:
+                try:
+                    c.result()
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as e:
+                    codes.append(e.code())
+            assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 1, codes
+            assert codes.count(grpc.StatusCode.OK) >= 1, codes
+            assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+            # Another connection was never limited by the first one's calls.
+            o = services.GRPCInferenceServiceStub(other)
+            r = o.ModelInfer(msgs.ModelInferRequest(model_name="gain", inputs=[
+                T(name="audio", datatype="FP32", shape=[1])],
+                raw_input_contents=[np.float32(4).tobytes()]), timeout=60)
+            assert np.frombuffer(r.raw_output_contents[0], dtype="<f4")[0] == 2
+        finally:
+            flood.close()
+            other.close()
+    finally:
+        node.stop()

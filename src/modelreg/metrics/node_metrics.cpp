@@ -140,13 +140,12 @@ std::string render_prometheus(const node_metrics& metrics, const registry_snapsh
   w.sample("modelreg_budget_bytes", d(snapshot.totals.max_memory_bytes));
 
   // -- doors -----------------------------------------------------------------
+  // gRPC's connections are its library's: not counted here.
   w.family("modelreg_connections", "gauge", "Client connections open now, by protocol.");
   if (transport)
     w.sample("modelreg_connections", {{"protocol", "shm"}}, d(transport->connections));
   w.sample("modelreg_connections", {{"protocol", "http"}},
            static_cast<double>(metrics.http.connections.load(std::memory_order_relaxed)));
-  w.sample("modelreg_connections", {{"protocol", "grpc"}},
-           static_cast<double>(metrics.grpc.connections.load(std::memory_order_relaxed)));
   w.family("modelreg_protocol_answers_total", "counter",
            "Answers given through the HTTP and gRPC doors, by status class.");
   for (const auto* door : {&metrics.http, &metrics.grpc})

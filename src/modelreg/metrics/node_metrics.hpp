@@ -46,7 +46,7 @@ struct model_metrics {
 
 /// A door for clients (HTTP, gRPC): its connections and answers.
 struct door_metrics {
-  std::atomic<int64_t> connections{0};
+  std::atomic<int64_t> connections{0}; ///< HTTP only (gRPC keeps its own)
   /// Answers by status class: [2] 2xx, [4] 4xx, [5] 5xx (gRPC: OK is 2xx,
   /// client errors 4xx, the rest 5xx).
   std::array<prom::counter, 6> answers;
