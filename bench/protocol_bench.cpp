@@ -5,6 +5,8 @@
 #include <csignal>
 #include <cstring>
 #include <filesystem>
+#include <functional>
+#include <optional>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -16,7 +18,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include <caf/actor_system.hpp>
+#include <caf/send.hpp>
+
 #include "doors/oip_client.hpp"
+#include "modelreg/actors/blocking_client.hpp"
+#include "modelreg/actors/remote_registry.hpp"
+#include "modelreg/messages/system_config.hpp"
+#include "tools/private_node.hpp"
 #include "modelreg/messages/error.hpp"
 #include "tools/child_process.hpp"
 #include "tools/proc_stats.hpp"
@@ -50,6 +59,13 @@ struct client_group {
 
 } // namespace
 
+namespace {
+
+/// One connection's calls: true for a right answer.
+using call_fn = std::function<caf::expected<bool>()>;
+
+} // namespace
+
 int run_protocol_bench_client(const std::string& protocol, const std::string& address,
                               const std::string& model, uint64_t requests, size_t in_flight,
                               size_t elements, const std::string& latency_file,
@@ -57,18 +73,78 @@ int run_protocol_bench_client(const std::string& protocol, const std::string& ad
   std::vector<float> input(elements);
   for (size_t i = 0; i < elements; ++i)
     input[i] = static_cast<float>(i % 1000) * 0.25f;
-  std::vector<std::unique_ptr<doors::oip_client>> conns;
-  for (size_t k = 0; k < in_flight; ++k) {
-    auto c = doors::make_oip_client(protocol, address);
-    if (!c) {
-      std::cout << "error: " << describe(c.error()) << std::endl;
+  std::vector<call_fn> calls;
+  // shm: one node connection, `in_flight` threads each calling through a
+  // blocking_client with its own input in shared memory (sent by reference).
+  std::unique_ptr<system_config> cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  std::optional<registry_actor> reg;
+  std::optional<model_handle> handle;
+  if (protocol == "shm") {
+    cfg = std::make_unique<system_config>();
+    sys = std::make_unique<caf::actor_system>(*cfg);
+    auto r = connect(*sys, "unix:" + address);
+    if (!r) {
+      std::cout << "error: " << describe(r.error()) << std::endl;
       return 1;
     }
-    conns.push_back(std::move(*c));
+    reg = *r;
+    auto h = get_model(*sys, *reg, model);
+    if (!h) {
+      std::cout << "error: " << describe(h.error()) << std::endl;
+      return 1;
+    }
+    handle = *h;
+    auto client = std::make_shared<blocking_client>(*sys, *reg);
+    for (size_t k = 0; k < in_flight; ++k) {
+      auto t = allocate_input(*sys, *reg, dtype::f32, {static_cast<int64_t>(elements)});
+      if (!t) {
+        std::cout << "error: " << describe(t.error()) << std::endl;
+        return 1;
+      }
+      std::memcpy(t->mutable_data(), input.data(), elements * sizeof(float));
+      auto inputs = std::make_shared<tensor_map>(tensor_map{{input_name, *t}});
+      calls.push_back([client, inputs, &model, &input_name, &input, scale,
+                       elements]() -> caf::expected<bool> {
+        auto r = client->infer(model, *inputs, std::chrono::seconds{60});
+        if (!r)
+          return r.error();
+        auto i = r->find(input_name);
+        if (i == r->end() || i->second.nbytes() != elements * sizeof(float))
+          return false;
+        const auto* out = reinterpret_cast<const float*>(i->second.data());
+        for (size_t e = 0; e < elements; e += std::max<size_t>(1, elements / 64))
+          if (out[e] != input[e] * scale)
+            return false;
+        return true;
+      });
+    }
+  } else {
+    for (size_t k = 0; k < in_flight; ++k) {
+      auto c = doors::make_oip_client(protocol, address);
+      if (!c) {
+        std::cout << "error: " << describe(c.error()) << std::endl;
+        return 1;
+      }
+      std::shared_ptr<doors::oip_client> conn = std::move(*c);
+      calls.push_back([conn, &model, &input_name, &input, scale,
+                       elements]() -> caf::expected<bool> {
+        auto r = conn->infer_f32(model, input_name, input);
+        if (!r)
+          return r.error();
+        if (r->size() != elements * sizeof(float))
+          return false;
+        const auto* out = reinterpret_cast<const float*>(r->data());
+        for (size_t e = 0; e < elements; e += std::max<size_t>(1, elements / 64))
+          if (out[e] != input[e] * scale)
+            return false;
+        return true;
+      });
+    }
   }
   // One warm-up call each (connections, the model's load).
-  for (auto& c : conns)
-    if (auto r = c->infer_f32(model, input_name, input); !r) {
+  for (auto& call : calls)
+    if (auto r = call(); !r) {
       std::cout << "error: " << describe(r.error()) << std::endl;
       return 1;
     }
@@ -94,24 +170,15 @@ int run_protocol_bench_client(const std::string& protocol, const std::string& ad
             std::chrono::nanoseconds{next}});
         }
         auto t0 = now_ns();
-        auto r = conns[k]->infer_f32(model, input_name, input);
+        auto r = calls[k]();
         lat[k].push_back(static_cast<uint32_t>((now_ns() - t0) / 1000));
         if (!r) {
           ++errors[k];
           if (first_error[k].empty())
             first_error[k] = describe(r.error());
-          continue;
-        }
-        if (r->size() != elements * sizeof(float)) {
+        } else if (!*r) {
           ++wrong[k];
-          continue;
         }
-        const auto* out = reinterpret_cast<const float*>(r->data());
-        for (size_t e = 0; e < elements; e += std::max<size_t>(1, elements / 64))
-          if (out[e] != input[e] * scale) {
-            ++wrong[k];
-            break;
-          }
       }
     });
   }
@@ -132,6 +199,11 @@ int run_protocol_bench_client(const std::string& protocol, const std::string& ad
       first = first_error[k];
   }
   out.close(); // on disk before the parent reads the answer
+  calls.clear();
+  if (handle)
+    handle->release();
+  if (reg)
+    caf::anon_send(*reg, shutdown_atom::value);
   std::cout << json{{"requests", n},        {"errors", err},       {"wrong", bad},
                     {"start_ns", start},    {"end_ns", end},       {"first_error", first},
                     {"ctx_switches", switches}}
@@ -170,13 +242,12 @@ std::string run_protocol_bench(const protocol_bench_options& opts) {
     for (size_t i = 0; i < count; ++i) {
       auto lat = dir + "/lat" + std::to_string(serial++);
       std::vector<std::string> argv;
-      if (protocol == "shm")
-        argv = {opts.self_path, "__bench-serve-client", "unix:" + socket, opts.model,
-                std::to_string(requests), std::to_string(opts.in_flight), std::to_string(elements),
-                lat, input_name, std::to_string(scale)};
-      else
-        argv = {opts.self_path, "__bench-protocol-client", protocol,
-                protocol == "http" ? http_at : grpc_at, opts.model, std::to_string(requests),
+      // Every door's clients alike: `in_flight` threads per process, each
+      // making one call after another on a connection (shm: through
+      // blocking_client, inputs in shared memory).
+      argv = {opts.self_path, "__bench-protocol-client", protocol,
+                protocol == "http" ? http_at : protocol == "grpc" ? grpc_at : socket, opts.model,
+                std::to_string(requests),
                 std::to_string(opts.in_flight), std::to_string(elements), lat, input_name,
                 std::to_string(scale), std::to_string(pace_hz)};
       g.procs.push_back(std::make_unique<child_process>(argv));
@@ -250,9 +321,6 @@ std::string run_protocol_bench(const protocol_bench_options& opts) {
       runs.push_back(std::move(r));
     }
     json ratio{{"bytes", elements * sizeof(float)}};
-    if (rate.count("shm") && rate["shm"] > 0)
-      for (const auto& [p, v] : rate)
-        ratio[p + "_over_shm"] = v / rate["shm"];
     // The shared-memory clients again, with HTTP and gRPC clients running
     // against the same node all the while (they start first, end after).
     if (opts.mixed && rate.count("shm")) {
@@ -272,18 +340,35 @@ std::string run_protocol_bench(const protocol_bench_options& opts) {
         c->close_stdin();
       auto r = collect(*g, "shm", elements);
       r["others"] = true;
+      auto with_others = r.value("req_per_s", 0.0);
+      for (auto* group : {&*others_http, &*others_grpc})
+        for (auto& c : group->procs)
+          c->kill(SIGKILL);
+      // shm alone once more, after: the machine drifts, so "without" is the
+      // mean of the runs before and after this one.
+      auto again = start_clients("shm", opts.clients, elements, requests_for(elements));
+      if (!again)
+        return fail(describe(again.error()));
+      for (auto& c : again->procs)
+        c->close_stdin();
+      auto after = collect(*again, "shm", elements);
+      after["others"] = false;
+      after["repeat"] = true;
+      if (after.contains("req_per_s"))
+        rate["shm"] = (rate["shm"] + after["req_per_s"].get<double>()) / 2;
+      ratio["shm_with_others_over_without"] = with_others / rate["shm"];
       r["other_clients"] = {{"http", half},
                             {"grpc", half},
                             {"connections_each", opts.in_flight},
                             {"requests_per_s_per_connection", opts.others_hz},
                             {"bytes", other_elements * sizeof(float)}};
-      if (r.contains("req_per_s"))
-        ratio["shm_with_others_over_without"] = r["req_per_s"].get<double>() / rate["shm"];
       runs.push_back(std::move(r));
-      for (auto* group : {&*others_http, &*others_grpc})
-        for (auto& c : group->procs)
-          c->kill(SIGKILL);
+      runs.push_back(std::move(after));
     }
+    if (rate.count("shm") && rate["shm"] > 0)
+      for (const auto& [p, v] : rate)
+        if (p != "shm")
+          ratio[p + "_over_shm"] = v / rate["shm"];
     ratios[std::to_string(elements * sizeof(float))] = ratio;
   }
   node.kill(SIGTERM);

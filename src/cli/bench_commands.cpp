@@ -80,7 +80,8 @@ int run_protocols(modelreg::bench::protocol_bench_options popts, bool json_out) 
       }
       std::printf("  %-5s %9zu %7s %12.0f %10.0f %10.0f %llu\n",
                   r["protocol"].get<std::string>().c_str(), r["bytes"].get<size_t>(),
-                  r["others"].get<bool>() ? "yes" : "no", r["req_per_s"].get<double>(),
+                  r["others"].get<bool>() ? "yes" : r.value("repeat", false) ? "no, again" : "no",
+                  r["req_per_s"].get<double>(),
                   r["latency_us_p50"].get<double>(), r["latency_us_p99"].get<double>(),
                   r["errors"].get<unsigned long long>());
     }
@@ -128,7 +129,13 @@ command bench_serve(CLI::App* bench) {
     ->delimiter(',')
     ->check(CLI::IsMember({"shm", "grpc", "http"}))
     ->type_name("LIST");
-  return command{sub, [opts, json, protocols, elements_given, sub] {
+  auto others_rate = std::make_shared<double>(20);
+  sub->add_option("--others-rate", *others_rate,
+                  "with --protocol: requests a second each HTTP and gRPC connection makes while "
+                  "shm is measured with them (default 20)")
+    ->check(CLI::Range(0.1, 100000.0))
+    ->type_name("HZ");
+  return command{sub, [opts, json, protocols, elements_given, sub, others_rate] {
     if (!protocols->empty()) {
       modelreg::bench::protocol_bench_options p;
       p.protocols = *protocols;
@@ -144,6 +151,7 @@ command bench_serve(CLI::App* bench) {
         p.sizes = {opts->elements};
       if (sub->count("--quick") > 0)
         p.requests = 500;
+      p.others_hz = *others_rate;
       p.mixed = protocols->size() > 1 &&
                 std::find(protocols->begin(), protocols->end(), "shm") != protocols->end();
       if (sub->count("--stalled-peer") > 0)

@@ -180,6 +180,7 @@ int run_serve_bench_client(const std::string& uri, const std::string& model, uin
   std::ofstream lat{latency_file, std::ios::binary};
   lat.write(reinterpret_cast<const char*>(out->latencies_us.data()),
             static_cast<std::streamsize>(out->latencies_us.size() * sizeof(uint32_t)));
+  lat.close(); // on disk before the parent reads the answer
   nlohmann::json j = {{"requests", out->done},  {"errors", out->errors},
                       {"wrong", out->wrong},     {"start_ns", start},
                       {"end_ns", end},           {"first_error", out->first_error},
