@@ -50,6 +50,7 @@ bench: build
 	@$(BUILD_DIR)/bin/modelreg bench transport
 	@for n in 1 4 8; do $(BUILD_DIR)/bin/modelreg bench serve --clients $$n; done
 	@$(BUILD_DIR)/bin/modelreg bench serve --clients 8 --in-flight 64
+	@$(BUILD_DIR)/bin/modelreg bench serve --protocol shm,grpc,http --clients 8
 	@for n in 4 8; do $(BUILD_DIR)/bin/modelreg bench memory --clients $$n; done
 	@$(BUILD_DIR)/bin/modelreg bench python
 	@for n in 4 8; do $(BUILD_DIR)/bin/modelreg bench streams --streams $$n; done

@@ -19,7 +19,7 @@ packages=(
   flite1-dev
   python3-dev pybind11-dev python3-numpy python3-pytest python3-torch
   python3-pip python3-setuptools python3-wheel python3-venv
-  libmicrohttpd-dev libsystemd-dev curl prometheus python3-grpcio python3-grpc-tools
+  libmicrohttpd-dev libgnutls28-dev libsystemd-dev curl prometheus python3-grpcio python3-grpc-tools
 )
 
 missing=()

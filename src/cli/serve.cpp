@@ -85,8 +85,8 @@ Sizes: 2G, 512M, 1.5GiB or bytes. Durations: 1.5 (seconds), 500ms, 30s, 5m.
 
 HTTP and gRPC speak the Open Inference Protocol (KServe v2); /metrics is
 Prometheus's text format (docs/serve.md, "HTTP, gRPC and metrics"). Plain
-HTTP and gRPC peers have the infer role (--insecure-admin: admin); gRPC with
---tls-* is mutual TLS with --tls-role. Under systemd: Type=notify readiness
+HTTP and gRPC peers have the infer role (--insecure-admin: admin); with
+--tls-* both are mutual TLS, their peers with --tls-role. --metrics is plain. Under systemd: Type=notify readiness
 and socket activation (examples/modelreg.service, examples/modelreg.socket).
 
 Prints "ready" (and every address) on stdout once it serves. SIGINT/SIGTERM
@@ -132,15 +132,15 @@ std::vector<command> add_serve(CLI::App& app) {
     ->check(CLI::Range(0u, 4294967294u));
   sub->add_option("--tcp", o->tcp, "also listen on TCP (CAF middleman); PORT 0 picks one")
     ->type_name("HOST:PORT");
-  sub->add_option("--tls-cert", o->tls.cert, "mutual TLS on TCP: this node's certificate")
+  sub->add_option("--tls-cert", o->tls.cert, "mutual TLS on TCP, HTTP and gRPC: this node's certificate")
     ->type_name("FILE");
-  sub->add_option("--tls-key", o->tls.key, "mutual TLS on TCP: this node's private key")
+  sub->add_option("--tls-key", o->tls.key, "mutual TLS on TCP, HTTP and gRPC: this node's private key")
     ->type_name("FILE");
-  sub->add_option("--tls-ca", o->tls.ca, "mutual TLS on TCP: the CA of its clients' certificates")
+  sub->add_option("--tls-ca", o->tls.ca, "mutual TLS on TCP, HTTP and gRPC: the CA of its clients' certificates")
     ->type_name("FILE");
-  sub->add_flag("--insecure", o->insecure, "allow TCP without TLS on a non-loopback address");
+  sub->add_flag("--insecure", o->insecure, "allow TCP, HTTP, gRPC or metrics without TLS on a non-loopback address");
   sub->add_flag("--insecure-admin", o->insecure_admin,
-                "give plain-TCP peers the admin role (default: infer)");
+                "give plain TCP, HTTP and gRPC peers the admin role (default: infer)");
   sub->add_option_function<std::string>(
        "--tls-role",
        [o](const std::string& v) {
@@ -171,7 +171,7 @@ std::vector<command> add_serve(CLI::App& app) {
     });
   sub->add_option("--http", o->http,
                   "also serve the Open Inference Protocol over HTTP/REST, and /metrics "
-                  "(loopback unless --insecure); PORT 0 picks one")
+                  "(HTTPS with --tls-*; loopback unless TLS or --insecure); PORT 0 picks one")
     ->type_name("HOST:PORT");
   sub->add_option("--grpc", o->grpc,
                   "also serve the Open Inference Protocol over gRPC (loopback unless --tls-* "
@@ -272,8 +272,8 @@ int run_serve(serve_options o) {
       return exit_failed;
     }
   } else if (tls.any()) {
-    if (!o.grpc)
-      return usage_error("serve: TLS options need --tcp or --grpc");
+    if (!o.grpc && !o.http)
+      return usage_error("serve: TLS options need --tcp, --grpc or --http");
     if (auto err = check_tls(tls); !err.empty()) {
       std::cerr << "modelreg serve: " << err << "\n";
       return exit_failed;
@@ -294,9 +294,9 @@ int run_serve(serve_options o) {
       std::cerr << "modelreg serve: refusing " << flag << " on non-loopback address " << a->host
                 << ": "
                 << (tls_protects ? "give --tls-cert/--tls-key/--tls-ca, or --insecure to allow "
-                                   "plain gRPC"
-                                 : "this HTTP has no TLS (put a TLS proxy in front and listen on "
-                                   "loopback), or give --insecure to allow it")
+                                   "it without TLS"
+                                 : "metrics are plain HTTP: keep them on loopback, or give "
+                                   "--insecure to allow it")
                 << "\n";
       return exit_failed;
     }
@@ -304,16 +304,16 @@ int run_serve(serve_options o) {
     return 0;
   };
   std::optional<node_address> http_at, grpc_at, metrics_at;
-  if (int rc = check_door(o.http, "--http", false, http_at); rc != 0)
+  if (int rc = check_door(o.http, "--http", true, http_at); rc != 0)
     return rc;
   if (int rc = check_door(o.grpc, "--grpc", true, grpc_at); rc != 0)
     return rc;
   if (int rc = check_door(o.metrics, "--metrics", false, metrics_at); rc != 0)
     return rc;
-  bool plain_door = (tcp && !tls.any()) || http_at || (grpc_at && !tls.any());
+  bool plain_door = !tls.any() && (tcp || http_at || grpc_at);
   if (insecure_admin && !plain_door)
-    return usage_error("serve: --insecure-admin is for plain TCP, HTTP or gRPC peers (--tcp or "
-                       "--grpc without TLS, or --http)");
+    return usage_error("serve: --insecure-admin is for plain TCP, HTTP or gRPC peers (--tcp, "
+                       "--http or --grpc without TLS)");
   if (o.tls_role_given && !tls.any())
     return usage_error("serve: --tls-role needs --tcp with --tls-cert/--tls-key/--tls-ca");
   // Sockets passed by systemd's socket activation (examples/modelreg.socket):
@@ -482,6 +482,12 @@ int run_serve(serve_options o) {
     http_base.role = insecure_admin ? peer_role::admin : peer_role::infer;
     if (http_at) {
       auto ho = http_base;
+      if (tls.any()) {
+        ho.tls_cert = tls.cert;
+        ho.tls_key = tls.key;
+        ho.tls_ca = tls.ca;
+        ho.role = tls_role_name == "admin" ? peer_role::admin : peer_role::infer;
+      }
       ho.host = http_at->host;
       ho.port = http_at->port;
       ho.listen_fd = passed_http;
@@ -489,7 +495,8 @@ int run_serve(serve_options o) {
       if (!d)
         return fail("HTTP " + o.http.value_or("(passed socket)"), d.error());
       http_door = std::move(*d);
-      door_note += " http://" + url_host(http_at->host) + ":" + std::to_string(http_door->port());
+      door_note += (tls.any() ? " https://" : " http://") + url_host(http_at->host) + ":" +
+                   std::to_string(http_door->port()) + (tls.any() ? " (mutual TLS)" : "");
     }
     if (metrics_at) {
       auto mo = http_base;

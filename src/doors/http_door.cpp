@@ -7,6 +7,10 @@
 #include <set>
 #include <thread>
 
+#include <fstream>
+#include <sstream>
+
+#include <gnutls/gnutls.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -102,6 +106,8 @@ struct http_door::core : std::enable_shared_from_this<http_door::core> {
   int listen_fd = -1;
   uint16_t port = 0;
   std::shared_ptr<spdlog::logger> log = log::get("modelreg.http");
+  bool tls = false;
+  std::string tls_key, tls_cert, tls_ca; ///< PEM text, alive while the daemon runs
 
   std::mutex mu;
   bool live = true;
@@ -184,6 +190,26 @@ struct http_door::core : std::enable_shared_from_this<http_door::core> {
 
 namespace {
 
+/// True if the TLS client sent a certificate that chains to the node's CA.
+bool client_verified(MHD_Connection* conn) {
+  const auto* ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+  if (ci == nullptr || ci->tls_session == nullptr)
+    return false;
+  auto session = static_cast<gnutls_session_t>(ci->tls_session);
+  unsigned int count = 0;
+  if (gnutls_certificate_get_peers(session, &count) == nullptr || count == 0)
+    return false;
+  unsigned int status = 0;
+  return gnutls_certificate_verify_peers2(session, &status) == GNUTLS_E_SUCCESS && status == 0;
+}
+
+std::string read_pem(const std::string& path) {
+  std::ifstream in{path};
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
 MHD_Result on_request(void* cls, MHD_Connection* conn, const char* url, const char* method,
                       const char*, const char* upload, size_t* upload_size, void** req_cls) {
   auto* self = static_cast<http_door::core*>(cls);
@@ -197,6 +223,13 @@ MHD_Result on_request(void* cls, MHD_Connection* conn, const char* url, const ch
     if (const auto* ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT))
       r->info = static_cast<connection_info*>(ci->socket_context);
     *req_cls = new request_ptr(r);
+    if (self->tls && !client_verified(conn)) {
+      self->metrics().refused.add();
+      auto a = error_answer(403, "permission_denied: a client certificate from the node's CA is "
+                                 "needed (mutual TLS)");
+      a.headers.emplace_back("Connection", "close");
+      return self->send(*r, std::move(a));
+    }
     if (const char* cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                      MHD_HTTP_HEADER_CONTENT_LENGTH)) {
       uint64_t n = 0;
@@ -532,6 +565,20 @@ caf::expected<std::unique_ptr<http_door>> http_door::start(std::shared_ptr<oip::
       c->port = ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port);
   }
   unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+  // Mutual TLS: the key, the certificate and the clients' CA (the CA makes
+  // libmicrohttpd ask for a client certificate; on_request checks it).
+  MHD_OptionItem tls_items[] = {{MHD_OPTION_END, 0, nullptr}, {MHD_OPTION_END, 0, nullptr},
+                                {MHD_OPTION_END, 0, nullptr}, {MHD_OPTION_END, 0, nullptr}};
+  if (!options.tls_cert.empty()) {
+    c->tls = true;
+    c->tls_key = read_pem(options.tls_key);
+    c->tls_cert = read_pem(options.tls_cert);
+    c->tls_ca = read_pem(options.tls_ca);
+    flags |= MHD_USE_TLS;
+    tls_items[0] = {MHD_OPTION_HTTPS_MEM_KEY, 0, c->tls_key.data()};
+    tls_items[1] = {MHD_OPTION_HTTPS_MEM_CERT, 0, c->tls_cert.data()};
+    tls_items[2] = {MHD_OPTION_HTTPS_MEM_TRUST, 0, c->tls_ca.data()};
+  }
   // One event thread, or a pool of them (each with its own epoll set).
   MHD_OptionItem pool[] = {{MHD_OPTION_THREAD_POOL_SIZE, options.threads, nullptr},
                            {MHD_OPTION_END, 0, nullptr}};
@@ -539,7 +586,7 @@ caf::expected<std::unique_ptr<http_door>> http_door::start(std::shared_ptr<oip::
     pool[0] = {MHD_OPTION_END, 0, nullptr};
   c->daemon = MHD_start_daemon(
     flags, 0, nullptr, nullptr, &on_request, c.get(), MHD_OPTION_LISTEN_SOCKET, c->listen_fd,
-    MHD_OPTION_ARRAY, pool, MHD_OPTION_CONNECTION_LIMIT,
+    MHD_OPTION_ARRAY, pool, MHD_OPTION_ARRAY, tls_items, MHD_OPTION_CONNECTION_LIMIT,
     options.max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT, options.max_connections_per_ip,
     MHD_OPTION_CONNECTION_TIMEOUT, static_cast<unsigned>(options.idle_timeout.count()),
     MHD_OPTION_CONNECTION_MEMORY_LIMIT, size_t{64} << 10, MHD_OPTION_NOTIFY_COMPLETED,

@@ -1,7 +1,7 @@
 // The HTTP door: the Open Inference Protocol's REST API (KServe v2), with
 // the binary tensor data and model repository extensions, plus /metrics
-// for Prometheus, served by GNU libmicrohttpd (docs/serve.md, "HTTP, gRPC
-// and metrics").
+// for Prometheus, served by GNU libmicrohttpd, plain or HTTPS with mutual TLS
+// (docs/serve.md, "HTTP, gRPC and metrics").
 //
 // Threads: libmicrohttpd's own event threads (epoll), never blocked: a
 // request that needs the registry or a model suspends its connection and is
@@ -41,6 +41,9 @@ struct http_options {
   unsigned max_connections_per_ip = 256;
   std::chrono::seconds idle_timeout{15};
   std::chrono::milliseconds request_timeout{std::chrono::seconds{30}};
+  /// HTTPS with mutual TLS when all three are given (PEM files): clients
+  /// need a certificate from `tls_ca`; without one they are answered 403.
+  std::string tls_cert, tls_key, tls_ca;
   /// What every client of this door may do (no per-client identity on
   /// plain HTTP): infer, or admin (unload).
   peer_role role = peer_role::infer;

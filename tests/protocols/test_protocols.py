@@ -562,6 +562,7 @@ def test_grpc_repository_and_errors(stub):
     (["--http", "nonsense"], "--http takes HOST:PORT"),
     (["--grpc", "127.0.0.1:99999"], "--grpc takes HOST:PORT"),
     (["--http", "0.0.0.0:0"], "refusing --http on non-loopback"),
+    (["--metrics", "0.0.0.0:0"], "refusing --metrics on non-loopback"),
     (["--grpc", "0.0.0.0:0"], "refusing --grpc on non-loopback"),
     (["--http-max-body", "12x"], "--http-max-body"),
     (["--http-request-timeout", "1ms"], "--http-request-timeout"),
@@ -652,15 +653,34 @@ def make_pki(d, name):
     return p
 
 
-def test_grpc_with_mutual_tls_takes_only_certificates_of_its_ca_and_gives_their_role(folder, pb):
+def test_grpc_and_https_with_mutual_tls_take_only_certificates_of_its_ca(folder, pb):
     grpc, msgs, services = pb
     d = tempfile.mkdtemp(prefix="tls-", dir=folder)
     good = make_pki(d, "good")
     evil = make_pki(d, "evil")
-    node = Node(d, "--grpc", "127.0.0.1:0", "--tls-cert", good + "-server.pem",
+    node = Node(d, "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                "--tls-cert", good + "-server.pem",
                 "--tls-key", good + "-server.key", "--tls-ca", good + "-ca.pem")
     try:
         assert "(mutual TLS)" in node.ready_line
+        # HTTPS: curl with a client certificate of the node's CA (the server's
+        # certificate names "server": curl is told that is 127.0.0.1).
+        port = node.port("https")
+        url = "https://server:%d" % port
+        tls = ["--resolve", "server:%d:127.0.0.1" % port, "--cacert", good + "-ca.pem"]
+        assert curl_json(url + "/v2/health/ready", *tls, "--cert", good + "-client.pem",
+                         "--key", good + "-client.key") == (200, {"ready": True})
+        body = '{"inputs": [{"name": "audio", "datatype": "FP32", "shape": [1], "data": [3]}]}'
+        status, out = curl_json(url + "/v2/models/gain/infer", *tls, "--cert",
+                                good + "-client.pem", "--key", good + "-client.key", "-d", body)
+        assert status == 200 and out["outputs"][0]["data"] == [1.5]
+        # No certificate, or one of another CA: refused.
+        status, err = curl_json(url + "/v2/health/ready", *tls)
+        assert status == 403 and "permission_denied" in err["error"]
+        out = subprocess.run(["curl", "-sS", "--max-time", "30", *tls, "--cert", evil + "-client.pem",
+                              "--key", evil + "-client.key", url + "/v2/health/ready"],
+                             capture_output=True, text=True)
+        assert out.returncode != 0 or '"ready":true' not in out.stdout, out
         target = "127.0.0.1:%d" % node.port("grpc")
         options = [("grpc.ssl_target_name_override", "server")]
 
