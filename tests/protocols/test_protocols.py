@@ -58,15 +58,25 @@ class Node:
     def __init__(self, folder, *extra, env=None, pass_fds=(), preexec_fn=None, argv=None):
         self.sock = os.path.join(folder, "node.sock")
         cmd = argv or [CLI, "serve", "--socket", self.sock, "--catalog", str(CATALOG), *extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # Its log goes to a file: a pipe nobody reads could fill and stall it.
+        self.log_path = os.path.join(folder, "node-%d.log" % id(self))
+        self.log = open(self.log_path, "w+")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log,
                                      text=True, env=env, pass_fds=pass_fds,
                                      preexec_fn=preexec_fn)
         self.ready_line = self.proc.stdout.readline()
         if not self.ready_line.startswith("ready"):
             self.proc.kill()
-            err = self.proc.stderr.read()
-            self.stop()
+            self.proc.wait()
+            err = self.read_log()
+            self.proc.stdout.close()
+            self.log.close()
             raise AssertionError("no ready line: %r, stderr %r" % (self.ready_line, err))
+
+    def read_log(self):
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
 
     def port(self, scheme):
         m = re.search(r"(?:^| )" + scheme + r"://[^ ]*:(\d+)", self.ready_line)
@@ -79,16 +89,21 @@ class Node:
         return int(m.group(1))
 
     def stop(self):
+        """SIGTERM: a graceful stop, which must end with exit code 0 (under
+        the sanitizers too: a memory error at shutdown fails the test)."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
                 raise
+        rc = self.proc.returncode
+        err = self.read_log() if rc != 0 else ""
         self.proc.stdout.close()
-        self.proc.stderr.close()
+        self.log.close()
+        assert rc == 0, "the node ended with %r: %s" % (rc, err[-3000:])
 
 
 @pytest.fixture(scope="module")
