@@ -86,6 +86,8 @@ int run_protocols(modelreg::bench::protocol_bench_options popts, bool json_out) 
                   r["errors"].get<unsigned long long>());
     }
     for (const auto& [bytes, ratio] : j["ratios"].items()) {
+      if (ratio.size() <= 1)
+        continue; // one door: nothing to compare
       std::printf("  %s bytes:", bytes.c_str());
       for (const auto& [k, v] : ratio.items())
         if (k != "bytes")
@@ -155,7 +157,7 @@ command bench_serve(CLI::App* bench) {
       p.mixed = protocols->size() > 1 &&
                 std::find(protocols->begin(), protocols->end(), "shm") != protocols->end();
       if (sub->count("--stalled-peer") > 0)
-        return usage_error("bench serve: --stalled-peer is for the shm-only benchmark");
+        return usage_error("bench serve: --stalled-peer is for the benchmark without --protocol");
       return run_protocols(p, *json);
     }
     opts->self_path = self_path();
