@@ -107,6 +107,48 @@ TEST_F(sessions_test, MoreSessionsThanInstancesAreBusyOnceTheirWaitIsOver) {
   EXPECT_TRUE(opened->push(chunk(1)));
 }
 
+TEST_F(sessions_test, AnOpenWaitingWhenASessionFinishesGetsAStreamOfItsOwn) {
+  // The open reaches the model actor before the finish that frees its
+  // instance (one sender: mailbox order). The instance must run the finish
+  // first: before the fix it opened the new stream first, and the old
+  // session's finish then ended the new session's stream.
+  auto& reg = start();
+  auto h = reg.get_or_load("m", streaming_identity(1));
+  ASSERT_TRUE(h) << describe(h.error());
+  auto a = h->open_session();
+  ASSERT_TRUE(a) << describe(a.error());
+  ASSERT_TRUE(a->push(chunk(3)));
+  caf::scoped_actor self{sys};
+  auto ask = [&](session_request req) -> caf::expected<tensor_map> {
+    caf::expected<tensor_map> out = make_error(errc::timeout, "no answer");
+    self->request(h->actor(), 30s, std::move(req))
+      .receive([&](tensor_map& m) { out = std::move(m); },
+               [&](caf::error& e) { out = std::move(e); });
+    return out;
+  };
+  session_request open;
+  open.op = session_op::open;
+  open.wait = 30s;
+  auto waiting = self->request(h->actor(), 30s, std::move(open));
+  session_request finish;
+  finish.op = session_op::finish;
+  finish.session = a->id();
+  auto finished = ask(std::move(finish));
+  ASSERT_TRUE(finished) << describe(finished.error());
+  EXPECT_EQ(value(*finished, "total"), 3); // the old session's own stream
+  uint64_t id = 0;
+  waiting.receive([&](tensor_map& m) { id = (*m.at("session").values<uint64_t>())[0]; },
+                  [&](caf::error& e) { FAIL() << describe(e); });
+  ASSERT_NE(id, 0u);
+  session_request push;
+  push.op = session_op::push;
+  push.session = id;
+  push.inputs = chunk(2);
+  auto partial = ask(std::move(push));
+  ASSERT_TRUE(partial) << describe(partial.error());
+  EXPECT_EQ(value(*partial, "total"), 2); // a fresh stream
+}
+
 TEST_F(sessions_test, ASessionIdleTooLongIsCancelledAndItsInstanceFreed) {
   rcfg.session_idle_timeout = 100ms;
   auto& reg = start();

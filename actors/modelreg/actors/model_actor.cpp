@@ -803,12 +803,6 @@ caf::result<tensor_map> session_step(front_ptr self, session_request& req) {
   auto slot = i->second.slot;
   auto id = req.session;
   auto op = req.op;
-  if (op == session_op::finish || op == session_op::cancel) {
-    // Later requests of this session are refused; the instance is free for
-    // what comes next (it is queued behind this one in the worker).
-    end_session(self, id);
-    dispatch(self);
-  }
   caf::typed_response_promise<tensor_map> promise;
   if (!req.reply)
     promise = self->make_response_promise<tensor_map>();
@@ -828,6 +822,14 @@ caf::result<tensor_map> session_step(front_ptr self, session_request& req) {
         }
         deliver_session(reply, promise, std::move(err));
       });
+  if (op == session_op::finish || op == session_op::cancel) {
+    // Later requests of this session are refused; the instance is free for
+    // what comes next. Only now: what comes next (an open waiting for an
+    // instance, say) must reach the worker after this finish, or the finish
+    // would end the next session's stream.
+    end_session(self, id);
+    dispatch(self);
+  }
   publish(self);
   if (reply)
     return caf::delegated<tensor_map>{};
