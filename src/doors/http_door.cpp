@@ -74,7 +74,6 @@ struct request {
   bool has_header_length = false;
   bool too_large = false;
   bool dispatched = false;
-  bool suspended = false;
   std::optional<answer> ready; ///< set under the door's lock
   answer sent;                 ///< kept alive while libmicrohttpd sends it
 };
@@ -138,7 +137,6 @@ struct http_door::core : std::enable_shared_from_this<http_door::core> {
   /// Parks `r` until `finish` (from any thread) gives its answer.
   void suspend(const request_ptr& r) {
     std::lock_guard guard{mu};
-    r->suspended = true;
     suspended.insert(r);
     MHD_suspend_connection(r->conn);
   }
@@ -482,9 +480,7 @@ MHD_Result http_door::core::infer(const request_ptr& r, const std::string& model
     header = whole.substr(0, r->header_length);
     binary = whole.substr(r->header_length);
   }
-  auto decoded = decode_infer_request(header, binary, [&](const std::string& name) {
-    return svc.text_tensor(model, name, false);
-  });
+  auto decoded = decode_infer_request(header, binary);
   if (!decoded)
     return send(*r, error_answer(decoded.error()));
   auto req = std::make_shared<infer_call>(std::move(*decoded));

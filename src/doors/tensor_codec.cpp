@@ -283,8 +283,7 @@ caf::expected<tensor> tensor_from_raw(const std::string& name, const std::string
   return t;
 }
 
-caf::expected<infer_call> decode_infer_request(std::string_view header, std::string_view binary,
-                                               const text_test& is_text) {
+caf::expected<infer_call> decode_infer_request(std::string_view header, std::string_view binary) {
   auto doc = json::parse(header.begin(), header.end(), nullptr, false);
   if (doc.is_discarded())
     return bad("the request is not valid JSON");
@@ -377,7 +376,6 @@ caf::expected<infer_call> decode_infer_request(std::string_view header, std::str
   if (offset != binary.size())
     return bad("the body has " + std::to_string(binary.size() - offset) +
                " binary bytes no input claims");
-  (void)is_text;
   if (auto outs = doc.find("outputs"); outs != doc.end()) {
     if (!outs->is_array())
       return bad("'outputs' must be an array");

@@ -40,8 +40,7 @@ struct infer_call {
 
 /// The JSON request `header`, with `binary` the bytes after it (the binary
 /// extension; empty if none).
-caf::expected<infer_call> decode_infer_request(std::string_view header, std::string_view binary,
-                                               const text_test& is_text);
+caf::expected<infer_call> decode_infer_request(std::string_view header, std::string_view binary);
 
 struct encoded_response {
   std::string body;

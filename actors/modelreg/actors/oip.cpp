@@ -51,7 +51,6 @@ std::shared_ptr<once<T>> make_once(std::function<void(T)> fn) {
 }
 
 caf::behavior service_actor(caf::event_based_actor* self, int) {
-  (void)self;
   return {[self](job& j) { j.run(self); }};
 }
 
