@@ -31,6 +31,7 @@
 #include "doors/http_door.hpp"
 #include "doors/systemd.hpp"
 #include "modelreg/actors/ask.hpp"
+#include "modelreg/actors/cluster.hpp"
 #include "modelreg/actors/remote_registry.hpp"
 #include "modelreg/actors/gateway.hpp"
 #include "modelreg/actors/tcp_guard.hpp"
@@ -52,6 +53,11 @@ struct serve_options {
   std::vector<uid_t> allow_uids;
   std::vector<uid_t> admin_uids;
   std::optional<std::string> tcp;
+  std::vector<std::string> join;
+  bool cluster = false;
+  std::optional<std::string> advertise;
+  std::chrono::milliseconds cluster_heartbeat{500};
+  std::chrono::milliseconds cluster_timeout{3000};
   tls_files tls;
   bool insecure = false;
   bool insecure_admin = false;
@@ -132,6 +138,24 @@ std::vector<command> add_serve(CLI::App& app) {
     ->check(CLI::Range(0u, 4294967294u));
   sub->add_option("--tcp", o->tcp, "also listen on TCP (CAF middleman); PORT 0 picks one")
     ->type_name("HOST:PORT");
+  sub->add_option("--join", o->join,
+                  "join the cluster of the node at this address (repeatable; implies --cluster): "
+                  "models are placed across the members, one copy each (docs/cluster.md)")
+    ->type_name("tcp://HOST:PORT");
+  sub->add_flag("--cluster", o->cluster,
+                "be a member of a cluster that others --join (the first node of one); needs "
+                "--tcp, and the admin role for peers (mutual TLS, or --insecure-admin)");
+  sub->add_option("--advertise", o->advertise,
+                  "the host the other members reach this node at (default: the --tcp host; "
+                  "needed when that is 0.0.0.0 or ::)")
+    ->type_name("HOST");
+  add_duration(sub, "--cluster-heartbeat", o->cluster_heartbeat,
+               "how often members tell each other what they hold (default 500ms)",
+               std::chrono::seconds{10}, std::chrono::milliseconds{50});
+  add_duration(sub, "--cluster-timeout", o->cluster_timeout,
+               "remove a member silent this long (default 3s); a member whose connection closes "
+               "is removed at once",
+               std::chrono::minutes{10}, std::chrono::milliseconds{200});
   sub->add_option("--tls-cert", o->tls.cert, "mutual TLS on TCP, HTTP and gRPC: this node's certificate")
     ->type_name("FILE");
   sub->add_option("--tls-key", o->tls.key, "mutual TLS on TCP, HTTP and gRPC: this node's private key")
@@ -279,6 +303,33 @@ int run_serve(serve_options o) {
       return exit_failed;
     }
   }
+  // A cluster: members reach each other's --tcp door.
+  bool in_cluster = o.cluster || !o.join.empty();
+  std::string self_address;
+  if (in_cluster) {
+    if (!tcp)
+      return usage_error("serve: --cluster and --join need --tcp: members reach each other there");
+    if (!tls.any() && !insecure_admin)
+      return usage_error("serve: a cluster member needs the admin role for its peers: give "
+                         "--tls-cert/--tls-key/--tls-ca (mutual TLS), or --insecure-admin on a "
+                         "trusted network");
+    if (o.tls_role_given && tls_role_name != "admin")
+      return usage_error("serve: --tls-role infer leaves peers no way to join; a cluster member's "
+                         "TLS peers are admins");
+    for (const auto& j : o.join) {
+      auto where = parse_connect_uri(j);
+      if (!where || where->unix_socket)
+        return usage_error("serve: --join takes tcp://HOST:PORT, not '" + j + "'");
+    }
+    auto host = o.advertise.value_or(tcp_host);
+    if (host.empty() || host == "0.0.0.0" || host == "::" || host == "[::]")
+      return usage_error("serve: --tcp " + *tcp +
+                         " listens on every address: give --advertise HOST, the one the other "
+                         "members reach this node at");
+    self_address = host; // the port is known once listening
+  } else if (o.advertise) {
+    return usage_error("serve: --advertise is for a cluster member (--cluster or --join)");
+  }
   if (o.max_tcp_message_given && (!tcp || tls.any()))
     return usage_error("serve: --max-tcp-message is for plain TCP (--tcp without TLS)");
   // The Open Inference Protocol's doors and /metrics.
@@ -390,6 +441,23 @@ int run_serve(serve_options o) {
     return exit_failed;
   }
   auto ep = std::move(*started);
+  std::unique_ptr<cluster_node> cluster;
+  if (in_cluster) {
+    cluster_options co;
+    co.join = o.join;
+    co.heartbeat_interval = o.cluster_heartbeat;
+    co.member_timeout = o.cluster_timeout;
+    co.load_timeout = rcfg.load_timeout;
+    co.catalog = rcfg.catalog;
+    co.backends = backends;
+    co.metrics = rcfg.metrics;
+    co.connections = [weak = std::weak_ptr<transport::endpoint>(ep)]() -> uint64_t {
+      auto e = weak.lock();
+      return e ? e->stats().connections : 0;
+    };
+    cluster = std::make_unique<cluster_node>(sys, std::move(co));
+    rcfg.placement = cluster->placement();
+  }
   auto registry = spawn_registry(sys, rcfg);
   gateway_options gopts;
   gopts.catalog = rcfg.catalog->names();
@@ -397,6 +465,8 @@ int run_serve(serve_options o) {
   gopts.endpoint = ep;
   gopts.admin_uids = admins;
   gopts.max_in_flight_per_peer = max_in_flight;
+  if (cluster)
+    gopts.cluster_status = [c = cluster.get()] { return c->status_json(); };
   auto gw = spawn_gateway(sys, registry, gopts);
   wire_actor door;
   tcp_guard guard{o.guard};
@@ -416,6 +486,8 @@ int run_serve(serve_options o) {
       protocol->stop();
   };
   auto stop_all = [&] {
+    if (cluster)
+      cluster->stop();
     stop_doors();
     close_wire_interface(door);
     caf::anon_send(gw, shutdown_atom::value);
@@ -437,7 +509,14 @@ int run_serve(serve_options o) {
   if (tcp) {
     auto role = tls.any() ? (tls_role_name == "admin" ? peer_role::admin : peer_role::infer)
                           : (insecure_admin ? peer_role::admin : peer_role::infer);
-    door = wire_interface(sys, gw, role);
+    // A cluster member's door also takes its peers' cluster messages; the
+    // member starts once its port is known.
+    caf::actor cluster_actor;
+    if (cluster) {
+      cluster->start(registry);
+      cluster_actor = cluster->actor();
+    }
+    door = wire_interface(sys, gw, role, cluster_actor);
     // Plain TCP goes through the guard: CAF would allocate whatever a
     // peer's first header announces. TLS peers are checked by their
     // certificate before CAF reads anything from them.
@@ -453,6 +532,12 @@ int run_serve(serve_options o) {
     }
     // An IPv6 address in brackets, as URIs write it (tcp://[::1]:7447).
     auto host = tcp_host.find(':') != std::string::npos ? "[" + tcp_host + "]" : tcp_host;
+    if (cluster) {
+      auto advertised = self_address.find(':') != std::string::npos ? "[" + self_address + "]"
+                                                                    : self_address;
+      self_address = "tcp://" + advertised + ":" + std::to_string(*port);
+      cluster->announce(self_address);
+    }
     tcp_note = " tcp://" + host + ":" + std::to_string(*port) +
                (tls.any() ? " (mutual TLS)" : "") + " role " + to_string(role);
   }
@@ -534,6 +619,10 @@ int run_serve(serve_options o) {
     }
     protocol->set_ready(true);
   }
+  if (cluster)
+    door_note += " cluster " + self_address +
+                 (o.join.empty() ? std::string{" (waiting for members)"}
+                                 : " (joining " + std::to_string(o.join.size()) + ")");
   std::cout << "ready unix:" << socket << tcp_note << door_note << "\n"
             << "catalog: " << rcfg.catalog->size() << " models" << std::endl;
   logger->info("serving unix:{}{}{}", socket, tcp_note, door_note);
@@ -569,7 +658,9 @@ int run_serve(serve_options o) {
                   caf::after(gopts.drain_timeout + std::chrono::seconds{1}) >> [] {});
   }
   // HTTP and gRPC calls had the gateway's drain time too; what still
-  // waits is answered shutting_down.
+  // waits is answered shutting_down. The other members see this node go.
+  if (cluster)
+    cluster->stop();
   stop_doors();
   close_wire_interface(door);
   ep->stop();

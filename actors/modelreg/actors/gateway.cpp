@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "modelreg/log.hpp"
+#include "modelreg/messages/cluster.hpp"
 #include "modelreg/messages/error.hpp"
 #include "modelreg/messages/timeouts.hpp"
 #include "modelreg/transport/codec.hpp"
@@ -571,6 +572,11 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
             if (!self->state.options.catalog_details.empty())
               json["catalog_details"] =
                 nlohmann::json::parse(self->state.options.catalog_details, nullptr, false);
+            if (self->state.options.cluster_status) {
+              auto cluster = self->state.options.cluster_status();
+              if (!cluster.empty())
+                json["cluster"] = nlohmann::json::parse(cluster, nullptr, false);
+            }
             if (auto ep = self->state.options.endpoint.lock()) {
               auto es = ep->stats();
               json["transport"] = {{"connections", es.connections},
@@ -931,18 +937,39 @@ std::string to_string(peer_role role) {
   return role == peer_role::admin ? "admin" : "infer";
 }
 
-wire_actor wire_interface(caf::actor_system& sys, const gateway_actor& gw, peer_role role) {
+wire_actor wire_interface(caf::actor_system& sys, const gateway_actor& gw, peer_role role,
+                          const caf::actor& cluster) {
   // A companion is not a scheduled behaviour: every message, system
   // messages included, reaches only the callback below, on the thread that
-  // delivers it. So a remote peer can send the node nothing but frames.
+  // delivers it. So a remote peer can send the node nothing but frames (and
+  // cluster messages, from admins only).
   auto door = sys.spawn<caf::actor_companion>();
   auto* companion = static_cast<caf::actor_companion*>(caf::actor_cast<caf::abstract_actor*>(door));
   caf::weak_actor_ptr weak = caf::actor_cast<caf::weak_actor_ptr>(gw);
+  caf::weak_actor_ptr weak_cluster = caf::actor_cast<caf::weak_actor_ptr>(cluster);
   auto code = static_cast<uint8_t>(role);
-  companion->on_enqueue([weak, code](caf::mailbox_element_ptr ptr) {
+  caf::weak_actor_ptr weak_door = caf::actor_cast<caf::weak_actor_ptr>(door);
+  companion->on_enqueue([weak, weak_cluster, weak_door, code, role](caf::mailbox_element_ptr ptr) {
     if (!ptr)
       return;
     auto& content = ptr->content();
+    if (is_cluster_message(content)) {
+      auto target = weak_cluster.lock();
+      if (target && role == peer_role::admin && ptr->sender) {
+        target->enqueue(std::move(ptr), nullptr);
+        return;
+      }
+      if (ptr->sender && ptr->mid.is_request())
+        ptr->sender->enqueue(
+          weak_door.lock(), ptr->mid.response_id(),
+          caf::make_message(make_error(
+            target ? errc::permission_denied : errc::unsupported,
+            target ? "joining this node's cluster needs the admin role (mutual TLS with "
+                     "--tls-role admin, or --insecure-admin)"
+                   : "this node is not in a cluster")),
+          nullptr);
+      return;
+    }
     auto strong = weak.lock();
     if (!strong || !ptr->sender || !content.match_elements<frame_atom, std::vector<char>>()) {
       log::get("modelreg.gateway")->debug("door: dropped a message that is not a frame");

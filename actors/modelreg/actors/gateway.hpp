@@ -25,6 +25,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -93,6 +94,9 @@ struct gateway_options {
   /// Streaming sessions one connection may hold open at once; more are
   /// refused with `quota_exceeded`.
   size_t max_sessions_per_peer = 64;
+  /// The node's cluster as JSON, in status answers as "cluster" (called on
+  /// the gateway's thread; must not block); null or empty: no cluster.
+  std::function<std::string()> cluster_status;
 };
 
 /// Spawns a gateway for `registry` (not yet listening anywhere).
@@ -114,7 +118,10 @@ caf::error listen_shm_socket(const gateway_actor& gw,
 /// else: no other message, exit and kill included, acts on the node, whoever
 /// sends it. Close it with `close_wire_interface` (it never exits by
 /// itself, so the actor system would wait for it).
-wire_actor wire_interface(caf::actor_system& sys, const gateway_actor& gw, peer_role role);
+/// With `cluster` (docs/cluster.md): cluster messages from admin peers go
+/// to that actor, sender and request id kept; others are refused.
+wire_actor wire_interface(caf::actor_system& sys, const gateway_actor& gw, peer_role role,
+                          const caf::actor& cluster = {});
 
 /// Stops forwarding and terminates the door (it unpublishes itself).
 void close_wire_interface(const wire_actor& door);

@@ -21,6 +21,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -99,6 +100,13 @@ struct registry_config {
   /// Names for model specs: a get-or-load whose spec has no backend looks
   /// its key up here (`model_not_found` if absent). Null: no catalog.
   std::shared_ptr<const modelreg::catalog> catalog;
+  /// Cluster placement (docs/cluster.md): the loader for a get-or-load by
+  /// model spec, given the spec as asked (no backend: a catalog name) and as
+  /// resolved. It may load here or return a model another node runs
+  /// (`model::served_by`). Null: the backend's loader, here.
+  std::function<caf::expected<loader_fn>(const std::string& key, const model_spec& asked,
+                                         const model_spec& resolved)>
+    placement;
 };
 
 namespace detail {

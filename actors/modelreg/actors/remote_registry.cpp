@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 
 #include <unistd.h>
 
@@ -21,6 +22,7 @@
 #include <caf/typed_event_based_actor.hpp>
 
 #include "modelreg/actors/detail/direct_link.hpp"
+#include "modelreg/actors/detail/reach.hpp"
 #include "modelreg/actors/detail/entry_block.hpp"
 #include "modelreg/actors/detail/lease.hpp"
 #include "modelreg/actors/gateway.hpp"
@@ -231,6 +233,29 @@ caf::expected<wire_actor> remote_wire_actor(caf::actor_system& sys, const caf::i
   return out;
 }
 
+} // namespace
+
+caf::expected<caf::actor> reach_node(caf::actor_system& sys, const std::string& uri,
+                                     caf::timespan timeout) {
+  auto where = parse_connect_uri(uri);
+  if (!where)
+    return where.error();
+  if (where->unix_socket)
+    return make_error(errc::invalid_argument, uri + ": a cluster peer is reached over tcp://");
+  caf::expected<wire_actor> server{caf::error{}};
+  if (sys.has_openssl_manager())
+    server = remote_wire_actor(sys, sys.openssl_manager().actor_handle(), uri, where->host,
+                               where->port, timeout);
+  else
+    server = remote_wire_actor(sys, sys.middleman().actor_handle(), uri, where->host,
+                               where->port, timeout);
+  if (!server)
+    return server.error();
+  return caf::actor_cast<caf::actor>(std::move(*server));
+}
+
+namespace {
+
 link_result open_link(caf::actor_system& sys, const node_address& where, const std::string& uri,
                       const std::shared_ptr<transport::endpoint>& ep, caf::weak_actor_ptr proxy,
                       uint64_t generation, std::shared_ptr<detail::direct_link> direct,
@@ -398,17 +423,43 @@ void ask_status(proxy_ptr self, std::function<void(std::string)> on_json,
             std::move(on_error)});
 }
 
-/// A model actor that forwards to the remote registry by key.
-model_actor::behavior_type forwarder(model_actor::pointer self, registry_actor proxy,
-                                     std::string key) {
+/// A model actor that forwards to the remote registry by key. Each request
+/// keeps its ticket (the caller's model stays in flight) until the answer;
+/// requests still unanswered when it stops get `unavailable`.
+struct forwarder_state {
+  static inline const char* name = "modelreg.remote_model";
+  std::shared_ptr<std::set<reply_sink_ptr>> pending = std::make_shared<std::set<reply_sink_ptr>>();
+};
+
+model_actor::behavior_type forwarder(model_actor::stateful_pointer<forwarder_state> self,
+                                     registry_actor proxy, std::string key) {
+  self->attach_functor([pending = self->state.pending, key] {
+    for (const auto& reply : *pending)
+      reply->deliver(make_error(errc::unavailable, "'" + key + "': the link to its node closed"));
+    pending->clear();
+  });
   return {
     [self, proxy, key](infer_request& req) -> caf::result<tensor_map> {
-      if (!req.reply)
-        return self->delegate(proxy, infer_atom::value, key, std::move(req.inputs));
+      auto reply = req.reply;
+      if (!reply) {
+        auto rp = self->make_response_promise<tensor_map>();
+        reply = std::make_shared<reply_sink>(
+          [rp](caf::expected<tensor_map> out) mutable {
+            if (out)
+              rp.deliver(std::move(*out));
+            else
+              rp.deliver(std::move(out.error()));
+          });
+      }
+      self->state.pending->insert(reply);
+      auto done = [self, reply, ticket = req.ticket](caf::expected<tensor_map> out) {
+        self->state.pending->erase(reply);
+        reply->deliver(std::move(out));
+      };
       self->request(proxy, caf::infinite, infer_atom::value, key, std::move(req.inputs))
-        .then([reply = req.reply](tensor_map& out) { reply->deliver(std::move(out)); },
-              [reply = req.reply](caf::error& err) {
-                reply->deliver(as_modelreg_error(std::move(err), errc::unavailable, "the node"));
+        .then([done](tensor_map& out) mutable { done(std::move(out)); },
+              [done](caf::error& err) mutable {
+                done(as_modelreg_error(std::move(err), errc::unavailable, "the node"));
               });
       return caf::delegated<tensor_map>{};
     },

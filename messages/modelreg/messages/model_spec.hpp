@@ -3,6 +3,7 @@
 // the backend up by name and runs its factory.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -23,6 +24,13 @@ struct model_spec {
   /// Instances the model may grow to when every one is busy and requests
   /// wait; 0: `instances` (no growth).
   uint32_t max_instances = 0;
+  /// Cluster placement (docs/cluster.md). The bytes a load is expected to
+  /// take, for placing it before it ever loaded (0: unknown; the budget
+  /// decides after the load); copies kept loaded in the cluster at all
+  /// times (pinned); copies it may grow to when requests queue (0: 1).
+  uint64_t expected_bytes = 0;
+  uint32_t min_copies = 0;
+  uint32_t max_copies = 0;
 
   /// The instances to start and the most to grow to (both at least 1).
   uint32_t initial_instances() const { return instances == 0 ? 1 : instances; }
@@ -30,13 +38,15 @@ struct model_spec {
     return max_instances > initial_instances() ? max_instances : initial_instances();
   }
 
+  uint32_t copy_limit() const { return std::max<uint32_t>({max_copies, min_copies, 1}); }
+
   friend bool operator==(const model_spec&, const model_spec&) = default;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, model_spec& x) {
   return f(caf::meta::type_name("modelreg::model_spec"), x.backend, x.params, x.instances,
-           x.max_instances);
+           x.max_instances, x.expected_bytes, x.min_copies, x.max_copies);
 }
 
 } // namespace modelreg

@@ -51,6 +51,8 @@ std::string to_json(const registry_snapshot& x) {
                       {"waiters", m.waiters},
                       {"batches", m.batches},
                       {"abandoned", m.abandoned}});
+    if (!m.holder.empty())
+      models.back()["holder"] = m.holder;
     if (m.max_instances > 0) {
       auto processes = nlohmann::json::array();
       for (const auto& p : m.processes)
@@ -151,6 +153,7 @@ bool from_json(const std::string& json, registry_snapshot& out) {
       get_to(m, "zygote_pid", s.zygote_pid);
       get_to(m, "sessions", s.sessions);
       get_to(m, "sessions_expired", s.sessions_expired);
+      get_to(m, "holder", s.holder);
       for (const auto& p : m.value("processes", nlohmann::json::array())) {
         instance_status i;
         get_to(p, "pid", i.pid);

@@ -79,6 +79,9 @@ struct model_status {
   std::vector<instance_status> processes; ///< the instance processes
   uint64_t sessions = 0;         ///< streaming sessions open now
   uint64_t sessions_expired = 0; ///< sessions cancelled for idling
+  /// Cluster: the node that runs the model when this one forwards to it
+  /// (e.g. "tcp://10.0.0.2:7447"); empty when it runs here.
+  std::string holder;
 };
 
 template <class Inspector>
@@ -87,7 +90,7 @@ typename Inspector::result_type inspect(Inspector& f, model_status& x) {
            x.generation, x.handles, x.in_flight, x.memory_bytes, x.load_time_us, x.requests,
            x.errors, x.latency_p50_us, x.latency_p99_us, x.idle_ms, x.pinned, x.waiters,
            x.batches, x.abandoned, x.instances, x.max_instances, x.instances_busy,
-           x.instance_restarts, x.zygote_pid, x.processes, x.sessions, x.sessions_expired);
+           x.instance_restarts, x.zygote_pid, x.processes, x.sessions, x.sessions_expired, x.holder);
 }
 
 /// Registry-wide counters since start.

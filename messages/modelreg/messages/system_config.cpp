@@ -1,5 +1,6 @@
 #include "modelreg/messages/system_config.hpp"
 
+#include "modelreg/messages/cluster.hpp"
 #include "modelreg/messages/error.hpp"
 #include "modelreg/messages/model_spec.hpp"
 #include "modelreg/messages/status.hpp"
@@ -23,6 +24,10 @@ void configure(caf::actor_system_config& cfg) {
   cfg.add_message_type<registry_totals>("modelreg::registry_totals");
   cfg.add_message_type<registry_snapshot>("modelreg::registry_snapshot");
   cfg.add_message_type<eviction_report>("modelreg::eviction_report");
+  cfg.add_message_type<held_model>("modelreg::held_model");
+  cfg.add_message_type<member_info>("modelreg::member_info");
+  cfg.add_message_type<std::vector<member_info>>("std::vector<modelreg::member_info>");
+  cfg.add_message_type<placement>("modelreg::placement");
 }
 
 system_config::system_config() {

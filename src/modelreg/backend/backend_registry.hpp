@@ -59,6 +59,8 @@ struct backend_info {
 
 /// The most instances one model may have.
 constexpr uint32_t max_instances = 64;
+/// The most copies of one model a cluster may keep (catalog `max_copies`).
+constexpr uint32_t max_copies = 64;
 
 std::string to_string(param_info::kind k);
 

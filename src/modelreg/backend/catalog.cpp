@@ -1,6 +1,7 @@
 #include "modelreg/backend/catalog.hpp"
 
 #include <fstream>
+#include <set>
 #include <string_view>
 #include <sstream>
 
@@ -86,7 +87,10 @@ std::string catalog::describe_json(const backend_registry& backends) const {
     nlohmann::json e = {{"backend", spec.backend},
                         {"params", spec.params},
                         {"instances", spec.initial_instances()},
-                        {"max_instances", spec.instance_limit()}};
+                        {"max_instances", spec.instance_limit()},
+                        {"expected_bytes", spec.expected_bytes},
+                        {"min_copies", spec.min_copies},
+                        {"max_copies", spec.copy_limit()}};
     if (const auto* info = backends.info(spec.backend)) {
       e["doc"] = info->doc;
       auto params = nlohmann::json::array();
@@ -154,11 +158,39 @@ caf::expected<catalog> catalog::parse(const std::string& text) {
       (std::string_view{field} == "instances" ? spec.instances : spec.max_instances) =
         v.get<uint32_t>();
     }
+    // Cluster placement (docs/cluster.md).
+    if (entry.contains("expected_bytes")) {
+      const auto& v = entry["expected_bytes"];
+      if (!v.is_number_unsigned())
+        return make_error(errc::invalid_argument,
+                          where + "\"expected_bytes\" must be a whole number of bytes");
+      spec.expected_bytes = v.get<uint64_t>();
+    }
+    for (const char* field : {"min_copies", "max_copies"}) {
+      if (!entry.contains(field))
+        continue;
+      const auto& v = entry[field];
+      if (!v.is_number_unsigned() || v.get<uint64_t>() > max_copies)
+        return make_error(errc::invalid_argument, where + "\"" + field +
+                                                    "\" must be a whole number from 0 to " +
+                                                    std::to_string(max_copies));
+      (std::string_view{field} == "min_copies" ? spec.min_copies : spec.max_copies) =
+        v.get<uint32_t>();
+    }
+    if (spec.max_copies != 0 && spec.min_copies > spec.max_copies)
+      return make_error(errc::invalid_argument,
+                        where + "\"min_copies\" (" + std::to_string(spec.min_copies) +
+                          ") is more than \"max_copies\" (" + std::to_string(spec.max_copies) +
+                          ")");
+    static const std::set<std::string> fields = {"backend",        "params",     "instances",
+                                                  "max_instances", "expected_bytes",
+                                                  "min_copies",     "max_copies"};
     for (auto& [key, value] : entry.items())
-      if (key != "backend" && key != "params" && key != "instances" && key != "max_instances")
+      if (fields.count(key) == 0)
         return make_error(errc::invalid_argument,
                           where + "unknown field '" + key +
-                            "' (an entry has backend, params, instances, max_instances)");
+                            "' (an entry has backend, params, instances, max_instances, "
+                            "expected_bytes, min_copies, max_copies)");
     out.add(name, std::move(spec));
   }
   out.text_ = text;

@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 
+#include <caf/actor.hpp>
 #include <caf/expected.hpp>
 
 #include "modelreg/messages/error.hpp"
@@ -80,6 +81,17 @@ public:
   /// Runs the model once on made-up input, so state it builds lazily exists
   /// before a zygote forks instances from it (docs/instances.md). Optional.
   virtual void warm_up() {}
+
+  /// A model that runs elsewhere (on another node of a cluster,
+  /// docs/cluster.md): the actor that takes its requests, a `model_actor`.
+  /// The registry then spawns no actor of its own and never calls `infer`;
+  /// when that actor goes down the entry is dropped and the next request
+  /// loads again. Null (the default): the model runs here.
+  virtual caf::actor served_by() const { return {}; }
+
+  /// Where a model that runs elsewhere runs (e.g. "tcp://10.0.0.2:7447");
+  /// empty for a model that runs here.
+  virtual std::string location() const { return {}; }
 };
 
 using model_ptr = std::shared_ptr<model>;

@@ -71,6 +71,8 @@ struct entry {
   int64_t load_started_ns = 0;
   bool pinned = false;
   entry_ptr block;               // when ready
+  model_ptr forwarded;           // a model served by an actor elsewhere (a cluster peer)
+  std::string holder;            // where that model runs
   std::vector<caf::typed_response_promise<model_handle>> waiters;
   std::vector<std::pair<caf::typed_response_promise<tensor_map>, tensor_map>> parked_infers;
 };
@@ -118,6 +120,7 @@ model_status status_of(const std::string& key, const entry& e, int64_t now) {
   s.generation = e.generation;
   s.pinned = e.pinned;
   s.waiters = e.waiters.size() + e.parked_infers.size();
+  s.holder = e.holder;
   if (auto b = e.block) {
     s.description = b->description;
     s.handles = static_cast<uint64_t>(std::max<int64_t>(b->handles.load(), 0));
@@ -403,15 +406,26 @@ void finish_load(supervisor_ptr self, std::unordered_map<std::string, entry>::it
   auto& ready = i->second;
   auto stats = std::make_shared<model_stats>();
   stats->metrics = st.cfg.metrics->model(key);
-  stats->metrics->loads.add();
-  stats->metrics->load_seconds.observe(static_cast<double>(outcome.duration_ns) * 1e-9);
+  bool forwarded = static_cast<bool>(outcome.model->served_by());
+  if (!forwarded) { // a forwarded model was loaded (and counted) by its holder
+    stats->metrics->loads.add();
+    stats->metrics->load_seconds.observe(static_cast<double>(outcome.duration_ns) * 1e-9);
+  }
   auto description = outcome.model->describe();
   auto lanes = st.cfg.inference_lanes != 0 ? st.cfg.inference_lanes
                                            : self->system().scheduler().num_workers();
-  auto actor = spawn_model_actor(self->system(), std::move(outcome.model), stats,
-                                 model_actor_options{lanes, st.cfg.max_batch, st.cfg.batch_timeout,
-                                                     st.cfg.max_queue,
-                                                     st.cfg.session_idle_timeout});
+  model_actor actor;
+  if (auto elsewhere = outcome.model->served_by()) {
+    // A model another node runs: its actor takes the requests; the model
+    // object (which holds the lease there) lives as long as the entry.
+    actor = caf::actor_cast<model_actor>(elsewhere);
+    ready.holder = outcome.model->location();
+    ready.forwarded = std::move(outcome.model);
+  } else {
+    actor = spawn_model_actor(self->system(), std::move(outcome.model), stats,
+                              model_actor_options{lanes, st.cfg.max_batch, st.cfg.batch_timeout,
+                                                  st.cfg.max_queue, st.cfg.session_idle_timeout});
+  }
   self->monitor(actor);
   st.key_of_actor[actor.address()] = key;
   auto load_us = outcome.duration_ns / 1000;
@@ -419,7 +433,8 @@ void finish_load(supervisor_ptr self, std::unordered_map<std::string, entry>::it
                                               caf::actor_cast<caf::weak_actor_ptr>(self->ctrl()),
                                               description, bytes, stats, load_us);
   ready.state = model_state::ready;
-  ++st.totals.loads;
+  if (!forwarded)
+    ++st.totals.loads;
   ++st.totals.models_loaded;
   st.totals.bytes_in_use += bytes;
   st.shared->publish(ready.block);
@@ -545,6 +560,14 @@ supervisor_actor::behavior_type supervisor(supervisor_ptr self, registry_config 
       auto i = st.entries.find(key);
       if (i == st.entries.end() || !i->second.block)
         return;
+      if (!i->second.holder.empty()) {
+        // A forwarded model: the node that runs it left the cluster.
+        st.log->warn("{}: its holder {} is gone: {}", key, i->second.holder,
+                     caf::to_string(dm.reason));
+        drop_ready(self, i, model_state::failed,
+                   "its holder " + i->second.holder + " is gone; next request places it again");
+        return;
+      }
       ++st.totals.crashes;
       st.cfg.metrics->model(key)->evictions[static_cast<size_t>(eviction_reason::crashed)].add();
       st.log->error("{}: model actor died: {}", key, caf::to_string(dm.reason));
@@ -574,7 +597,8 @@ supervisor_actor::behavior_type supervisor(supervisor_ptr self, registry_config 
           if (resolved == nullptr)
             return make_error(errc::model_not_found, "'" + key + "' is not in the catalog");
         }
-        auto loader = st.cfg.backends->loader_for(*resolved);
+        auto loader = st.cfg.placement ? st.cfg.placement(key, spec, *resolved)
+                                       : st.cfg.backends->loader_for(*resolved);
         if (!loader)
           return std::move(loader.error());
         return get_or_load(self, key, std::move(*loader));
