@@ -242,7 +242,10 @@ void print_table(const nlohmann::json& j, const std::map<std::string, double>& r
                 us(m["latency_p99_us"].get<uint64_t>()).c_str(),
                 static_cast<unsigned long long>(m["requests"].get<uint64_t>()),
                 static_cast<unsigned long long>(m.value("errors", uint64_t{0})),
-                m["description"].get<std::string>().c_str());
+                (m.contains("holder") ? "on " + m["holder"].get<std::string>() + ": " +
+                                          m["description"].get<std::string>()
+                                      : m["description"].get<std::string>())
+                  .c_str());
   }
   const auto& t = j["totals"];
   std::printf("\n%llu models, %s in use, hit rate %.1f%%, %llu loads (%llu failed), "
@@ -253,6 +256,32 @@ void print_table(const nlohmann::json& j, const std::map<std::string, double>& r
               static_cast<unsigned long long>(t["loads"].get<uint64_t>()),
               static_cast<unsigned long long>(t["load_failures"].get<uint64_t>()),
               static_cast<unsigned long long>(j.value("connections", uint64_t{0})));
+}
+
+/// `status --cluster`: one line per member, as the node asked sees them.
+void print_cluster(const nlohmann::json& c) {
+  std::printf("%-28s %21s %6s %8s %7s  %s\n", "NODE", "MEMORY / BUDGET", "CONNS",
+              "REQ/S", "SEEN", "MODELS (held here; * loading)");
+  for (const auto& m : c["members"]) {
+    auto budget = m["budget_bytes"].get<uint64_t>();
+    auto memory = human_bytes(m["bytes_in_use"].get<uint64_t>()) + " / " +
+                  (budget == 0 ? std::string{"none"} : human_bytes(budget));
+    std::string models;
+    for (const auto& h : m["models"])
+      models += (models.empty() ? "" : " ") + h["key"].get<std::string>() +
+                (h["state"] == "ready" ? "" : "*");
+    auto seen = m["self"].get<bool>()
+                  ? std::string{"self"}
+                  : human_duration(std::chrono::milliseconds{m["last_seen_ms"].get<int64_t>()});
+    std::printf("%-28s %21s %6llu %8llu %7s  %s\n",
+                m["address"].get<std::string>().c_str(), memory.c_str(),
+                static_cast<unsigned long long>(m["connections"].get<uint64_t>()),
+                static_cast<unsigned long long>(m["requests_per_s"].get<uint64_t>()),
+                seen.c_str(), models.empty() ? "-" : models.c_str());
+  }
+  std::printf("\n%zu members; each key's owner is chosen by rendezvous hashing over them "
+              "(docs/cluster.md)\n",
+              c["members"].size());
 }
 
 /// Transitions as the supervisor publishes them (for --watch): printed at
@@ -291,6 +320,7 @@ caf::behavior event_printer(caf::event_based_actor* self, bool json,
 
 struct status_options {
   node_options node;
+  bool cluster = false;
   bool watch = false;
   bool json = false;
   std::chrono::milliseconds interval{1000};
@@ -329,7 +359,22 @@ int run_status(const status_options& o) {
       last_requests[key] = req;
     }
     last_time = now;
-    if (o.json) {
+    if (o.cluster) {
+      if (!j->contains("cluster")) {
+        std::cerr << "modelreg status: the node is not a cluster member (start it with "
+                     "'modelreg serve --cluster' or '--join')\n";
+        rc = exit_failed;
+        break;
+      }
+      if (o.json) {
+        std::cout << (*j)["cluster"].dump() << std::endl;
+      } else {
+        if (o.watch && tty)
+          std::printf("\033[H\033[2J");
+        print_cluster((*j)["cluster"]);
+        std::fflush(stdout);
+      }
+    } else if (o.json) {
       for (auto& m : (*j)["models"])
         m["requests_per_s"] = rates[m["key"].get<std::string>()];
       std::cout << j->dump() << std::endl;
@@ -929,6 +974,9 @@ std::vector<command> add_client_commands(CLI::App& app) {
   status->add_flag("--watch", st->watch,
                    "redraw every interval, with a log of the transitions under the table");
   status->add_flag("--json", st->json, "one JSON document per refresh");
+  status->add_flag("--cluster", st->cluster,
+                   "every member of the node's cluster: address, models held, memory and "
+                   "budget, connections, requests/s (docs/cluster.md)");
   add_duration(status, "--interval", st->interval, "--watch: time between refreshes (default 1s)");
   add_count(status, "--count", st->count, "--watch: stop after N refreshes", 1);
   add_node_options(status, st->node, 5s, "default 5s");

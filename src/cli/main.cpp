@@ -25,6 +25,7 @@
 
 #include "tools/asr_demo.hpp"
 #include "tools/voice_loop.hpp"
+#include "tools/cluster_client.hpp"
 #include "tools/serve_client.hpp"
 #include "tools/transport_peer.hpp"
 
@@ -115,6 +116,11 @@ std::optional<int> run_hidden(const std::string& command, std::vector<std::strin
       args[0], args[1], std::vector<std::string>(args.begin() + 2, args.end()));
   if (command == "__asr-alone" && args.size() == 2)
     return modelreg::tools::run_asr_alone(builtin_spec(args[0]), args[1]);
+  if (command == "__cluster-client" && args.size() >= 2)
+    return modelreg::tools::run_cluster_client(args[0],
+                                               std::vector<std::string>(args.begin() + 1, args.end()));
+  if (command == "__cluster-loop" && args.size() == 2)
+    return modelreg::tools::run_cluster_loop_client(args[0], args[1]);
   if (command == "__hold" && args.size() == 3)
     return modelreg::tools::run_holding_client(args[0], n(args[1]), n(args[2]));
   if (command == "__flood-client" && args.size() == 3)

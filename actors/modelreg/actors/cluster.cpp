@@ -270,10 +270,18 @@ struct cluster_state {
   clock_type::time_point last_tick = clock_type::now();
   uint64_t last_requests = 0;
   std::map<std::string, std::pair<uint64_t, double>> last_queue;
+  /// When the members last changed: placing waits two heartbeats after,
+  /// until every member's holdings have reached this node.
+  clock_type::time_point view_changed = clock_type::now();
   std::shared_ptr<spdlog::logger> log = log::get("modelreg.cluster");
 };
 
 using cluster_ptr = caf::stateful_actor<cluster_state>*;
+
+bool settling(cluster_ptr self) {
+  auto& st = self->state;
+  return clock_type::now() - st.view_changed < 2 * st.sh->options.heartbeat_interval;
+}
 
 std::vector<std::string> view_of(cluster_ptr self) {
   std::vector<std::string> v{self->state.me.address};
@@ -286,6 +294,8 @@ std::vector<std::string> view_of(cluster_ptr self) {
 void publish_view(cluster_ptr self) {
   auto& st = self->state;
   auto v = view_of(self);
+  if (v != st.me.members)
+    st.view_changed = clock_type::now();
   st.me.members = v;
   std::lock_guard<std::mutex> guard{st.sh->mu};
   st.sh->digest = cluster::view_digest(v);
@@ -543,7 +553,12 @@ caf::result<placement> place(cluster_ptr self, const std::string& key, const mod
     const auto& [holder, c] = *copies.begin();
     return placement{holder, c.expected, c.may_evict};
   }
-  // Nobody holds it: one choice for every caller asking meanwhile.
+  // Nobody holds it, as far as this owner knows: right after the members
+  // changed it may not know yet (the holdings travel with heartbeats).
+  if (settling(self))
+    return make_error(errc::unavailable, "membership changed just now: " + st.me.address +
+                                           " waits for every member's holdings (retry)");
+  // One choice for every caller asking meanwhile.
   auto rp = self->make_response_promise<placement>();
   auto [waiting, first] = st.choosing.try_emplace(key);
   waiting->second.push_back(rp);
@@ -686,6 +701,8 @@ void own_copies(cluster_ptr self) {
   auto& st = self->state;
   const auto& cat = st.sh->options.catalog;
   if (!cat)
+    return;
+  if (settling(self))
     return;
   auto view = view_of(self);
   auto now = clock_type::now();
@@ -898,8 +915,22 @@ caf::behavior cluster_actor(cluster_ptr self, std::shared_ptr<cluster_shared> sh
         .then(
           [self, key, pin](const model_handle& h) {
             // The copy stays while it is pinned, or until it idles out.
-            if (pin && h.valid() && h.actor() && h.memory_bytes() > 0)
-              self->send(self->state.local, pin_atom::value, key, true);
+            // Only a copy held here is pinned, not one forwarded elsewhere
+            // (then another member was chosen after all). (Requests, not
+            // sends: the registry answers, and an answer nobody expects
+            // would come back as an error that stops it.)
+            if (!pin || !h.valid())
+              return;
+            auto local = self->state.local;
+            self->request(local, std::chrono::seconds{5}, list_atom::value)
+              .then(
+                [self, local, key](const registry_snapshot& snap) {
+                  for (const auto& m : snap.models)
+                    if (m.key == key && m.state == model_state::ready && m.holder.empty())
+                      self->request(local, std::chrono::seconds{5}, pin_atom::value, key, true)
+                        .then([](bool) {}, [](caf::error&) {});
+                },
+                [](caf::error&) {});
           },
           [self, key](caf::error& err) {
             self->state.log->warn("{}: no copy here: {}", key, describe(err));

@@ -1,0 +1,387 @@
+"""Many nodes, one registry (issue #15), with real `modelreg serve`
+processes joined over loopback TCP and real client processes: one load per
+model across the cluster under concurrent first requests, budgets kept,
+forwarding, failover after kill -9, a late joiner, min_copies, and mutual
+TLS between members. Every process and file a test makes is removed when it
+ends."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+CLI = os.environ["MODELREG_CLI"]
+MIB = 1 << 20
+MODEL_BYTES = 20 * MIB
+
+
+def eventually(pred, timeout=60.0, step=0.05):
+    """True as soon as `pred()` is; False if it is not within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return bool(pred())
+
+
+def write_catalog(folder, extra=None):
+    models = {}
+    for i in range(1, 7):
+        models["m%d" % i] = {"backend": "identity",
+                             "params": {"reserve_bytes": MODEL_BYTES, "thread_safe": True},
+                             "expected_bytes": MODEL_BYTES}
+    models.update(extra or {})
+    path = os.path.join(folder, "catalog.json")
+    with open(path, "w") as f:
+        json.dump({"models": models}, f)
+    return path
+
+
+class Node:
+    """`modelreg serve` as a cluster member, in a child process."""
+
+    def __init__(self, folder, name, catalog, *extra, budget="48M"):
+        self.sock = os.path.join(folder, name + ".sock")
+        self.log_path = os.path.join(folder, name + ".log")
+        self.log = open(self.log_path, "w+")
+        cmd = [CLI, "serve", "--socket", self.sock, "--catalog", catalog,
+               "--tcp", "127.0.0.1:0", "--max-memory", budget, *extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.ready_line = self.proc.stdout.readline()
+        if not self.ready_line.startswith("ready"):
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("no ready line: %r, log %r" % (self.ready_line, self.read_log()))
+        m = re.search(r"cluster (tcp://[^ ]+)", self.ready_line)
+        self.address = m.group(1) if m else None
+
+    def read_log(self):
+        self.log.flush()
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def status(self, *args):
+        out = subprocess.run([CLI, "status", "--socket", self.sock, "--json", *args],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def cluster(self):
+        return self.status("--cluster")
+
+    def me(self):
+        return next(m for m in self.cluster()["members"] if m["self"])
+
+    def cli(self, *args, timeout=60):
+        return subprocess.run([CLI, *args, "--socket", self.sock], capture_output=True,
+                              text=True, timeout=timeout)
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.log.close()
+
+
+class Client:
+    """`modelreg __cluster-client` / `__cluster-loop`: a pipeline node."""
+
+    def __init__(self, node, *args, loop=False):
+        cmd = [CLI, "__cluster-loop" if loop else "__cluster-client", "unix:" + node.sock, *args]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.strip() == "ready", (line, self.proc.stderr.read())
+
+    def go(self):
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def results(self):
+        out = []
+        for line in self.proc.stdout:
+            if line.strip() == "done":
+                return out
+            out.append(json.loads(line))
+        raise AssertionError("the client ended early: %s" % self.proc.stderr.read())
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdout, self.proc.stderr):
+            f.close()
+
+
+@pytest.fixture
+def folder():
+    d = tempfile.mkdtemp(prefix="modelreg-cluster-")
+    made = []
+    yield d, made
+    for thing in reversed(made):
+        thing.close() if isinstance(thing, Client) else thing.stop()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def start_cluster(folder, made, n, catalog, *extra, budget="48M"):
+    d = folder
+    first = Node(d, "n1", catalog, "--cluster", "--insecure-admin", *extra, budget=budget)
+    made.append(first)
+    nodes = [first]
+    for i in range(2, n + 1):
+        node = Node(d, "n%d" % i, catalog, "--join", first.address, "--insecure-admin", *extra,
+                    budget=budget)
+        made.append(node)
+        nodes.append(node)
+    assert eventually(lambda: all(len(x.cluster()["members"]) == n for x in nodes)), \
+        [x.read_log() for x in nodes]
+    return nodes
+
+
+def loads_by_model(nodes):
+    """Loads per model, summed over the members' own counts."""
+    total = {}
+    for node in nodes:
+        for key, n in node.me()["loads"].items():
+            total[key] = total.get(key, 0) + n
+    return total
+
+
+def holder_of(nodes, key):
+    for node in nodes:
+        if any(m["key"] == key and m["state"] == "ready" for m in node.me()["models"]):
+            return node
+    return None
+
+
+def test_twelve_clients_on_three_nodes_load_six_models_once_within_every_budget(folder):
+    d, made = folder
+    catalog = write_catalog(d)
+    nodes = start_cluster(d, made, 3, catalog)
+    models = ["m%d" % i for i in range(1, 7)]
+    clients = []
+    for i in range(12):
+        c = Client(nodes[i % 3], *models)
+        made.append(c)
+        clients.append(c)
+    for c in clients:  # all at once
+        c.go()
+    for c in clients:
+        results = c.results()
+        assert sorted(r["model"] for r in results) == models
+        bad = [r for r in results if not r["ok"]]
+        assert not bad, bad
+    # Once each heartbeat has carried the last load: exactly one per model.
+    assert eventually(lambda: loads_by_model(nodes) == {m: 1 for m in models}), \
+        loads_by_model(nodes)
+    for node in nodes:
+        me = node.me()
+        assert me["bytes_in_use"] <= me["budget_bytes"], me
+        # Every model is served here: held, or forwarded to its holder.
+        local = {m["key"]: m for m in node.status()["models"]}
+        assert sorted(local) == models
+        for key, m in local.items():
+            held = m.get("holder", "") == ""
+            assert held == (m["memory_bytes"] > 0), m
+    held = sorted(m["key"] for node in nodes for m in node.me()["models"])
+    assert held == models
+
+
+def test_kill_9_of_a_holder_fails_its_requests_unavailable_and_one_survivor_reloads(folder):
+    d, made = folder
+    catalog = write_catalog(d)
+    # Membership would notice a silent member only after a minute: what the
+    # clients see comes from the closed connection.
+    nodes = start_cluster(d, made, 3, catalog, "--cluster-timeout", "60s", budget="100M")
+    first = nodes[0].cli("load", "m1")
+    assert first.returncode == 0, first.stderr
+    assert eventually(lambda: holder_of(nodes, "m1") is not None)
+    victim = holder_of(nodes, "m1")
+    survivors = [n for n in nodes if n is not victim]
+    loops = []
+    for node in survivors:
+        c = Client(node, "m1", loop=True)
+        made.append(c)
+        loops.append(c)
+    for c in loops:
+        c.go()
+    for c in loops:  # both forward to the victim and are answered
+        assert c.proc.stdout.readline().startswith("ok")
+    killed_at = time.monotonic_ns()
+    victim.kill()
+    for c in loops:
+        # Requests in flight fail with `unavailable`, then the model is
+        # placed again and requests succeed.
+        errors = []
+        while True:
+            line = c.proc.stdout.readline()
+            assert line, c.proc.stderr.read()
+            word = line.split()
+            if word[0] == "ok" and int(word[1]) > killed_at and errors:
+                break
+            if word[0] == "error":
+                errors.append(word[1])
+        assert errors[0] == "unavailable", errors
+    for c in loops:
+        c.close()
+    # Loaded once more, on one survivor; nothing points at the dead node.
+    assert eventually(lambda: loads_by_model(survivors).get("m1") == 1), loads_by_model(survivors)
+    new_holder = holder_of(survivors, "m1")
+    assert new_holder is not None
+    for node in survivors:
+        for m in node.status()["models"]:
+            assert m.get("holder", "") != victim.address, m
+        assert len(node.cluster()["members"]) == 2
+    # No lease is stuck: once the other survivor drops its forwarded entry,
+    # the holder can unload the model.
+    for node in survivors:
+        if node is not new_holder:
+            r = node.cli("unload", "m1")
+            assert r.returncode == 0, r.stdout + r.stderr
+    r = new_holder.cli("unload", "m1")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_late_member_sees_the_models_and_serves_them_by_forwarding(folder):
+    d, made = folder
+    catalog = write_catalog(d)
+    nodes = start_cluster(d, made, 2, catalog)
+    for key in ("m1", "m2"):
+        r = nodes[0].cli("load", key)
+        assert r.returncode == 0, r.stderr
+    late = Node(d, "late", catalog, "--join", nodes[1].address, "--insecure-admin")
+    made.append(late)
+    everyone = nodes + [late]
+
+    def sees_models():
+        held = [m["key"] for member in late.cluster()["members"] for m in member["models"]]
+        return sorted(held) == ["m1", "m2"]
+
+    assert eventually(sees_models), late.cluster()
+    text = late.cli("status", "--cluster")
+    assert text.returncode == 0 and "m1" in text.stdout and late.address in text.stdout
+    client = Client(late, "m1", "m2")
+    made.append(client)
+    client.go()
+    assert all(r["ok"] for r in client.results())
+    forwarded = {m["key"]: m.get("holder", "") for m in late.status()["models"]}
+    assert forwarded["m1"] and forwarded["m2"], forwarded
+    assert loads_by_model(everyone) == {"m1": 1, "m2": 1}
+
+
+def test_min_copies_keeps_a_copy_loaded_and_places_it_again_when_its_holder_dies(folder):
+    d, made = folder
+    catalog = write_catalog(d, {"keep": {"backend": "identity", "params": {"thread_safe": True},
+                                         "min_copies": 1}})
+    nodes = start_cluster(d, made, 3, catalog, "--cluster-timeout", "60s")
+    # Nobody asked for it: its owner places it.
+    assert eventually(lambda: holder_of(nodes, "keep") is not None)
+    victim = holder_of(nodes, "keep")
+    pinned = [m for m in victim.status()["models"] if m["key"] == "keep"]
+    assert pinned and pinned[0]["pinned"], pinned
+    victim.kill()
+    survivors = [n for n in nodes if n is not victim]
+    assert eventually(lambda: holder_of(survivors, "keep") is not None)
+    assert loads_by_model(survivors).get("keep") == 1
+
+
+def make_pki(d, name):
+    """A CA and a node certificate it signed (openssl)."""
+    p = os.path.join(d, name)
+
+    def sh(*args):
+        subprocess.run(args, check=True, capture_output=True, timeout=120)
+
+    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+       "-subj", "/CN=%s-ca" % name, "-keyout", p + "-ca.key", "-out", p + "-ca.pem")
+    for who in ("a", "b"):
+        w = p + "-" + who
+        sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + who,
+           "-keyout", w + ".key", "-out", w + ".csr")
+        sh("openssl", "x509", "-req", "-in", w + ".csr", "-CA", p + "-ca.pem", "-CAkey",
+           p + "-ca.key", "-CAcreateserial", "-days", "2", "-out", w + ".pem")
+    return p
+
+
+def tls(pki, who):
+    return ["--tls-cert", pki + "-" + who + ".pem", "--tls-key", pki + "-" + who + ".key",
+            "--tls-ca", pki + "-ca.pem"]
+
+
+def test_members_use_mutual_tls_and_a_node_of_another_ca_cannot_join(folder):
+    d, made = folder
+    catalog = write_catalog(d)
+    good = make_pki(d, "good")
+    evil = make_pki(d, "evil")
+    first = Node(d, "first", catalog, "--cluster", *tls(good, "a"))
+    made.append(first)
+    assert "(mutual TLS)" in first.ready_line
+    intruder = Node(d, "intruder", catalog, "--join", first.address, *tls(evil, "a"))
+    made.append(intruder)
+    friend = Node(d, "friend", catalog, "--join", first.address, *tls(good, "b"))
+    made.append(friend)
+    assert eventually(lambda: len(first.cluster()["members"]) == 2)
+    # The friend is in; the intruder keeps failing its handshake.
+    assert eventually(lambda: "cannot join " + first.address in intruder.read_log())
+    names = [m["address"] for m in first.cluster()["members"]]
+    assert intruder.address not in names and friend.address in names
+    assert [m["address"] for m in intruder.cluster()["members"]] == [intruder.address]
+    # Forwarding goes over TLS too.
+    r = friend.cli("load", "m1")
+    assert r.returncode == 0, r.stderr
+    r = first.cli("load", "m1")
+    assert r.returncode == 0, r.stderr
+    assert loads_by_model([first, friend]) == {"m1": 1} or eventually(
+        lambda: loads_by_model([first, friend]) == {"m1": 1})
+
+
+def test_bad_cluster_flags_are_refused_with_their_names(folder):
+    d, made = folder
+    catalog = write_catalog(d)
+    sock = os.path.join(d, "x.sock")
+
+    def serve(*args):
+        return subprocess.run([CLI, "serve", "--socket", sock, "--catalog", catalog, *args],
+                              capture_output=True, text=True, timeout=60)
+
+    r = serve("--join", "tcp://127.0.0.1:1")
+    assert r.returncode == 2 and "--tcp" in r.stderr, r.stderr
+    r = serve("--tcp", "127.0.0.1:0", "--join", "unix:/tmp/x.sock", "--insecure-admin")
+    assert r.returncode == 2 and "--join takes tcp://HOST:PORT" in r.stderr, r.stderr
+    r = serve("--tcp", "127.0.0.1:0", "--cluster")
+    assert r.returncode == 2 and "--insecure-admin" in r.stderr, r.stderr
+    r = serve("--tcp", "0.0.0.0:0", "--cluster", "--insecure-admin", "--insecure")
+    assert r.returncode == 2 and "--advertise" in r.stderr, r.stderr
+    r = serve("--advertise", "h")
+    assert r.returncode == 2 and "--advertise" in r.stderr, r.stderr
+    r = serve("--tcp", "127.0.0.1:0", "--cluster", "--insecure-admin", "--cluster-timeout", "1ms")
+    assert r.returncode == 2 and "--cluster-timeout" in r.stderr, r.stderr
+    assert not os.path.exists(sock)
+    # A node that is not in a cluster says so.
+    lone = Node(d, "lone", catalog)
+    made.append(lone)
+    r = subprocess.run([CLI, "status", "--cluster", "--socket", lone.sock], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and "not a cluster member" in r.stderr, r.stderr
