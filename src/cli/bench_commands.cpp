@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/cluster_bench.hpp"
 #include "bench/protocol_bench.hpp"
 #include "bench/python_bench.hpp"
 #include "bench/registry_bench.hpp"
@@ -392,9 +393,59 @@ command bench_registry(CLI::App* bench) {
   }};
 }
 
+command bench_cluster(CLI::App* bench) {
+  auto opts = std::make_shared<modelreg::bench::cluster_bench_options>();
+  auto json = std::make_shared<bool>(false);
+  auto* sub = bench->add_subcommand(
+    "cluster", "many nodes as one registry: loads per model when every client asks every "
+               "member at once, a cold model's first answer, forwarded against local round "
+               "trips, failover after kill -9 of a holder (docs/cluster.md)");
+  sub->add_flag("--json", *json, "as JSON");
+  sub->add_option("--nodes", opts->nodes, "members on loopback TCP (default 3)")
+    ->check(CLI::Range(2, 16));
+  sub->add_option("--clients", opts->clients,
+                  "client processes, spread over the members, each asking for every model at "
+                  "once (default 6)")
+    ->check(CLI::Range(1, 64));
+  sub->add_option("--models", opts->models, "catalog models of 8 MiB (default 6)")
+    ->check(CLI::Range(1, 64));
+  sub->add_option("--requests", opts->rtt_requests,
+                  "round trips per path and round, 4 rounds (default 2000)")
+    ->check(CLI::Range(10, 1000000));
+  sub->add_option("--load-delay", opts->load_delay_ms, "ms each load takes (default 200)")
+    ->check(CLI::Range(0, 60000));
+  return command{sub, [opts, json] {
+    opts->self_path = self_path();
+    auto result = modelreg::bench::run_cluster_bench(*opts);
+    auto j = nlohmann::json::parse(result);
+    if (*json) {
+      std::cout << result << std::endl;
+    } else if (j.contains("error")) {
+      std::cerr << "bench cluster: " << j["error"].get<std::string>() << "\n";
+    } else {
+      std::printf("cluster benchmark: %d members, %d clients, %d models (loopback TCP)\n",
+                  opts->nodes, opts->clients, opts->models);
+      std::printf("  loads per model            %s (target: 1 each); client errors %d\n",
+                  j["loads_per_model"].dump().c_str(), j["client_errors"].get<int>());
+      std::printf("  cold model, asked at all   first answer %.1f ms, last %.1f ms (its load "
+                  "takes %d ms)\n",
+                  j["cold_first_answer_ms"].get<double>(), j["cold_last_answer_ms"].get<double>(),
+                  opts->load_delay_ms);
+      std::printf("  round trip p50             local %.1f us, forwarded %.1f us (x%.2f)\n",
+                  j["local_rtt_us_p50"].get<double>(), j["forwarded_rtt_us_p50"].get<double>(),
+                  j["forwarded_over_local"].get<double>());
+      std::printf("  failover (kill -9)         %.1f ms to the first good answer, %d failed "
+                  "requests on the way\n",
+                  j["failover_ms"].get<double>(), j["failover_errors"].get<int>());
+    }
+    return j.contains("error") ? exit_failed : exit_ok;
+  }};
+}
+
 /// Every benchmark, in the order `modelreg bench --help` lists them.
-constexpr command (*benchmarks[])(CLI::App*) = {bench_transport, bench_serve, bench_python, bench_memory,
-                                                  bench_streams, bench_registry};
+constexpr command (*benchmarks[])(CLI::App*) = {bench_transport, bench_serve,  bench_python,
+                                                  bench_memory,    bench_streams, bench_registry,
+                                                  bench_cluster};
 
 } // namespace
 

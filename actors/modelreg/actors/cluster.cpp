@@ -270,8 +270,8 @@ struct cluster_state {
   clock_type::time_point last_tick = clock_type::now();
   uint64_t last_requests = 0;
   std::map<std::string, std::pair<uint64_t, double>> last_queue;
-  /// When the members last changed: placing waits two heartbeats after,
-  /// until every member's holdings have reached this node.
+  /// When a member last joined: placing waits two heartbeats after, until
+  /// every member's holdings have reached this node.
   clock_type::time_point view_changed = clock_type::now();
   std::shared_ptr<spdlog::logger> log = log::get("modelreg.cluster");
 };
@@ -294,8 +294,6 @@ std::vector<std::string> view_of(cluster_ptr self) {
 void publish_view(cluster_ptr self) {
   auto& st = self->state;
   auto v = view_of(self);
-  if (v != st.me.members)
-    st.view_changed = clock_type::now();
   st.me.members = v;
   std::lock_guard<std::mutex> guard{st.sh->mu};
   st.sh->digest = cluster::view_digest(v);
@@ -327,6 +325,10 @@ void add_peer(cluster_ptr self, const caf::actor& handle, member_info info) {
   st.wanted.erase(info.address);
   st.failures.erase(info.address);
   st.log->info("member {} joined ({} members)", info.address, st.peers.size() + 2);
+  // What the newcomer holds, and what the owners it takes keys from were
+  // placing, reaches everyone with the next heartbeats: placing waits.
+  // (When a member leaves, the others' holdings are already known.)
+  st.view_changed = clock_type::now();
   auto address = info.address;
   st.peers[address] = peer{handle, std::move(info), clock_type::now()};
   publish_view(self);
