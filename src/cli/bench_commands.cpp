@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/cluster_bench.hpp"
+#include "bench/placement_sim.hpp"
 #include "bench/protocol_bench.hpp"
 #include "bench/python_bench.hpp"
 #include "bench/registry_bench.hpp"
@@ -442,10 +443,50 @@ command bench_cluster(CLI::App* bench) {
   }};
 }
 
+command bench_placement(CLI::App* bench) {
+  auto members = std::make_shared<std::vector<size_t>>(std::vector<size_t>{100, 1000});
+  auto seed = std::make_shared<uint64_t>(1);
+  auto json = std::make_shared<bool>(false);
+  auto* sub = bench->add_subcommand(
+    "placement", "a simulation of cluster placement and failover at 100 and 1000 members, with "
+                 "the members' own placement code: loads per model, budget use, keys moved on "
+                 "a membership change");
+  sub->add_flag("--json", *json, "as JSON");
+  sub->add_option("--members", *members, "member counts to simulate (default 100 1000)")
+    ->check(CLI::Range(size_t{2}, size_t{100000}))
+    ->expected(1, 8);
+  sub->add_option("--seed", *seed, "random seed (default 1)");
+  return command{sub, [members, seed, json] {
+    auto result = modelreg::bench::run_placement_sim(*members, *seed);
+    if (*json) {
+      std::cout << result << std::endl;
+      return exit_ok;
+    }
+    auto j = nlohmann::json::parse(result);
+    std::printf("%8s %7s %6s %7s %9s %7s %8s %8s %8s %8s %9s\n", "members", "models", "loads",
+                "budget", "unplaced", "asked", "own max", "join", "leave", "ideal", "failover");
+    for (const auto& r : j["results"])
+      std::printf("%8zu %7zu %6d %6.1f%% %9d %7.2f %8.2f %7.2f%% %7.2f%% %7.2f%% %4d/%-4d\n",
+                  r["nodes"].get<size_t>(), r["models"].get<size_t>(),
+                  r["loads_per_model_max"].get<int>(), 100 * r["budget_utilisation"].get<double>(),
+                  r["unplaced_models"].get<int>(), r["holders_asked_per_model"].get<double>(),
+                  r["keys_owned_max_over_mean"].get<double>(),
+                  100 * r["keys_moved_on_join"].get<double>(),
+                  100 * r["keys_moved_on_leave"].get<double>(),
+                  100 * r["keys_moved_ideal"].get<double>(), r["failover_replaced"].get<int>(),
+                  r["failover_models_lost"].get<int>());
+    std::printf("loads: most loads of one model; budget: placed / all budgets; asked: holders "
+                "asked per placement; own max: most keys one owner has over the mean; join, "
+                "leave: keys whose owner moves; failover: the fullest member's models placed "
+                "again\n");
+    return exit_ok;
+  }};
+}
+
 /// Every benchmark, in the order `modelreg bench --help` lists them.
 constexpr command (*benchmarks[])(CLI::App*) = {bench_transport, bench_serve,  bench_python,
                                                   bench_memory,    bench_streams, bench_registry,
-                                                  bench_cluster};
+                                                  bench_cluster,   bench_placement};
 
 } // namespace
 

@@ -436,7 +436,6 @@ caf::actor handle_of(cluster_ptr self, const std::string& address) {
 /// Chooses a member for a new copy of `key` among those not in `skip`.
 caf::expected<placement> choose(cluster_ptr self, const std::string& key, uint64_t expected,
                                 const std::set<std::string>& skip) {
-  auto& st = self->state;
   std::vector<cluster::node_load> candidates;
   for (const auto* m : members(self)) {
     if (skip.count(m->address) > 0)
@@ -448,10 +447,8 @@ caf::expected<placement> choose(cluster_ptr self, const std::string& key, uint64
     for (const auto& h : m->models)
       if (h.ready && h.handles == 0 && !h.pinned)
         n.evictable += h.memory_bytes;
-    // What this owner promised there and the member has not reported yet.
-    for (const auto& [other, copies] : st.pending)
-      if (auto c = copies.find(m->address); c != copies.end() && other != key)
-        n.used += c->second.expected;
+    // (A heartbeat a moment old: a member that has less room by now
+    // refuses the reservation, and the next is asked.)
     n.requests_per_s = m->requests_per_s;
     candidates.push_back(std::move(n));
   }

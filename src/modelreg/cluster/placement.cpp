@@ -56,29 +56,39 @@ uint64_t view_digest(const std::vector<std::string>& sorted_members) {
 std::optional<holder_choice> choose_holder(std::string_view key, uint64_t expected,
                                            const std::vector<node_load>& candidates) {
   constexpr auto unlimited = std::numeric_limits<uint64_t>::max();
-  auto free_of = [](const node_load& n) {
-    return n.budget == 0 ? unlimited : n.budget > n.used ? n.budget - n.used : 0;
-  };
   for (bool evict : {false, true}) {
-    std::optional<size_t> best;
-    auto rank = [&](size_t i) {
-      const auto& n = candidates[i];
-      auto room = free_of(n);
-      if (evict && room != unlimited)
-        room = std::min(n.budget, room + n.evictable);
-      return std::make_tuple(room, ~n.requests_per_s, rendezvous_score(key, n.name));
+    auto room_of = [&](const node_load& n) {
+      if (n.budget == 0)
+        return unlimited;
+      auto room = n.budget > n.used ? n.budget - n.used : 0;
+      return evict ? std::min(n.budget, room + n.evictable) : room;
     };
+    // The two members with the highest weight for this key among those
+    // where it fits; of those, the tighter fit (then fewer requests). Two
+    // choices per key spread owners deciding at once on heartbeats a moment
+    // old over the members (one choice, the emptiest member, sends them all
+    // to the same one); the tighter fit keeps large holes for large models.
+    std::optional<size_t> first, second;
+    auto weight = [&](size_t i) { return rendezvous_score(key, candidates[i].name); };
     for (size_t i = 0; i < candidates.size(); ++i) {
-      auto room = std::get<0>(rank(i));
-      // Unknown size: any room at all (a full node would only evict).
-      bool fits = expected == 0 ? room > 0 : room >= expected;
-      if (!fits)
+      auto room = room_of(candidates[i]);
+      // Unknown size: any room at all (a full member would only evict).
+      if (expected == 0 ? room == 0 : room < expected)
         continue;
-      if (!best || rank(i) > rank(*best))
-        best = i;
+      if (!first || weight(i) > weight(*first)) {
+        second = first;
+        first = i;
+      } else if (!second || weight(i) > weight(*second)) {
+        second = i;
+      }
     }
-    if (best)
-      return holder_choice{*best, evict};
+    if (!first)
+      continue;
+    auto rank = [&](size_t i) {
+      return std::make_tuple(room_of(candidates[i]), candidates[i].requests_per_s);
+    };
+    auto best = second && rank(*second) < rank(*first) ? *second : *first;
+    return holder_choice{best, evict};
   }
   return std::nullopt;
 }

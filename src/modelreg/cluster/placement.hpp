@@ -7,12 +7,15 @@
 // a key, and when a member joins or leaves only the keys it wins or held
 // move (about 1/N of them).
 //
-// Holder: the owner places a model on the member with the most free budget
-// where it fits; then the least requests per second; then the highest
-// rendezvous score (so ties spread keys over nodes instead of piling onto
-// the first). If it fits nowhere as things are, the member where it fits
-// once idle models are evicted, chosen the same way. If not even that: no
-// member (the caller gets `out_of_memory`).
+// Holder: the owner places a model on a member where it fits: of the two
+// such members with the highest rendezvous weight for the key, the tighter
+// fit (less free budget left), then the one with fewer requests per
+// second. Two pseudo-random choices per key spread the models, and owners
+// deciding at once on heartbeats a moment old, over the members (the
+// emptiest member as the one choice sends them all to the same member);
+// the tighter of two keeps large holes for large models. If it fits nowhere
+// as things are, the same among members where it fits once idle models are
+// evicted. If not even that: no member (the caller gets `out_of_memory`).
 #pragma once
 
 #include <cstdint>
