@@ -55,6 +55,8 @@ bench: build
 	@$(BUILD_DIR)/bin/modelreg bench python
 	@for n in 4 8; do $(BUILD_DIR)/bin/modelreg bench streams --streams $$n; done
 	@$(BUILD_DIR)/bin/modelreg bench streams --whole
+	@$(BUILD_DIR)/bin/modelreg bench cluster --nodes 3 --clients 12
+	@$(BUILD_DIR)/bin/modelreg bench placement
 
 clean:
 	rm -rf $(BUILD_DIR) $(SANITIZE_DIR)

@@ -58,6 +58,7 @@ struct serve_options {
   std::optional<std::string> advertise;
   std::chrono::milliseconds cluster_heartbeat{500};
   std::chrono::milliseconds cluster_timeout{3000};
+  std::chrono::milliseconds copy_queue_time{50};
   tls_files tls;
   bool insecure = false;
   bool insecure_admin = false;
@@ -152,6 +153,10 @@ std::vector<command> add_serve(CLI::App& app) {
   add_duration(sub, "--cluster-heartbeat", o->cluster_heartbeat,
                "how often members tell each other what they hold (default 500ms)",
                std::chrono::seconds{10}, std::chrono::milliseconds{50});
+  add_duration(sub, "--copy-queue-time", o->copy_queue_time,
+               "a model with max_copies > 1 whose requests wait longer than this (for 2 s) gets "
+               "another copy on another member (default 50ms)",
+               std::chrono::minutes{10}, std::chrono::milliseconds{1});
   add_duration(sub, "--cluster-timeout", o->cluster_timeout,
                "remove a member silent this long (default 3s); a member whose connection closes "
                "is removed at once",
@@ -447,6 +452,10 @@ int run_serve(serve_options o) {
     co.join = o.join;
     co.heartbeat_interval = o.cluster_heartbeat;
     co.member_timeout = o.cluster_timeout;
+    co.scale_up_queue = o.copy_queue_time;
+    // Four heartbeats in a row at the default: two seconds of queueing.
+    co.scale_up_intervals = static_cast<int>(std::max<int64_t>(
+      1, std::chrono::milliseconds{2000} / std::max(o.cluster_heartbeat, std::chrono::milliseconds{1})));
     co.load_timeout = rcfg.load_timeout;
     co.catalog = rcfg.catalog;
     co.backends = backends;

@@ -385,3 +385,37 @@ def test_bad_cluster_flags_are_refused_with_their_names(folder):
     r = subprocess.run([CLI, "status", "--cluster", "--socket", lone.sock], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 1 and "not a cluster member" in r.stderr, r.stderr
+
+
+def test_a_model_whose_requests_queue_gets_a_second_copy_up_to_max_copies(folder):
+    d, made = folder
+    catalog = write_catalog(d, {"hot": {"backend": "identity",
+                                        "params": {"infer_delay_ms": 100},
+                                        "max_copies": 2}})
+    nodes = start_cluster(d, made, 3, catalog, "--copy-queue-time", "10ms")
+    r = nodes[0].cli("load", "hot")
+    assert r.returncode == 0, r.stderr
+    assert eventually(lambda: holder_of(nodes, "hot") is not None)
+    holder = holder_of(nodes, "hot")
+    if holder is not nodes[0]:  # its forwarded entry would keep the new copy away
+        r = nodes[0].cli("unload", "hot")
+        assert r.returncode == 0, r.stdout + r.stderr
+    loops = []
+    # Three callers at the holder, a model served one request at a time; the
+    # others forward nothing, so the new copy goes to one of them.
+    for node in [holder] * 3:
+        c = Client(node, "hot", loop=True)
+        made.append(c)
+        loops.append(c)
+    for c in loops:
+        c.go()
+
+    def copies():
+        return sum(1 for n in nodes for m in n.me()["models"]
+                   if m["key"] == "hot" and m["state"] == "ready")
+
+    assert eventually(lambda: copies() == 2, timeout=120), [n.me() for n in nodes]
+    for c in loops:
+        c.close()
+    assert loads_by_model(nodes).get("hot") == 2
+    assert copies() == 2  # and no third: max_copies

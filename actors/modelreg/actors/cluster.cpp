@@ -676,6 +676,10 @@ void refresh(cluster_ptr self, const registry_snapshot& snap) {
     static_cast<uint64_t>(static_cast<double>(requests - std::min(requests, st.last_requests)) / dt);
   st.last_requests = requests;
   prune_reservations(self, snap);
+  me.forwarded.clear();
+  for (const auto& m : snap.models)
+    if (!m.holder.empty())
+      me.forwarded.push_back(m.key);
   for (const auto& m : snap.models) {
     if (!m.holder.empty() || (m.state != model_state::ready && m.state != model_state::loading))
       continue;
@@ -731,6 +735,12 @@ void own_copies(cluster_ptr self) {
       i = i->second.deadline < now ? copies.erase(i) : std::next(i);
     for (const auto& [holder, c] : copies)
       holders.insert(holder);
+    // A member that forwards the model keeps its entry (and its callers'
+    // leases): a new copy goes to one that does not.
+    auto skip = holders;
+    for (const auto* m : members(self))
+      if (std::find(m->forwarded.begin(), m->forwarded.end(), key) != m->forwarded.end())
+        skip.insert(m->address);
     bool add = false, pin = false;
     if (holders.size() < spec->min_copies) {
       add = pin = true;
@@ -749,7 +759,7 @@ void own_copies(cluster_ptr self) {
     if (st.choosing.count(key) > 0)
       continue;
     st.choosing[key]; // a choice in progress: no second one meanwhile
-    place_copy(self, key, expected_of(self, key, *spec), holders,
+    place_copy(self, key, expected_of(self, key, *spec), skip,
                [self, key, pin](caf::expected<placement> p) {
                  auto waiters = std::move(self->state.choosing[key]);
                  self->state.choosing.erase(key);

@@ -518,7 +518,7 @@ caf::behavior instance_worker(caf::stateful_actor<worker_state>* self, caf::acto
       auto started = detail::steady_now_ns();
       auto out = call_model(*st.instance, req.inputs,
                             req.allocator ? *req.allocator : heap_allocator());
-      record(*st.instance, *st.stats, started, out ? nullptr : &out.error());
+      record(*st.instance, *st.stats, started, out ? nullptr : &out.error(), req.arrived_ns);
       req.inputs.clear();
       // Its process died: this caller hears model_crashed; the front sends
       // nothing here until a new fork serves (the lost message reaches it
@@ -749,6 +749,7 @@ void dispatch(front_ptr self) {
     auto i = static_cast<size_t>(idle - st.slots.begin());
     idle->busy = true;
     auto promise = q.promise;
+    q.request.arrived_ns = q.arrived_ns;
     self->request(idle->worker, caf::infinite, std::move(q.request))
       .then(
         [self, i, promise](tensor_map& out) mutable {

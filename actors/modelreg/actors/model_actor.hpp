@@ -104,6 +104,9 @@ struct infer_request {
   /// Who asked, for fair queueing (a node's connection id); 0: the CAF
   /// sender is the client.
   uint64_t client = 0;
+  /// When it reached the model's front (steady clock, ns), set by the front
+  /// that hands it on to an instance, for the queue-time figure; 0: unknown.
+  int64_t arrived_ns = 0;
 };
 
 /// What a session request asks (streaming sessions, docs/instances.md).

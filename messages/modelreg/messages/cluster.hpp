@@ -63,13 +63,15 @@ struct member_info {
   std::map<std::string, uint64_t> loads;
   /// The members it sees, itself included, sorted.
   std::vector<std::string> members;
+  /// Models it forwards to another member (a new copy does not go there).
+  std::vector<std::string> forwarded;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, member_info& x) {
   return f(caf::meta::type_name("modelreg::member_info"), x.address, x.incarnation,
            x.budget_bytes, x.bytes_in_use, x.reserved_bytes, x.connections, x.requests_per_s,
-           x.models, x.loads, x.members);
+           x.models, x.loads, x.members, x.forwarded);
 }
 
 /// The owner's answer to `place`.
