@@ -166,6 +166,11 @@ caf::expected<model_ptr> load_placed(const std::shared_ptr<cluster_shared>& sh,
     std::this_thread::sleep_for(std::min(o.heartbeat_interval, std::chrono::milliseconds{100}));
   };
   while (clock_type::now() < deadline) {
+    {
+      std::lock_guard<std::mutex> guard{sh->mu};
+      if (sh->stopped)
+        return make_error(errc::shutting_down, "the node is leaving the cluster");
+    }
     auto [owner, owner_name, digest, me] = sh->owner_of(key);
     if (!owner) {
       last = make_error(errc::unavailable, "the owner of '" + key + "' (" + owner_name +
