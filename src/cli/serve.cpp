@@ -466,6 +466,7 @@ int run_serve(serve_options o) {
     };
     cluster = std::make_unique<cluster_node>(sys, std::move(co));
     rcfg.placement = cluster->placement();
+    rcfg.spare_copy = cluster->spare_copy();
   }
   auto registry = spawn_registry(sys, rcfg);
   gateway_options gopts;

@@ -419,3 +419,9 @@ def test_a_model_whose_requests_queue_gets_a_second_copy_up_to_max_copies(folder
         c.close()
     assert loads_by_model(nodes).get("hot") == 2
     assert copies() == 2  # and no third: max_copies
+
+    def spares():
+        return [m["spare"] for n in nodes for m in n.me()["models"] if m["key"] == "hot"]
+
+    # Of the two, one is spare: evicted first under budget pressure.
+    assert eventually(lambda: sorted(spares()) == [False, True]), spares()

@@ -21,6 +21,14 @@ TEST(plan_admission, EvictsLeastRecentlyUsedFirst) {
   EXPECT_EQ(sut.victims, (std::vector<std::string>{"b", "c"}));
 }
 
+TEST(plan_admission, SpareCopiesGoBeforeTheLeastRecentlyUsed) {
+  auto candidates = three_idle();
+  candidates[0].spare = true; // "a", the most recently used
+  auto sut = plan_admission(candidates, 300, 350, 0, 200);
+  EXPECT_TRUE(sut.fits);
+  EXPECT_EQ(sut.victims, (std::vector<std::string>{"a", "b"}));
+}
+
 TEST(plan_admission, NeverEvictsModelsInUse) {
   auto candidates = three_idle();
   candidates[1].evictable = false; // b, the LRU, is in use

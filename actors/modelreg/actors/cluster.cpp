@@ -59,6 +59,8 @@ struct cluster_shared {
   std::multimap<std::string, caf::weak_actor_ptr> forwarders;   ///< holder -> forwarding actors
   std::string status = "{}";
   bool stopped = false;
+  /// Keys held here whose copy here is spare (cluster_node::spare_copy).
+  std::set<std::string> spare;
 
   /// The owner of `key` as this node sees it: its handle, name and the
   /// view digest; and this node's name. No handle before start().
@@ -159,6 +161,7 @@ caf::expected<model_ptr> load_placed(const std::shared_ptr<cluster_shared>& sh,
   };
   caf::scoped_actor self{*sh->sys};
   std::vector<std::string> exclude;
+  int full_answers = 0;
   caf::error last = make_error(errc::load_timeout, "placing '" + key + "' took longer than " +
                                                      std::to_string(o.load_timeout.count()) +
                                                      " ms");
@@ -186,11 +189,19 @@ caf::expected<model_ptr> load_placed(const std::shared_ptr<cluster_shared>& sh,
                [&](caf::error& e) { err = as_modelreg_error(std::move(e), errc::unavailable,
                                                             "the owner " + owner_name); });
     if (!where) {
-      if (!try_elsewhere(err) || is(err, errc::out_of_memory))
-        return err; // no member can hold it, or the request is wrong
+      if (!try_elsewhere(err))
+        return err; // the request is wrong
+      // No member can hold it: once more after a heartbeat or two (a
+      // promise whose load never came lapses; a member may free room),
+      // then that is the answer.
+      if (is(err, errc::out_of_memory) && ++full_answers > 2)
+        return err;
       last = err;
       log->debug("{}: asking {} again: {}", key, owner_name, describe(err));
-      pause();
+      if (is(err, errc::out_of_memory))
+        std::this_thread::sleep_for(2 * o.heartbeat_interval);
+      else
+        pause();
       continue;
     }
     if (where->holder == me) {
@@ -266,7 +277,14 @@ struct cluster_state {
   /// Owner: callers waiting while a holder is chosen, by key.
   std::map<std::string, std::vector<caf::typed_response_promise<placement>>> choosing;
   /// Holder: bytes promised to loads placed here, and when.
-  std::map<std::string, std::pair<uint64_t, clock_type::time_point>> reserved;
+  struct reservation {
+    uint64_t bytes = 0;
+    clock_type::time_point since;
+    uint64_t ticket = 0;
+  };
+  std::map<std::string, reservation> reserved;
+  /// Owner: numbers its reservations, so that it can cancel one.
+  uint64_t next_ticket = 0;
   /// Sizes seen in heartbeats, for models loaded before.
   std::map<std::string, uint64_t> sizes;
   /// Owner: heartbeats in a row a key's requests waited too long.
@@ -492,8 +510,12 @@ void place_copy(cluster_ptr self, const std::string& key, uint64_t expected,
     place_copy(self, key, expected, std::move(skip), std::move(done));
     return;
   }
-  self->request(h, self->state.sh->options.connect_timeout, reserve_atom::value, key, expected,
-                p->may_evict)
+  // A reservation answered too late (a busy member) still holds: the owner
+  // cancels it by its ticket when it gives up on that member.
+  auto ticket = static_cast<uint64_t>(self->state.me.incarnation) * 1000003u +
+                ++self->state.next_ticket;
+  self->request(h, self->state.sh->options.connect_timeout + self->state.sh->options.member_timeout,
+                reserve_atom::value, key, expected, p->may_evict, ticket)
     .then(
       [self, key, where = *p, done](bool) {
         auto& st = self->state;
@@ -503,8 +525,9 @@ void place_copy(cluster_ptr self, const std::string& key, uint64_t expected,
                      where.may_evict ? " (evicting idle models)" : "");
         done(where);
       },
-      [self, key, expected, skip, holder, done](caf::error& err) mutable {
+      [self, key, expected, skip, holder, h, ticket, done](caf::error& err) mutable {
         self->state.log->info("{}: {} cannot take it: {}", key, holder, describe(err));
+        self->send(h, unreserve_atom::value, key, ticket);
         skip.insert(holder);
         place_copy(self, key, expected, std::move(skip), std::move(done));
       });
@@ -597,7 +620,7 @@ uint64_t prune_reservations(cluster_ptr self, const registry_snapshot& snap) {
   auto now = clock_type::now();
   uint64_t promised = 0;
   for (auto i = st.reserved.begin(); i != st.reserved.end();) {
-    if (loading.count(i->first) == 0 && now - i->second.second > grace) {
+    if (loading.count(i->first) == 0 && now - i->second.since > grace) {
       i = st.reserved.erase(i);
       continue;
     }
@@ -608,7 +631,7 @@ uint64_t prune_reservations(cluster_ptr self, const registry_snapshot& snap) {
       i = st.reserved.erase(i);
       continue;
     }
-    promised += i->second.first;
+    promised += i->second.bytes;
     ++i;
   }
   st.me.reserved_bytes = promised;
@@ -617,11 +640,11 @@ uint64_t prune_reservations(cluster_ptr self, const registry_snapshot& snap) {
 
 /// Holder: promise `expected` bytes to a load the owner places here.
 caf::result<bool> reserve(cluster_ptr self, const std::string& key, uint64_t expected,
-                          bool may_evict) {
+                          bool may_evict, uint64_t ticket) {
   auto rp = self->make_response_promise<bool>();
   self->request(self->state.local, self->state.sh->options.connect_timeout, list_atom::value)
     .then(
-      [self, rp, key, expected, may_evict](registry_snapshot& snap) mutable {
+      [self, rp, key, expected, may_evict, ticket](registry_snapshot& snap) mutable {
         auto& st = self->state;
         st.reserved.erase(key);
         auto promised = prune_reservations(self, snap);
@@ -642,7 +665,7 @@ caf::result<bool> reserve(cluster_ptr self, const std::string& key, uint64_t exp
               std::to_string(budget) + " are free"));
           return;
         }
-        st.reserved[key] = {expected, clock_type::now()};
+        st.reserved[key] = {expected, clock_type::now(), ticket};
         st.me.reserved_bytes = promised + expected;
         rp.deliver(true);
       },
@@ -791,6 +814,20 @@ void tick(cluster_ptr self) {
       [self](registry_snapshot& snap) {
         auto& st = self->state;
         refresh(self, snap);
+        // Copies held here that are spare: another member holds the key
+        // ready and outweighs this one for it.
+        std::set<std::string> spare;
+        for (auto& h : st.me.models) {
+          if (!h.ready)
+            continue;
+          auto mine = cluster::rendezvous_score(h.key, st.me.address);
+          for (const auto& [address, p] : st.peers)
+            for (const auto& other : p.info.models)
+              if (other.key == h.key && other.ready &&
+                  cluster::rendezvous_score(h.key, address) > mine)
+                spare.insert(h.key);
+          h.spare = spare.count(h.key) > 0;
+        }
         for (const auto& m : st.me.models)
           if (m.ready && m.memory_bytes > 0)
             st.sizes[m.key] = m.memory_bytes;
@@ -834,6 +871,7 @@ void tick(cluster_ptr self) {
                               {"state", h.ready ? "ready" : "loading"},
                               {"handles", h.handles},
                               {"pinned", h.pinned},
+                              {"spare", h.spare},
                               {"queue_us", h.queue_us}});
           list.push_back({{"address", m.address},
                           {"self", is_self},
@@ -856,6 +894,7 @@ void tick(cluster_ptr self) {
                               {"members", list}};
         std::lock_guard<std::mutex> guard{st.sh->mu};
         st.sh->status = out.dump();
+        st.sh->spare = std::move(spare);
       },
       [self](caf::error& err) {
         self->state.log->debug("no snapshot for the heartbeat: {}", describe(err));
@@ -950,8 +989,12 @@ caf::behavior cluster_actor(cluster_ptr self, std::shared_ptr<cluster_shared> sh
             self->state.log->warn("{}: no copy here: {}", key, describe(err));
           });
     },
-    [self](reserve_atom, const std::string& key, uint64_t expected, bool may_evict) {
-      return reserve(self, key, expected, may_evict);
+    [self](reserve_atom, const std::string& key, uint64_t expected, bool may_evict,
+           uint64_t ticket) { return reserve(self, key, expected, may_evict, ticket); },
+    [self](unreserve_atom, const std::string& key, uint64_t ticket) {
+      auto& st = self->state;
+      if (auto i = st.reserved.find(key); i != st.reserved.end() && i->second.ticket == ticket)
+        st.reserved.erase(i);
     },
     [self](peer_up_atom, const std::string& address, const caf::actor& door) {
       auto& st = self->state;
@@ -1006,6 +1049,14 @@ cluster_node::placement_fn cluster_node::placement() const {
     return loader_fn{[sh, key, asked, here = std::move(*here)]() -> caf::expected<model_ptr> {
       return load_placed(sh, key, asked, here);
     }};
+  };
+}
+
+std::function<bool(const std::string&)> cluster_node::spare_copy() const {
+  auto sh = shared_;
+  return [sh](const std::string& key) {
+    std::lock_guard<std::mutex> guard{sh->mu};
+    return sh->spare.count(key) > 0;
   };
 }
 

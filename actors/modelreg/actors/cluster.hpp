@@ -28,7 +28,8 @@
 //   * Copies. A model with `max_copies` > 1 whose requests wait longer than
 //     `scale_up_queue` for `scale_up_intervals` heartbeats in a row gets
 //     another copy on another member; new forwarded entries go to the
-//     least-loaded copy; copies nobody uses go idle and are evicted.
+//     least-loaded copy; copies nobody uses go idle and are evicted, and
+//     under budget pressure a spare copy goes before other idle models.
 //
 // Thread-safety: the placement hook runs on loader threads; status_json on
 // any thread. Lifetime: stop() before the actor system ends.
@@ -81,6 +82,11 @@ public:
 
   /// The hook for `registry_config::placement`.
   placement_fn placement() const;
+
+  /// The hook for `registry_config::spare_copy`: a model held here that
+  /// another member also holds ready, and whose copy here is not the one
+  /// of highest rendezvous weight (so of k copies, k - 1 are spare).
+  std::function<bool(const std::string&)> spare_copy() const;
 
   /// Spawns the cluster actor for `local`, the registry spawned with
   /// placement(); it waits for announce().

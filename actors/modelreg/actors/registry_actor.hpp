@@ -107,6 +107,10 @@ struct registry_config {
   std::function<caf::expected<loader_fn>(const std::string& key, const model_spec& asked,
                                          const model_spec& resolved)>
     placement;
+  /// Cluster: true for a key another member also holds ready, so that under
+  /// budget pressure this copy is evicted before others (called on the
+  /// supervisor's thread; must not block). Null: none are.
+  std::function<bool(const std::string& key)> spare_copy;
 };
 
 namespace detail {

@@ -24,10 +24,13 @@ using heartbeat_atom = caf::atom_constant<caf::atom("cheartbeat")>;
 using place_atom = caf::atom_constant<caf::atom("cplace")>;
 /// (load_here, key, bool pin): the owner asks a node to hold a copy.
 using load_here_atom = caf::atom_constant<caf::atom("cloadhere")>;
-/// (reserve, key, expected bytes, bool may_evict) -> bool: the owner asks a
-/// node to promise room for a model it places there (`out_of_memory` if it
-/// has none).
+/// (reserve, key, expected bytes, bool may_evict, ticket) -> bool: the
+/// owner asks a node to promise room for a model it places there
+/// (`out_of_memory` if it has none).
 using reserve_atom = caf::atom_constant<caf::atom("creserve")>;
+/// (unreserve, key, ticket): the owner gave up on that node (its answer came
+/// too late): the promise is void.
+using unreserve_atom = caf::atom_constant<caf::atom("cunreserve")>;
 
 /// One model a node runs (not one it forwards).
 struct held_model {
@@ -38,12 +41,15 @@ struct held_model {
   bool pinned = false;
   /// Mean time its requests waited, over the last heartbeat interval.
   uint64_t queue_us = 0;
+  /// Another member holds a ready copy with a higher rendezvous weight:
+  /// this one is evicted first under budget pressure.
+  bool spare = false;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, held_model& x) {
   return f(caf::meta::type_name("modelreg::held_model"), x.key, x.memory_bytes, x.ready,
-           x.handles, x.pinned, x.queue_us);
+           x.handles, x.pinned, x.queue_us, x.spare);
 }
 
 /// What a node says about itself in every heartbeat.
@@ -93,7 +99,8 @@ template <class Tuple>
 bool is_cluster_message(const Tuple& m) {
   return m.size() > 0 && (m.template match_element<join_atom>(0) || m.template match_element<heartbeat_atom>(0) ||
                           m.template match_element<place_atom>(0) || m.template match_element<load_here_atom>(0) ||
-                          m.template match_element<reserve_atom>(0));
+                          m.template match_element<reserve_atom>(0) ||
+                          m.template match_element<unreserve_atom>(0));
 }
 
 } // namespace modelreg

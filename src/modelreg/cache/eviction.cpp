@@ -8,8 +8,9 @@ admission_plan plan_admission(std::vector<eviction_candidate> candidates, uint64
                               uint64_t budget, size_t max_models, uint64_t incoming_bytes) {
   admission_plan plan;
   plan.needed = incoming_bytes;
-  std::stable_sort(candidates.begin(), candidates.end(),
-                   [](const auto& a, const auto& b) { return a.last_used_ns < b.last_used_ns; });
+  std::stable_sort(candidates.begin(), candidates.end(), [](const auto& a, const auto& b) {
+    return a.spare != b.spare ? a.spare : a.last_used_ns < b.last_used_ns;
+  });
   uint64_t evictable_bytes = 0;
   for (const auto& c : candidates)
     if (c.evictable)

@@ -3,8 +3,9 @@
 // here touches actors or clocks, so every rule is unit-tested directly.
 //
 // Rules: only `evictable` candidates (ready, no handles, no requests in
-// flight, not pinned) are ever chosen; among them the least recently used go
-// first (LRU).
+// flight, not pinned) are ever chosen; among them spare copies (a cluster
+// member holds another copy, docs/cluster.md) go first, then the least
+// recently used (LRU).
 #pragma once
 
 #include <cstdint>
@@ -18,12 +19,14 @@ struct eviction_candidate {
   uint64_t bytes = 0;
   int64_t last_used_ns = 0;
   bool evictable = false;
+  /// Another member of the cluster holds a ready copy too.
+  bool spare = false;
 };
 
 /// The outcome of asking to admit `incoming_bytes` more.
 struct admission_plan {
   bool fits = false;
-  std::vector<std::string> victims; ///< evict these first (LRU order)
+  std::vector<std::string> victims; ///< evict these first (spare copies, then LRU)
   uint64_t needed = 0;              ///< incoming_bytes
   uint64_t available = 0;           ///< the most that could be made free
 };

@@ -220,7 +220,8 @@ std::vector<eviction_candidate> candidates(supervisor_ptr self, const std::strin
       continue;
     const auto& b = *e.block;
     bool idle = b.handles.load() == 0 && b.in_flight.load() == 0;
-    result.push_back({key, b.memory_bytes, b.last_used_ns.load(), idle && !e.pinned});
+    bool spare = e.holder.empty() && self->state.cfg.spare_copy && self->state.cfg.spare_copy(key);
+    result.push_back({key, b.memory_bytes, b.last_used_ns.load(), idle && !e.pinned, spare});
   }
   return result;
 }
