@@ -466,6 +466,12 @@ int run_serve(serve_options o) {
     };
     cluster = std::make_unique<cluster_node>(sys, std::move(co));
     rcfg.placement = cluster->placement();
+    // A load placed elsewhere waits, on its loader thread, for the holder's
+    // load; with loads queued by count, members whose slots all wait on
+    // each other's queued loads would deadlock until the load timeout. So
+    // a member does not queue loads by count: the reservations bound their
+    // memory.
+    rcfg.max_concurrent_loads = 0;
     rcfg.spare_copy = cluster->spare_copy();
   }
   auto registry = spawn_registry(sys, rcfg);

@@ -192,7 +192,7 @@ def test_twelve_clients_on_three_nodes_load_six_models_once_within_every_budget(
         results = c.results()
         assert sorted(r["model"] for r in results) == models
         bad = [r for r in results if not r["ok"]]
-        assert not bad, bad
+        assert not bad, (bad, [n.read_log()[-4000:] for n in nodes])
     # Once each heartbeat has carried the last load: exactly one per model.
     assert eventually(lambda: loads_by_model(nodes) == {m: 1 for m in models}), \
         loads_by_model(nodes)
