@@ -174,7 +174,12 @@ caf::expected<model_ptr> load_placed(const std::shared_ptr<cluster_shared>& sh,
       if (sh->stopped)
         return make_error(errc::shutting_down, "the node is leaving the cluster");
     }
-    auto [owner, owner_name, digest, me] = sh->owner_of(key);
+    // (Not a structured binding: clang 14 cannot capture one in a lambda.)
+    auto asked_owner = sh->owner_of(key);
+    const auto& owner = std::get<0>(asked_owner);
+    const auto& owner_name = std::get<1>(asked_owner);
+    auto digest = std::get<2>(asked_owner);
+    const auto& me = std::get<3>(asked_owner);
     if (!owner) {
       last = make_error(errc::unavailable, "the owner of '" + key + "' (" + owner_name +
                                              ") is not reachable yet");
