@@ -342,7 +342,8 @@ def test_members_use_mutual_tls_and_a_node_of_another_ca_cannot_join(folder):
     made.append(intruder)
     friend = Node(d, "friend", catalog, "--join", first.address, *tls(good, "b"))
     made.append(friend)
-    assert eventually(lambda: len(first.cluster()["members"]) == 2)
+    assert eventually(lambda: len(first.cluster()["members"]) == 2 and
+                      len(friend.cluster()["members"]) == 2)
     # The friend is in; the intruder keeps failing its handshake.
     assert eventually(lambda: "cannot join " + first.address in intruder.read_log())
     names = [m["address"] for m in first.cluster()["members"]]
