@@ -538,6 +538,19 @@ void place_copy(cluster_ptr self, const std::string& key, uint64_t expected,
       });
 }
 
+/// Ends the choice in progress for `key`: every caller waiting on it hears
+/// the outcome.
+void answer_choosers(cluster_ptr self, const std::string& key,
+                     const caf::expected<placement>& p) {
+  auto waiters = std::move(self->state.choosing[key]);
+  self->state.choosing.erase(key);
+  for (auto& w : waiters)
+    if (p)
+      w.deliver(*p);
+    else
+      w.deliver(p.error());
+}
+
 caf::result<placement> place(cluster_ptr self, const std::string& key, const model_spec& asked,
                              const std::string& requester, uint64_t digest,
                              const std::vector<std::string>& exclude) {
@@ -598,15 +611,7 @@ caf::result<placement> place(cluster_ptr self, const std::string& key, const mod
     return rp;
   std::set<std::string> skip(exclude.begin(), exclude.end());
   place_copy(self, key, expected_of(self, key, asked), std::move(skip),
-             [self, key](caf::expected<placement> p) {
-               auto waiters = std::move(self->state.choosing[key]);
-               self->state.choosing.erase(key);
-               for (auto& w : waiters)
-                 if (p)
-                   w.deliver(*p);
-                 else
-                   w.deliver(p.error());
-             });
+             [self, key](caf::expected<placement> p) { answer_choosers(self, key, p); });
   return rp;
 }
 
@@ -794,13 +799,7 @@ void own_copies(cluster_ptr self) {
     st.choosing[key]; // a choice in progress: no second one meanwhile
     place_copy(self, key, expected_of(self, key, *spec), skip,
                [self, key, pin](caf::expected<placement> p) {
-                 auto waiters = std::move(self->state.choosing[key]);
-                 self->state.choosing.erase(key);
-                 for (auto& w : waiters)
-                   if (p)
-                     w.deliver(*p);
-                   else
-                     w.deliver(p.error());
+                 answer_choosers(self, key, p);
                  if (!p) {
                    self->state.log->debug("{}: no member for another copy: {}", key,
                                           describe(p.error()));
