@@ -20,7 +20,6 @@
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
 #include <caf/io/middleman.hpp>
-#include <caf/openssl/manager.hpp>
 #include <caf/openssl/publish.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
@@ -428,12 +427,8 @@ int run_serve(serve_options o) {
     // A peer that freezes without closing its socket is dropped.
     cfg.set("middleman.heartbeat-interval", caf::timespan{std::chrono::milliseconds{500}});
     cfg.set("middleman.connection-timeout", caf::timespan{std::chrono::seconds{5}});
-    if (tls.any()) {
-      cfg.load<caf::openssl::manager>();
-      cfg.openssl_certificate = tls.cert;
-      cfg.openssl_key = tls.key;
-      cfg.openssl_cafile = tls.ca;
-    }
+    if (tls.any())
+      load_tls(cfg, tls);
   }
   caf::actor_system sys{cfg};
   auto logger = log::get("modelreg.serve");

@@ -140,6 +140,11 @@ def folder():
     d = tempfile.mkdtemp(prefix="modelreg-cluster-")
     made = []
     yield d, made
+    # pytest shows what this prints only when the test failed.
+    for thing in made:
+        if isinstance(thing, Node):
+            print("---- log of %s (%s) ----" % (thing.log_path, thing.address))
+            print(thing.read_log()[-6000:])
     for thing in reversed(made):
         thing.close() if isinstance(thing, Client) else thing.stop()
     shutil.rmtree(d, ignore_errors=True)

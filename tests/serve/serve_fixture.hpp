@@ -9,7 +9,6 @@
 #include <regex>
 
 #include <caf/io/middleman.hpp>
-#include <caf/openssl/manager.hpp>
 #include <caf/scoped_actor.hpp>
 
 #include <nlohmann/json.hpp>
@@ -17,6 +16,7 @@
 #include "actors/registry_fixture.hpp"
 #include "tools/child_process.hpp"
 #include "modelreg/actors/ask.hpp"
+#include "modelreg/actors/connect_uri.hpp"
 #include "modelreg/actors/remote_registry.hpp"
 
 namespace modelreg::test {
@@ -125,12 +125,8 @@ struct client {
                   const std::string& key = {}, const std::string& ca = {}) {
     if (middleman)
       cfg.load<caf::io::middleman>();
-    if (!cert.empty()) {
-      cfg.load<caf::openssl::manager>();
-      cfg.openssl_certificate = cert;
-      cfg.openssl_key = key;
-      cfg.openssl_cafile = ca;
-    }
+    if (!cert.empty())
+      load_tls(cfg, {cert, key, ca});
     sys = std::make_unique<caf::actor_system>(cfg);
   }
   ~client() {

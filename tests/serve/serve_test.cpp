@@ -476,35 +476,45 @@ TEST_F(serve_test, TcpWithMutualTlsAcceptsOnlyCertificatesOfItsCa) {
   auto port = tcp_port();
   ASSERT_NE(port, 0) << ready_line;
   auto tcp_uri = "tcp://127.0.0.1:" + std::to_string(port);
-  {
-    // Right CA: the same interface as over the Unix socket, tensors inline.
-    client ok{true, g + "-client.pem", g + "-client.key", g + "-ca.pem"};
-    auto reg = ok.connect(tcp_uri, false);
-    ASSERT_TRUE(reg) << describe(reg.error());
-    auto h = ok.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"gain"}, model_spec{});
-    ASSERT_TRUE(h) << describe(h.error());
-    auto out = ok.ask<tensor_map>(*reg, infer_atom::value, std::string{"gain"},
-                                  tensor_map{{"audio", *tensor::from_values<float>({1.f, 2.f})}});
-    ASSERT_TRUE(out) << describe(out.error());
-    EXPECT_EQ(out->at("audio").values<float>()->back(), 4.f);
-    // Holding the handle, the request named its lease over TCP too.
-    auto json = remote_status_json(*ok.sys, *reg);
-    ASSERT_TRUE(json) << describe(json.error());
-    EXPECT_EQ(nlohmann::json::parse(*json)["gateway"]["requests_on_lease"].get<uint64_t>(), 1u);
-  }
-  {
+  // Right CA: the same interface as over the Unix socket, tensors inline.
+  client ok{true, g + "-client.pem", g + "-client.key", g + "-ca.pem"};
+  auto reg = ok.connect(tcp_uri, false);
+  ASSERT_TRUE(reg) << describe(reg.error());
+  auto h = ok.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"gain"}, model_spec{});
+  ASSERT_TRUE(h) << describe(h.error());
+  auto infer = [&] {
+    return ok.ask<tensor_map>(*reg, infer_atom::value, std::string{"gain"},
+                              tensor_map{{"audio", *tensor::from_values<float>({1.f, 2.f})}});
+  };
+  auto out = infer();
+  ASSERT_TRUE(out) << describe(out.error());
+  EXPECT_EQ(out->at("audio").values<float>()->back(), 4.f);
+  // Holding the handle, the request named its lease over TCP too.
+  auto json = remote_status_json(*ok.sys, *reg);
+  ASSERT_TRUE(json) << describe(json.error());
+  EXPECT_EQ(nlohmann::json::parse(*json)["gateway"]["requests_on_lease"].get<uint64_t>(), 1u);
+  for (int i = 0; i < 3; ++i) {
     // A certificate from another CA is refused.
     client evil{true, e + "-client.pem", e + "-client.key", e + "-ca.pem"};
-    auto reg = evil.connect(tcp_uri, false);
-    ASSERT_FALSE(reg);
-    EXPECT_TRUE(is(reg.error(), errc::unavailable)) << describe(reg.error());
+    auto bad = evil.connect(tcp_uri, false);
+    ASSERT_FALSE(bad);
+    EXPECT_TRUE(is(bad.error(), errc::unavailable)) << describe(bad.error());
   }
   {
     // Plain TCP to the TLS port is refused.
     client plain{true};
-    auto reg = plain.connect(tcp_uri, false);
-    ASSERT_FALSE(reg);
-    EXPECT_TRUE(is(reg.error(), errc::unavailable)) << describe(reg.error());
+    auto bad = plain.connect(tcp_uri, false);
+    ASSERT_FALSE(bad);
+    EXPECT_TRUE(is(bad.error(), errc::unavailable)) << describe(bad.error());
+  }
+  // The refused handshakes cost the connected client nothing: CAF 0.17 left
+  // their OpenSSL errors queued on the node's network thread, and the next
+  // read on any other TLS connection failed on them
+  // (actors/modelreg/actors/detail/openssl_errors.cpp).
+  for (int i = 0; i < 3; ++i) {
+    out = infer();
+    ASSERT_TRUE(out) << "request " << i << " after the refused peers: " << describe(out.error());
+    EXPECT_EQ(out->at("audio").values<float>()->back(), 4.f);
   }
 }
 

@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include <caf/io/middleman.hpp>
-#include <caf/openssl/manager.hpp>
 
 #include "modelreg/messages/error.hpp"
 
@@ -105,12 +104,8 @@ void configure_for_connect(caf::actor_system_config& cfg, const std::string& uri
   if (uri.rfind("tcp://", 0) != 0)
     return;
   cfg.load<caf::io::middleman>();
-  if (tls.any()) {
-    cfg.load<caf::openssl::manager>();
-    cfg.openssl_certificate = tls.cert;
-    cfg.openssl_key = tls.key;
-    cfg.openssl_cafile = tls.ca;
-  }
+  if (tls.any())
+    load_tls(cfg, tls);
 }
 
 } // namespace modelreg

@@ -49,6 +49,12 @@ struct tls_files {
 /// at the first connection). Empty if usable, else why not.
 std::string check_tls(const tls_files& tls);
 
+/// Loads CAF's OpenSSL module for mutual TLS with `tls`. Call this instead of
+/// `cfg.load<caf::openssl::manager>()`: it also keeps one peer's failed
+/// handshake from closing every other TLS connection of the process
+/// (detail/openssl_errors.cpp).
+void load_tls(caf::actor_system_config& cfg, const tls_files& tls);
+
 /// Prepares an actor system's configuration for `connect(sys, uri)`: loads
 /// the middleman for "tcp://", and OpenSSL with `tls` if any file is given.
 /// Call before the actor system is created.
