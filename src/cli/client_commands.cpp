@@ -279,9 +279,13 @@ void print_cluster(const nlohmann::json& c) {
                 static_cast<unsigned long long>(m["requests_per_s"].get<uint64_t>()),
                 seen.c_str(), models.empty() ? "-" : models.c_str());
   }
-  std::printf("\n%zu members; each key's owner is chosen by rendezvous hashing over them "
-              "(docs/cluster.md)\n",
-              c["members"].size());
+  if (!c.value("joined", true))
+    std::printf("\nnot joined yet: this node places no model until a --join address "
+                "answers (its log says why it does not)\n");
+  else
+    std::printf("\n%zu members; each key's owner is chosen by rendezvous hashing over them "
+                "(docs/cluster.md)\n",
+                c["members"].size());
 }
 
 /// Transitions as the supervisor publishes them (for --watch): printed at

@@ -46,12 +46,12 @@ def write_catalog(folder, extra=None):
 class Node:
     """`modelreg serve` as a cluster member, in a child process."""
 
-    def __init__(self, folder, name, catalog, *extra, budget="48M"):
+    def __init__(self, folder, name, catalog, *extra, budget="48M", tcp="127.0.0.1:0"):
         self.sock = os.path.join(folder, name + ".sock")
         self.log_path = os.path.join(folder, name + ".log")
         self.log = open(self.log_path, "w+")
         cmd = [CLI, "serve", "--socket", self.sock, "--catalog", catalog,
-               "--tcp", "127.0.0.1:0", "--max-memory", budget, *extra]
+               "--tcp", tcp, "--max-memory", budget, *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.ready_line = self.proc.stdout.readline()
         if not self.ready_line.startswith("ready"):
@@ -310,6 +310,42 @@ def test_min_copies_keeps_a_copy_loaded_and_places_it_again_when_its_holder_dies
     survivors = [n for n in nodes if n is not victim]
     assert eventually(lambda: holder_of(survivors, "keep") is not None)
     assert loads_by_model(survivors).get("keep") == 1
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_node_that_has_not_joined_yet_places_nothing_until_it_has(folder):
+    d, made = folder
+    catalog = write_catalog(d)
+    port = free_port()  # where the first member will listen, later
+    late = Node(d, "joiner", catalog, "--join", "tcp://127.0.0.1:%d" % port, "--insecure-admin")
+    made.append(late)
+    assert eventually(lambda: "cannot join" in late.read_log())
+    c = late.cluster()
+    assert c["joined"] is False, c
+    text = late.cli("status", "--cluster")
+    assert text.returncode == 0 and "not joined yet" in text.stdout, text.stdout
+    # Alone it would own every key: it must not load what the cluster may hold.
+    r = late.cli("load", "m1", "--timeout", "1s")
+    assert r.returncode == 3 and "timeout" in r.stderr, (r.stdout, r.stderr)
+    assert late.me()["loads"] == {}, late.me()
+    first = Node(d, "first", catalog, "--cluster", "--insecure-admin",
+                 tcp="127.0.0.1:%d" % port)
+    made.append(first)
+    assert eventually(lambda: late.cluster()["joined"] and
+                      len(late.cluster()["members"]) == 2 and
+                      len(first.cluster()["members"]) == 2)
+    r = late.cli("load", "m1")
+    assert r.returncode == 0, r.stderr
+    r = first.cli("load", "m1")
+    assert r.returncode == 0, r.stderr
+    assert eventually(lambda: loads_by_model([first, late]) == {"m1": 1}), \
+        loads_by_model([first, late])
 
 
 def make_pki(d, name):

@@ -52,6 +52,9 @@ struct cluster_shared {
   mutable std::mutex mu;
   caf::actor actor;
   std::string self; ///< this node's name (set by start)
+  /// False while a node given `join` addresses has reached none of them:
+  /// alone, it would own every key and load what the cluster may hold.
+  bool joined = false;
   std::vector<std::string> view; ///< live members, this node included, sorted
   uint64_t digest = 0;
   std::map<std::string, caf::actor> handles;                    ///< members' handles
@@ -67,12 +70,20 @@ struct cluster_shared {
   std::tuple<caf::actor, std::string, uint64_t, std::string> owner_of(const std::string& key) const {
     std::lock_guard<std::mutex> guard{mu};
     if (self.empty())
-      return {caf::actor{}, "(this node is not announced yet)", 0, self};
+      return {caf::actor{}, "this node is not announced yet", 0, self};
+    if (!joined) {
+      std::string to;
+      for (const auto& j : options.join)
+        to += (to.empty() ? "" : ", ") + j;
+      return {caf::actor{}, "this node has not joined the cluster yet (" + to + ")", 0, self};
+    }
     auto owner = cluster::owner_of(key, view);
     if (owner == self)
       return {actor, owner, digest, self};
     auto i = handles.find(owner);
-    return {i == handles.end() ? caf::actor{} : i->second, owner, digest, self};
+    if (i == handles.end())
+      return {caf::actor{}, "its owner " + owner + " is not reachable yet", 0, self};
+    return {i->second, owner, digest, self};
   }
 
   bool is_member(const std::string& address) const {
@@ -181,8 +192,7 @@ caf::expected<model_ptr> load_placed(const std::shared_ptr<cluster_shared>& sh,
     auto digest = std::get<2>(asked_owner);
     const auto& me = std::get<3>(asked_owner);
     if (!owner) {
-      last = make_error(errc::unavailable, "the owner of '" + key + "' (" + owner_name +
-                                             ") is not reachable yet");
+      last = make_error(errc::unavailable, "cannot place '" + key + "': " + owner_name);
       pause();
       continue;
     }
@@ -308,6 +318,11 @@ using cluster_ptr = caf::stateful_actor<cluster_state>*;
 
 bool settling(cluster_ptr self) {
   auto& st = self->state;
+  {
+    std::lock_guard<std::mutex> guard{st.sh->mu};
+    if (!st.sh->joined)
+      return true; // alone before joining: it knows nothing to own
+  }
   return clock_type::now() - st.view_changed < 2 * st.sh->options.heartbeat_interval;
 }
 
@@ -324,6 +339,8 @@ void publish_view(cluster_ptr self) {
   auto v = view_of(self);
   st.me.members = v;
   std::lock_guard<std::mutex> guard{st.sh->mu};
+  if (!st.peers.empty())
+    st.sh->joined = true; // for good: later, alone is a cluster of one
   st.sh->digest = cluster::view_digest(v);
   st.sh->view = std::move(v);
   st.sh->handles.clear();
@@ -893,10 +910,11 @@ void tick(cluster_ptr self) {
           describe_member(p.info, false,
                           std::chrono::duration_cast<std::chrono::milliseconds>(now - p.last_seen)
                             .count());
+        std::lock_guard<std::mutex> guard{st.sh->mu};
         nlohmann::json out = {{"self", st.me.address},
+                              {"joined", st.sh->joined},
                               {"view_digest", std::to_string(digest_of(self))},
                               {"members", list}};
-        std::lock_guard<std::mutex> guard{st.sh->mu};
         st.sh->status = out.dump();
         st.sh->spare = std::move(spare);
       },
@@ -1034,6 +1052,7 @@ cluster_node::cluster_node(caf::actor_system& sys, cluster_options options)
   : shared_(std::make_shared<cluster_shared>()) {
   shared_->sys = &sys;
   shared_->options = std::move(options);
+  shared_->joined = shared_->options.join.empty(); // the first member
   if (!shared_->options.backends)
     shared_->options.backends = backend_registry::with_builtins();
 }
