@@ -438,15 +438,21 @@ def test_a_model_whose_requests_queue_gets_a_second_copy_up_to_max_copies(folder
     r = nodes[0].cli("load", "hot")
     assert r.returncode == 0, r.stderr
     assert eventually(lambda: holder_of(nodes, "hot") is not None)
-    holder = holder_of(nodes, "hot")
-    if holder is not nodes[0]:  # its forwarded entry would keep the new copy away
-        r = nodes[0].cli("unload", "hot")
-        assert r.returncode == 0, r.stdout + r.stderr
+    first_holder = holder_of(nodes, "hot")
+    # The callers are at a member that forwards to the holder; a model
+    # served one request at a time; the new copy goes to the third member
+    # (a member forwarding a key gets no copy of it).
+    caller = next(n for n in nodes if n is not first_holder)
+    third = next(n for n in nodes if n is not first_holder and n is not caller)
+    for n in nodes:
+        if n is not first_holder and n is not caller:
+            for m in n.status()["models"]:
+                if m["key"] == "hot":
+                    r = n.cli("unload", "hot")
+                    assert r.returncode == 0, r.stdout + r.stderr
     loops = []
-    # Three callers at the holder, a model served one request at a time; the
-    # others forward nothing, so the new copy goes to one of them.
-    for node in [holder] * 3:
-        c = Client(node, "hot", loop=True)
+    for _ in range(3):
+        c = Client(caller, "hot", loop=True)
         made.append(c)
         loops.append(c)
     for c in loops:
@@ -456,14 +462,28 @@ def test_a_model_whose_requests_queue_gets_a_second_copy_up_to_max_copies(folder
         return sum(1 for n in nodes for m in n.me()["models"]
                    if m["key"] == "hot" and m["state"] == "ready")
 
+    def served(node):
+        return sum(m["requests"] for m in node.status()["models"]
+                   if m["key"] == "hot" and not m.get("holder"))
+
     assert eventually(lambda: copies() == 2, timeout=120), [n.me() for n in nodes]
+    # The callers that asked for it use it: the forwarding member spreads
+    # their requests over both copies.
+    assert eventually(lambda: served(third) > 0, timeout=60), \
+        (served(first_holder), served(third), caller.read_log()[-3000:])
+    before = served(first_holder)
+    assert eventually(lambda: served(first_holder) > before, timeout=60)
     for c in loops:
         c.close()
     assert loads_by_model(nodes).get("hot") == 2
     assert copies() == 2  # and no third: max_copies
 
-    def spares():
-        return [m["spare"] for n in nodes for m in n.me()["models"] if m["key"] == "hot"]
+    def copy_states():
+        return sorted((m["spare"], m["handles"]) for n in nodes for m in n.me()["models"]
+                      if m["key"] == "hot")
 
-    # Of the two, one is spare: evicted first under budget pressure.
-    assert eventually(lambda: sorted(spares()) == [False, True]), spares()
+    # Of the two, one is spare: evicted first under budget pressure. Once
+    # the callers stop, the forwarding member lets go of it, so nothing
+    # keeps it there (the other copy keeps that member's lease).
+    assert eventually(lambda: copy_states() == [(False, 1), (True, 0)], timeout=60), \
+        copy_states()

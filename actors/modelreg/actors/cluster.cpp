@@ -1,6 +1,7 @@
 #include "modelreg/actors/cluster.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <set>
@@ -31,6 +32,8 @@ using peer_up_atom = caf::atom_constant<caf::atom("cpeerup")>;
 using peer_down_atom = caf::atom_constant<caf::atom("cpeerdown")>;
 using cluster_tick_atom = caf::atom_constant<caf::atom("ctick")>;
 using announce_atom = caf::atom_constant<caf::atom("cannounce")>;
+using spread_tick_atom = caf::atom_constant<caf::atom("cspread")>;
+using spread_add_atom = caf::atom_constant<caf::atom("cspreadadd")>;
 
 using clock_type = std::chrono::steady_clock;
 
@@ -64,6 +67,8 @@ struct cluster_shared {
   bool stopped = false;
   /// Keys held here whose copy here is spare (cluster_node::spare_copy).
   std::set<std::string> spare;
+  /// Members holding a ready copy of each key, by the last heartbeats.
+  std::map<std::string, std::vector<std::string>> copies;
 
   /// The owner of `key` as this node sees it: its handle, name and the
   /// view digest; and this node's name. No handle before start().
@@ -98,24 +103,36 @@ namespace {
 
 using detail::cluster_shared;
 
-/// A model that another member runs: requests go to the forwarding actor of
-/// the lease this node holds there.
+/// A model that other members run: requests go to the copies' spreader
+/// (below), which holds a lease on each copy it uses. `holder` is the
+/// member it was placed on.
 class forwarded_model final : public model {
 public:
-  forwarded_model(model_handle handle, std::string holder)
-    : handle_(std::move(handle)), holder_(std::move(holder)) {}
+  forwarded_model(std::string description, std::string holder, caf::actor spreader)
+    : description_(std::move(description)), holder_(std::move(holder)),
+      spreader_(std::move(spreader)) {}
 
   caf::expected<tensor_map> infer(const tensor_map& inputs, tensor_allocator&) override {
-    return handle_.infer(inputs);
+    caf::scoped_actor self{spreader_.home_system()};
+    caf::expected<tensor_map> out = make_error(errc::unavailable, "no answer from " + holder_);
+    infer_request req;
+    req.inputs = inputs;
+    self->request(spreader_, caf::infinite, std::move(req))
+      .receive([&](tensor_map& m) { out = std::move(m); },
+               [&](caf::error& e) {
+                 out = as_modelreg_error(std::move(e), errc::unavailable, holder_);
+               });
+    return out;
   }
   uint64_t memory_bytes() const override { return 0; }
-  std::string describe() const override { return handle_.description(); }
-  caf::actor served_by() const override { return caf::actor_cast<caf::actor>(handle_.actor()); }
+  std::string describe() const override { return description_; }
+  caf::actor served_by() const override { return spreader_; }
   std::string location() const override { return holder_; }
 
 private:
-  model_handle handle_;
+  std::string description_;
   std::string holder_;
+  caf::actor spreader_;
 };
 
 /// Errors after which another holder may do better.
@@ -157,6 +174,178 @@ caf::expected<registry_actor> proxy_for(const std::shared_ptr<cluster_shared>& s
   }
   sh->proxies.emplace(holder, *proxy);
   return *proxy;
+}
+
+// -- the copies' spreader ---------------------------------------------------------
+
+/// One copy of a model on another member, as a forwarded entry uses it.
+struct spread_copy {
+  std::string holder;
+  model_handle lease; ///< keeps the copy there while this node uses it
+  caf::actor forward; ///< the lease's forwarding actor
+  uint64_t weight = 0; ///< rendezvous weight of (key, holder)
+  std::shared_ptr<std::atomic<uint64_t>> in_flight = std::make_shared<std::atomic<uint64_t>>(0);
+  clock_type::time_point last_used = clock_type::now();
+};
+
+/// A forwarded entry's model actor. It starts with the copy its placement
+/// gave, learns of other copies from the heartbeats and takes a lease on
+/// each; a request goes to the copy of highest rendezvous weight (the one
+/// that is not spare) if nothing of this node's is in flight there, else to
+/// the copy with the fewest requests in flight. A copy other than that one
+/// that this node has not used for `spread_release` is let go, so that an
+/// extra copy nobody needs goes idle on its holder and is evicted. When a
+/// copy's member leaves, its requests in flight get `unavailable` and the
+/// others serve on; with no copy left the actor ends, and the registry drops
+/// the entry (the next request places the model again).
+struct spreader_state {
+  static inline const char* name = "modelreg.cluster_copies";
+  std::shared_ptr<cluster_shared> sh;
+  std::string key;
+  model_spec asked;
+  std::vector<spread_copy> copies; ///< highest weight first
+  std::set<std::string> adding;
+  std::shared_ptr<spdlog::logger> log = log::get("modelreg.cluster");
+};
+
+using spreader_ptr = caf::stateful_actor<spreader_state>*;
+
+constexpr auto spread_release = std::chrono::seconds{10};
+
+void add_copy(spreader_ptr self, std::string holder, model_handle lease) {
+  auto& st = self->state;
+  spread_copy c;
+  c.forward = caf::actor_cast<caf::actor>(lease.actor());
+  c.weight = cluster::rendezvous_score(st.key, holder);
+  c.holder = std::move(holder);
+  c.lease = std::move(lease);
+  self->monitor(c.forward);
+  {
+    std::lock_guard<std::mutex> guard{st.sh->mu};
+    st.sh->forwarders.emplace(c.holder, caf::actor_cast<caf::weak_actor_ptr>(c.forward));
+  }
+  auto at = std::find_if(st.copies.begin(), st.copies.end(),
+                         [&](const spread_copy& x) { return x.weight < c.weight; });
+  st.copies.insert(at, std::move(c));
+}
+
+spread_copy& pick_copy(spreader_state& st) {
+  auto& first = st.copies.front();
+  if (first.in_flight->load() == 0)
+    return first;
+  auto best = st.copies.begin();
+  for (auto i = st.copies.begin(); i != st.copies.end(); ++i)
+    if (i->in_flight->load() < best->in_flight->load())
+      best = i;
+  return *best;
+}
+
+/// Takes a lease on `holder`'s copy (blocking: on a thread of its own).
+void lease_copy(caf::blocking_actor* self, std::shared_ptr<cluster_shared> sh, caf::actor spreader,
+                std::string key, model_spec asked, std::string holder) {
+  auto proxy = proxy_for(sh, holder);
+  if (!proxy) {
+    caf::anon_send(spreader, spread_add_atom::value, holder, proxy.error());
+    return;
+  }
+  self->request(*proxy, sh->options.connect_timeout + sh->options.member_timeout,
+                get_or_load_atom::value, key, asked)
+    .receive(
+      [&](model_handle& h) { caf::anon_send(spreader, spread_add_atom::value, holder, std::move(h)); },
+      [&](caf::error& e) { caf::anon_send(spreader, spread_add_atom::value, holder, std::move(e)); });
+}
+
+caf::behavior spreader(spreader_ptr self, std::shared_ptr<cluster_shared> sh, std::string key,
+                       model_spec asked, std::string holder, model_handle lease) {
+  auto& st = self->state;
+  st.sh = std::move(sh);
+  st.key = std::move(key);
+  st.asked = std::move(asked);
+  add_copy(self, std::move(holder), std::move(lease));
+  self->set_down_handler([self](const caf::down_msg& dm) {
+    auto& st = self->state;
+    auto gone = std::find_if(st.copies.begin(), st.copies.end(),
+                             [&](const spread_copy& c) { return c.forward.address() == dm.source; });
+    if (gone == st.copies.end())
+      return;
+    st.log->info("{}: the copy on {} is gone", st.key, gone->holder);
+    st.copies.erase(gone);
+    if (st.copies.empty())
+      self->quit(caf::exit_reason::remote_link_unreachable);
+  });
+  self->delayed_send(self, st.sh->options.heartbeat_interval, spread_tick_atom::value);
+  return {
+    [self](infer_request& req) -> caf::result<tensor_map> {
+      auto& c = pick_copy(self->state);
+      c.last_used = clock_type::now();
+      ++*c.in_flight;
+      caf::response_promise rp;
+      if (!req.reply)
+        rp = self->make_response_promise();
+      req.reply = std::make_shared<reply_sink>(
+        [in_flight = c.in_flight, rp, outer = req.reply](caf::expected<tensor_map> out) mutable {
+          --*in_flight;
+          if (outer)
+            outer->deliver(std::move(out));
+          else if (out)
+            rp.deliver(std::move(*out));
+          else
+            rp.deliver(std::move(out.error()));
+        });
+      caf::anon_send(c.forward, std::move(req));
+      return caf::delegated<tensor_map>{};
+    },
+    [self](session_request& req) {
+      // Sessions stay on one copy: the first.
+      auto& first = self->state.copies.front();
+      first.last_used = clock_type::now();
+      self->delegate(caf::actor_cast<model_actor>(first.forward), std::move(req));
+    },
+    [self](spread_tick_atom) {
+      auto& st = self->state;
+      std::vector<std::string> holders;
+      std::string me;
+      {
+        std::lock_guard<std::mutex> guard{st.sh->mu};
+        if (auto i = st.sh->copies.find(st.key); i != st.sh->copies.end())
+          holders = i->second;
+        me = st.sh->self;
+      }
+      for (const auto& h : holders) {
+        bool known = st.adding.count(h) > 0 ||
+                     std::any_of(st.copies.begin(), st.copies.end(),
+                                 [&](const spread_copy& c) { return c.holder == h; });
+        if (known || h == me)
+          continue;
+        st.adding.insert(h);
+        self->spawn<caf::detached>(lease_copy, st.sh, caf::actor_cast<caf::actor>(self), st.key,
+                                   st.asked, h);
+      }
+      // Let go of extra copies this node no longer needs.
+      auto now = clock_type::now();
+      for (auto i = std::next(st.copies.begin()); i != st.copies.end();) {
+        if (i->in_flight->load() == 0 && now - i->last_used > spread_release) {
+          st.log->info("{}: no longer using the copy on {}", st.key, i->holder);
+          self->demonitor(i->forward);
+          i = st.copies.erase(i);
+        } else {
+          ++i;
+        }
+      }
+      self->delayed_send(self, st.sh->options.heartbeat_interval, spread_tick_atom::value);
+    },
+    [self](spread_add_atom, std::string& holder, model_handle& lease) {
+      auto& st = self->state;
+      st.adding.erase(holder);
+      st.log->info("{}: also using the copy on {}", st.key, holder);
+      add_copy(self, std::move(holder), std::move(lease));
+    },
+    [self](spread_add_atom, std::string& holder, caf::error& err) {
+      auto& st = self->state;
+      st.adding.erase(holder);
+      st.log->debug("{}: cannot use the copy on {}: {}", st.key, holder, describe(err));
+    },
+  };
 }
 
 /// The placement hook's loader: runs on a loader thread, may block.
@@ -245,18 +434,17 @@ caf::expected<model_ptr> load_placed(const std::shared_ptr<cluster_shared>& sh,
       exclude.push_back(where->holder);
       continue;
     }
-    {
-      std::lock_guard<std::mutex> guard{sh->mu};
-      sh->forwarders.emplace(where->holder,
-                             caf::actor_cast<caf::weak_actor_ptr>(handle->actor()));
-    }
+    auto description = handle->description();
+    auto spread = sh->sys->spawn(spreader, sh, key, asked, where->holder, std::move(*handle));
     if (!sh->is_member(where->holder)) {
+      caf::anon_send_exit(spread, caf::exit_reason::user_shutdown);
       last = make_error(errc::unavailable, where->holder + " left the cluster");
       exclude.push_back(where->holder);
       continue;
     }
     log->debug("{}: forwarded to {}", key, where->holder);
-    return model_ptr{std::make_shared<forwarded_model>(std::move(*handle), where->holder)};
+    return model_ptr{
+      std::make_shared<forwarded_model>(std::move(description), where->holder, std::move(spread))};
   }
   return last;
 }
@@ -848,6 +1036,15 @@ void tick(cluster_ptr self) {
                   cluster::rendezvous_score(h.key, address) > mine)
                 spare.insert(h.key);
           h.spare = spare.count(h.key) > 0;
+        }
+        std::map<std::string, std::vector<std::string>> copies;
+        for (const auto* m : members(self))
+          for (const auto& h : m->models)
+            if (h.ready)
+              copies[h.key].push_back(m->address);
+        {
+          std::lock_guard<std::mutex> guard{st.sh->mu};
+          st.sh->copies = std::move(copies);
         }
         for (const auto& m : st.me.models)
           if (m.ready && m.memory_bytes > 0)

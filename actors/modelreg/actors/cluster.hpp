@@ -27,9 +27,11 @@
 //     it again at once.
 //   * Copies. A model with `max_copies` > 1 whose requests wait longer than
 //     `scale_up_queue` for `scale_up_intervals` heartbeats in a row gets
-//     another copy on another member; new forwarded entries go to the
-//     least-loaded copy; copies nobody uses go idle and are evicted, and
-//     under budget pressure a spare copy goes before other idle models.
+//     another copy on another member; forwarded entries take a lease on
+//     every copy and spread their requests over them (the spare ones only
+//     while the first is busy, and they let go of a spare copy unused for a
+//     while); copies nobody uses go idle and are evicted, and under budget
+//     pressure a spare copy goes before other idle models.
 //
 // Thread-safety: the placement hook runs on loader threads; status_json on
 // any thread. Lifetime: stop() before the actor system ends.
