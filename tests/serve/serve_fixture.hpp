@@ -35,7 +35,8 @@ inline constexpr const char* test_catalog = R"({
     "slow-load": { "backend": "identity", "params": { "load_delay_ms": 60000 } },
     "forked": { "backend": "identity", "params": { "with_pid": true }, "instances": 2 },
     "stream": { "backend": "identity", "params": { "with_pid": true, "streaming": true },
-                "instances": 2 }
+                "instances": 2 },
+    "stream-too": { "backend": "identity", "params": { "streaming": true } }
   }
 })";
 

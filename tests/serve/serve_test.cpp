@@ -270,6 +270,30 @@ TEST_F(serve_test, SessionsThroughTheNodeAnswerInOrderAndEndWithTheirConnection)
   EXPECT_TRUE(x && y);
 }
 
+TEST_F(serve_test, OneClientsSessionsOnTwoModelsHaveTheirOwnIdsAndModels) {
+  ASSERT_TRUE(start_node()) << ready_line;
+  client c;
+  auto reg = c.connect(uri());
+  ASSERT_TRUE(reg);
+  blocking_client caller{*c.sys, *reg};
+  auto count = [](const caf::expected<tensor_map>& m) {
+    return m ? (*m->at("count").values<int64_t>())[0] : -1;
+  };
+  auto chunk = tensor_map{{"x", *tensor::from_values<float>({1.f})}};
+  auto a = caller.open_session("stream");
+  ASSERT_TRUE(a) << describe(a.error());
+  auto b = caller.open_session("stream-too");
+  ASSERT_TRUE(b) << describe(b.error());
+  // Session ids are the node's, not each model's: two models' first
+  // sessions do not share an id, and each chunk reaches its own model.
+  EXPECT_NE(a->id(), b->id());
+  EXPECT_EQ(count(a->push(chunk)), 1);
+  EXPECT_EQ(count(a->push(chunk)), 2);
+  EXPECT_EQ(count(b->push(chunk)), 1);
+  EXPECT_EQ(count(a->finish()), 2);
+  EXPECT_EQ(count(b->finish()), 1);
+}
+
 TEST_F(serve_test, BlockingClientTakesTheDirectPathAndFailsLikeTheProxy) {
   ASSERT_TRUE(start_node()) << ready_line;
   client c;

@@ -592,7 +592,6 @@ struct front_state {
   bool growing = false;
   int64_t grow_after_ns = 0;
   std::map<uint64_t, session_info> sessions;
-  uint64_t next_session = 1;
   std::deque<pending_open> opens;
   bool sweeping = false;
 
@@ -692,7 +691,7 @@ void start_sweeping(front_ptr self) {
 /// Pins idle slot `i` to a new session for `p` and opens a stream there.
 void pin(front_ptr self, size_t i, front_state::pending_open p) {
   auto& st = self->state;
-  auto id = st.next_session++;
+  auto id = new_session_id();
   st.slots[i].session = id;
   st.sessions[id] = {i, p.request.client, detail::steady_now_ns()};
   start_sweeping(self);
@@ -987,6 +986,11 @@ void reply_sink::deliver(caf::expected<tensor_map> result) {
   } catch (const std::exception& e) {
     log::get("modelreg.model")->error("a reply could not be sent: {}", e.what());
   }
+}
+
+uint64_t new_session_id() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
 }
 
 model_actor spawn_model_actor(caf::actor_system& sys, model_ptr m,

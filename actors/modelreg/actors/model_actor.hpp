@@ -155,6 +155,10 @@ struct model_actor_options {
   std::chrono::milliseconds session_idle_timeout{30000};
 };
 
+/// A session id no other session of this process has had: a node's
+/// clients name their sessions by id alone, whichever model they are on.
+uint64_t new_session_id();
+
 /// Spawns the model actor for `m` in `sys`. Stats go to `stats`. Blocking
 /// models get detached actors.
 model_actor spawn_model_actor(caf::actor_system& sys, model_ptr m,
