@@ -119,6 +119,8 @@ std::optional<int> run_hidden(const std::string& command, std::vector<std::strin
   if (command == "__cluster-client" && args.size() >= 2)
     return modelreg::tools::run_cluster_client(args[0],
                                                std::vector<std::string>(args.begin() + 1, args.end()));
+  if (command == "__cluster-stream" && args.size() == 3)
+    return modelreg::tools::run_cluster_stream_client(args[0], args[1], static_cast<int>(n(args[2])));
   if (command == "__cluster-loop" && args.size() == 2)
     return modelreg::tools::run_cluster_loop_client(args[0], args[1]);
   if (command == "__hold" && args.size() == 3)

@@ -17,6 +17,7 @@
 #include <caf/send.hpp>
 
 #include "modelreg/actors/ask.hpp"
+#include "modelreg/actors/blocking_client.hpp"
 #include "modelreg/actors/remote_registry.hpp"
 #include "modelreg/messages/error.hpp"
 #include "modelreg/messages/system_config.hpp"
@@ -155,6 +156,58 @@ int run_cluster_loop_client(const std::string& uri, const std::string& model) {
   h.reset();
   caf::anon_send(*reg, shutdown_atom::value);
   return 0;
+}
+
+int run_cluster_stream_client(const std::string& uri, const std::string& model, int chunks) {
+  system_config cfg;
+  caf::actor_system sys{cfg};
+  auto reg = connect(sys, uri);
+  if (!reg) {
+    std::cerr << "cluster stream: " << describe(reg.error()) << "\n";
+    return 3;
+  }
+  int rc = 0;
+  {
+    blocking_client caller{sys, *reg};
+    auto count = [](const tensor_map& m, const char* name) {
+      auto i = m.find(name);
+      return i == m.end() || i->second.type() != dtype::i64 ? -1
+                                                            : (*i->second.values<int64_t>())[0];
+    };
+    auto session = caller.open_session(model, std::chrono::seconds{10});
+    if (!session) {
+      std::printf("error %s %s\n", code_of(session.error()).c_str(),
+                  describe(session.error()).c_str());
+      rc = 1;
+    } else {
+      std::printf("session %llu\n", static_cast<unsigned long long>(session->id()));
+      auto chunk = *tensor::from_values<float>({1.f, 2.f, 3.f});
+      for (int i = 0; i < chunks && rc == 0; ++i) {
+        auto partial = session->push({{"x", chunk}});
+        if (partial) {
+          std::printf("push %lld %lld\n", static_cast<long long>(count(*partial, "count")),
+                      static_cast<long long>(count(*partial, "total")));
+        } else {
+          std::printf("error %s %s\n", code_of(partial.error()).c_str(),
+                      describe(partial.error()).c_str());
+          rc = 1;
+        }
+        std::fflush(stdout);
+      }
+      if (rc == 0) {
+        auto final = session->finish();
+        if (final)
+          std::printf("final %lld\n", static_cast<long long>(count(*final, "count")));
+        else
+          std::printf("error %s %s\n", code_of(final.error()).c_str(),
+                      describe(final.error()).c_str());
+        rc = final ? 0 : 1;
+      }
+    }
+  }
+  std::fflush(stdout);
+  caf::anon_send(*reg, shutdown_atom::value);
+  return rc;
 }
 
 } // namespace modelreg::tools

@@ -21,4 +21,10 @@ int run_cluster_client(const std::string& uri, const std::vector<std::string>& m
 /// monotonic clock when it ended; CODE: the modelreg error's name).
 int run_cluster_loop_client(const std::string& uri, const std::string& model);
 
+/// Connects to `uri` (a Unix socket), opens a streaming session on `model`,
+/// pushes `chunks` chunks ({"x": f32 [3]}) and finishes it, printing
+/// "session ID", "push COUNT TOTAL" per chunk and "final COUNT", or "error
+/// CODE WHY" (exit 1).
+int run_cluster_stream_client(const std::string& uri, const std::string& model, int chunks);
+
 } // namespace modelreg::tools

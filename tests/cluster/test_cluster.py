@@ -296,6 +296,43 @@ def test_a_late_member_sees_the_models_and_serves_them_by_forwarding(folder):
     assert loads_by_model(everyone) == {"m1": 1, "m2": 1}
 
 
+def test_sessions_stream_through_a_member_that_forwards_to_the_holder(folder):
+    d, made = folder
+    catalog = write_catalog(d, {"stream": {"backend": "identity",
+                                           "params": {"streaming": True}, "instances": 2}})
+    nodes = start_cluster(d, made, 2, catalog)
+    r = nodes[0].cli("load", "stream")
+    assert r.returncode == 0, r.stderr
+    assert eventually(lambda: holder_of(nodes, "stream") is not None)
+    holder = holder_of(nodes, "stream")
+    other = next(n for n in nodes if n is not holder)
+
+    def stream(node, chunks):
+        return subprocess.Popen([CLI, "__cluster-stream", "unix:" + node.sock, "stream",
+                                 str(chunks)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    # Two clients of the forwarding member and one of the holder, at once:
+    # every session gets its own partials, in order, and its final.
+    runs = [(stream(other, 4), 4), (stream(other, 6), 6), (stream(holder, 5), 5)]
+    ids = []
+    for p, chunks in runs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, (out, err, other.read_log()[-3000:])
+        lines = out.split("\n")
+        assert lines[0].startswith("session "), out
+        ids.append(int(lines[0].split()[1]))
+        assert lines[1:1 + chunks] == ["push %d %d" % (i, 3 * i) for i in range(1, chunks + 1)], out
+        assert lines[1 + chunks] == "final %d" % chunks, out
+    assert ids[0] != ids[1], ids
+    forwarded = [m for m in other.status()["models"] if m["key"] == "stream"]
+    assert forwarded and forwarded[0].get("holder") == holder.address, forwarded
+    assert loads_by_model(nodes) == {"stream": 1}
+    # The sessions are over: none stays open on the holder.
+    assert eventually(lambda: [m.get("sessions") for m in holder.status()["models"]
+                               if m["key"] == "stream"] == [0]), holder.status()["models"]
+
+
 def test_min_copies_keeps_a_copy_loaded_and_places_it_again_when_its_holder_dies(folder):
     d, made = folder
     catalog = write_catalog(d, {"keep": {"backend": "identity", "params": {"thread_safe": True},

@@ -552,6 +552,41 @@ TEST_F(serve_test, PlainTcpOnAPublicAddressAndBadCertificatesAreRefusedAtStart) 
   EXPECT_FALSE(fs::exists(socket));
 }
 
+TEST_F(serve_test, SessionsOverTcpGoThroughTheHandle) {
+  ASSERT_TRUE(start_node({"--tcp", "127.0.0.1:0"})) << ready_line;
+  client c{true};
+  auto reg = c.connect("tcp://127.0.0.1:" + std::to_string(tcp_port()), false);
+  ASSERT_TRUE(reg) << describe(reg.error());
+  auto h = c.ask<model_handle>(*reg, get_or_load_atom::value, std::string{"stream"}, model_spec{});
+  ASSERT_TRUE(h) << describe(h.error());
+  auto count = [](const caf::expected<tensor_map>& m) {
+    return m ? (*m->at("count").values<int64_t>())[0] : -1;
+  };
+  auto chunk = tensor_map{{"x", *tensor::from_values<float>({1.f})}};
+  auto a = h->open_session();
+  ASSERT_TRUE(a) << describe(a.error());
+  auto b = h->open_session();
+  ASSERT_TRUE(b) << describe(b.error());
+  EXPECT_NE(a->id(), b->id());
+  EXPECT_EQ(count(a->push(chunk)), 1);
+  EXPECT_EQ(count(b->push(chunk)), 1);
+  EXPECT_EQ(count(a->push(chunk)), 2);
+  EXPECT_EQ(count(a->finish()), 2);
+  auto again = a->push(chunk);
+  ASSERT_FALSE(again);
+  EXPECT_TRUE(is(again.error(), errc::invalid_argument)) << describe(again.error());
+  // With a third session both instances are taken until one ends.
+  auto c3 = h->open_session();
+  ASSERT_TRUE(c3) << describe(c3.error());
+  auto busy = h->open_session(std::chrono::milliseconds{0});
+  ASSERT_FALSE(busy);
+  EXPECT_TRUE(is(busy.error(), errc::busy)) << describe(busy.error());
+  b->cancel();
+  auto next = h->open_session(std::chrono::seconds{10});
+  ASSERT_TRUE(next) << describe(next.error());
+  EXPECT_EQ(count(next->push(chunk)), 1);
+}
+
 TEST_F(serve_test, KilledTcpWorkerFailsCallersAtOnce) {
   ASSERT_TRUE(start_node({"--tcp", "127.0.0.1:0"})) << ready_line;
   client c{true};

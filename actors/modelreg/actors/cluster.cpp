@@ -34,6 +34,7 @@ using cluster_tick_atom = caf::atom_constant<caf::atom("ctick")>;
 using announce_atom = caf::atom_constant<caf::atom("cannounce")>;
 using spread_tick_atom = caf::atom_constant<caf::atom("cspread")>;
 using spread_add_atom = caf::atom_constant<caf::atom("cspreadadd")>;
+using spread_session_atom = caf::atom_constant<caf::atom("cspreadses")>;
 
 using clock_type = std::chrono::steady_clock;
 
@@ -186,6 +187,7 @@ struct spread_copy {
   uint64_t weight = 0; ///< rendezvous weight of (key, holder)
   std::shared_ptr<std::atomic<uint64_t>> in_flight = std::make_shared<std::atomic<uint64_t>>(0);
   clock_type::time_point last_used = clock_type::now();
+  size_t sessions = 0; ///< open here through this node
 };
 
 /// A forwarded entry's model actor. It starts with the copy its placement
@@ -205,6 +207,8 @@ struct spreader_state {
   model_spec asked;
   std::vector<spread_copy> copies; ///< highest weight first
   std::set<std::string> adding;
+  /// Open sessions (this process's ids) and the copy each runs on.
+  std::map<uint64_t, std::string> sessions;
   std::shared_ptr<spdlog::logger> log = log::get("modelreg.cluster");
 };
 
@@ -295,11 +299,62 @@ caf::behavior spreader(spreader_ptr self, std::shared_ptr<cluster_shared> sh, st
       caf::anon_send(c.forward, std::move(req));
       return caf::delegated<tensor_map>{};
     },
-    [self](session_request& req) {
-      // Sessions stay on one copy: the first.
-      auto& first = self->state.copies.front();
-      first.last_used = clock_type::now();
-      self->delegate(caf::actor_cast<model_actor>(first.forward), std::move(req));
+    [self](session_request& req) -> caf::result<tensor_map> {
+      // A session opens on the first copy and stays on the copy it opened on.
+      auto& st = self->state;
+      spread_copy* c = nullptr;
+      if (req.op == session_op::open) {
+        c = &st.copies.front();
+      } else if (auto i = st.sessions.find(req.session); i != st.sessions.end()) {
+        for (auto& x : st.copies)
+          if (x.holder == i->second)
+            c = &x;
+        if (req.op != session_op::push) {
+          if (c != nullptr && c->sessions > 0)
+            --c->sessions;
+          st.sessions.erase(i);
+        }
+      }
+      if (c == nullptr) {
+        auto err = make_error(errc::invalid_argument,
+                              "no open session " + std::to_string(req.session) + " on '" +
+                                st.key + "' (finished, cancelled, or its member left)");
+        if (req.reply) {
+          req.reply->deliver(std::move(err));
+          return caf::delegated<tensor_map>{};
+        }
+        return err;
+      }
+      c->last_used = clock_type::now();
+      if (req.op != session_op::open)
+        return self->delegate(caf::actor_cast<model_actor>(c->forward), std::move(req));
+      caf::response_promise rp;
+      if (!req.reply)
+        rp = self->make_response_promise();
+      req.reply = std::make_shared<reply_sink>(
+        [rp, outer = req.reply, me = caf::actor_cast<caf::actor>(self),
+         holder = c->holder](caf::expected<tensor_map> out) mutable {
+          if (out)
+            if (auto s = out->find("session"); s != out->end() && s->second.type() == dtype::u64)
+              // Recorded before the caller learns the id, so before its first push.
+              caf::anon_send(me, spread_session_atom::value, (*s->second.values<uint64_t>())[0],
+                             holder);
+          if (outer)
+            outer->deliver(std::move(out));
+          else if (out)
+            rp.deliver(std::move(*out));
+          else
+            rp.deliver(std::move(out.error()));
+        });
+      caf::anon_send(c->forward, std::move(req));
+      return caf::delegated<tensor_map>{};
+    },
+    [self](spread_session_atom, uint64_t session, std::string& holder) {
+      auto& st = self->state;
+      for (auto& x : st.copies)
+        if (x.holder == holder)
+          ++x.sessions;
+      st.sessions[session] = std::move(holder);
     },
     [self](spread_tick_atom) {
       auto& st = self->state;
@@ -324,7 +379,7 @@ caf::behavior spreader(spreader_ptr self, std::shared_ptr<cluster_shared> sh, st
       // Let go of extra copies this node no longer needs.
       auto now = clock_type::now();
       for (auto i = std::next(st.copies.begin()); i != st.copies.end();) {
-        if (i->in_flight->load() == 0 && now - i->last_used > spread_release) {
+        if (i->in_flight->load() == 0 && i->sessions == 0 && now - i->last_used > spread_release) {
           st.log->info("{}: no longer using the copy on {}", st.key, i->holder);
           self->demonitor(i->forward);
           i = st.copies.erase(i);

@@ -48,6 +48,9 @@ using raw_status_atom = caf::atom_constant<caf::atom("rawstatus")>;
 using detail::direct_atom;
 using answered_atom = caf::atom_constant<caf::atom("answered")>;
 using quit_atom = caf::atom_constant<caf::atom("quit")>;
+/// A forwarder's session request, for its proxy: (key, session_op, the
+/// node's session id, chunk, wait in ms) -> the node's answer.
+using remote_session_atom = caf::atom_constant<caf::atom("rsession")>;
 
 /// What a connection attempt produced.
 struct link_result {
@@ -425,18 +428,38 @@ void ask_status(proxy_ptr self, std::function<void(std::string)> on_json,
 
 /// A model actor that forwards to the remote registry by key. Each request
 /// keeps its ticket (the caller's model stays in flight) until the answer;
-/// requests still unanswered when it stops get `unavailable`.
+/// requests still unanswered when it stops get `unavailable`. Sessions get
+/// ids of this process (the node's ids could be another open session's
+/// here); sessions still open when it stops are cancelled there.
+struct remote_session {
+  uint64_t remote = 0; ///< the node's id
+  uint64_t client = 0; ///< who opened it (0: no check)
+};
+
 struct forwarder_state {
   static inline const char* name = "modelreg.remote_model";
   std::shared_ptr<std::set<reply_sink_ptr>> pending = std::make_shared<std::set<reply_sink_ptr>>();
+  std::shared_ptr<std::map<uint64_t, remote_session>> sessions =
+    std::make_shared<std::map<uint64_t, remote_session>>();
 };
+
+/// The session answer {"session": u64 [1]}.
+tensor_map session_answer(uint64_t id) {
+  return {{"session", *tensor::from_values<uint64_t>({id})}};
+}
 
 model_actor::behavior_type forwarder(model_actor::stateful_pointer<forwarder_state> self,
                                      registry_actor proxy, std::string key) {
-  self->attach_functor([pending = self->state.pending, key] {
+  self->attach_functor([pending = self->state.pending, sessions = self->state.sessions, proxy,
+                        key] {
     for (const auto& reply : *pending)
       reply->deliver(make_error(errc::unavailable, "'" + key + "': the link to its node closed"));
     pending->clear();
+    for (const auto& [local, s] : *sessions)
+      caf::anon_send(caf::actor_cast<caf::actor>(proxy), remote_session_atom::value, key,
+                     static_cast<uint8_t>(session_op::cancel), s.remote, tensor_map{},
+                     uint32_t{0});
+    sessions->clear();
   });
   return {
     [self, proxy, key](infer_request& req) -> caf::result<tensor_map> {
@@ -463,15 +486,65 @@ model_actor::behavior_type forwarder(model_actor::stateful_pointer<forwarder_sta
               });
       return caf::delegated<tensor_map>{};
     },
-    [key](session_request& req) -> caf::result<tensor_map> {
-      auto err = make_error(errc::unsupported, "sessions on '" + key +
-                                                 "': not available through connect() yet; "
-                                                 "open them in the node's process");
-      if (req.reply) {
-        req.reply->deliver(std::move(err));
-        return caf::delegated<tensor_map>{};
+    [self, proxy, key](session_request& req) -> caf::result<tensor_map> {
+      auto& st = self->state;
+      auto reply = req.reply;
+      if (!reply && !self->current_sender()) {
+        // Sent without a request (a cancel): nobody waits for the answer.
+        reply = std::make_shared<reply_sink>([](caf::expected<tensor_map>) {});
+      } else if (!reply) {
+        auto rp = self->make_response_promise<tensor_map>();
+        reply = std::make_shared<reply_sink>(
+          [rp](caf::expected<tensor_map> out) mutable {
+            if (out)
+              rp.deliver(std::move(*out));
+            else
+              rp.deliver(std::move(out.error()));
+          });
       }
-      return err;
+      uint64_t remote = 0;
+      if (req.op != session_op::open) {
+        auto i = st.sessions->find(req.session);
+        if (i == st.sessions->end() ||
+            (i->second.client != 0 && req.client != 0 && i->second.client != req.client)) {
+          reply->deliver(make_error(errc::invalid_argument,
+                                    "no open session " + std::to_string(req.session) + " on '" +
+                                      key + "' (finished, cancelled, or never opened by this "
+                                            "client)"));
+          return caf::delegated<tensor_map>{};
+        }
+        remote = i->second.remote;
+        if (req.op != session_op::push)
+          st.sessions->erase(i);
+      }
+      st.pending->insert(reply);
+      auto wait_ms = static_cast<uint32_t>(std::clamp<int64_t>(req.wait.count(), 0, 600000));
+      self
+        ->request(caf::actor_cast<caf::actor>(proxy), caf::infinite, remote_session_atom::value,
+                  key, static_cast<uint8_t>(req.op), remote, std::move(req.inputs), wait_ms)
+        .then(
+          [self, reply, op = req.op, client = req.client, ticket = req.ticket,
+           key](tensor_map& out) {
+            self->state.pending->erase(reply);
+            if (op == session_op::open) {
+              auto s = out.find("session");
+              if (s == out.end() || s->second.type() != dtype::u64 ||
+                  s->second.element_count() != 1) {
+                reply->deliver(make_error(errc::malformed_frame,
+                                          "the node answered an open without a session"));
+                return;
+              }
+              auto local = new_session_id();
+              (*self->state.sessions)[local] = {(*s->second.values<uint64_t>())[0], client};
+              out = session_answer(local);
+            }
+            reply->deliver(std::move(out));
+          },
+          [self, reply](caf::error& err) {
+            self->state.pending->erase(reply);
+            reply->deliver(as_modelreg_error(std::move(err), errc::unavailable, "the node"));
+          });
+      return caf::delegated<tensor_map>{};
     },
   };
 }
@@ -625,6 +698,56 @@ caf::behavior proxy(proxy_ptr self, std::string uri, node_address where, connect
                        rp.deliver(std::move(out.error()));
                    },
                    [rp](const caf::error& err) mutable { rp.deliver(err); }});
+      return rp;
+    },
+    [self](remote_session_atom, const std::string& key, uint8_t op, uint64_t session,
+           const tensor_map& inputs, uint32_t wait_ms) -> caf::result<tensor_map> {
+      auto rp = self->make_response_promise<tensor_map>();
+      auto kind = static_cast<session_op>(op);
+      call(
+        self,
+        [&](outgoing_frame& f, wire::Request::Builder r) -> caf::error {
+          switch (kind) {
+            case session_op::open: {
+              auto o = r.initOpenSession();
+              o.setKey(key);
+              o.setLease(self->state.direct->lease_for(key));
+              o.setWaitMs(wait_ms);
+              return {};
+            }
+            case session_op::push: {
+              auto p = r.initPush();
+              p.setSession(session);
+              return f.put_tensors(p.initInputs(static_cast<uint32_t>(inputs.size())), inputs);
+            }
+            case session_op::finish:
+              r.setFinishSession(session);
+              return {};
+            case session_op::cancel:
+              r.setCancelSession(session);
+              return {};
+          }
+          return make_error(errc::invalid_argument, "not a session request");
+        },
+        pending{[rp, kind](const frame_ptr& frame, wire::Response::Reader resp) mutable -> void {
+                  if (resp.isError()) {
+                    rp.deliver(transport::error_of(resp.getError()));
+                  } else if (kind == session_op::open) {
+                    if (resp.isSession())
+                      rp.deliver(session_answer(resp.getSession()));
+                    else
+                      rp.deliver(make_error(errc::malformed_frame, "expected a session"));
+                  } else if (kind == session_op::cancel) {
+                    rp.deliver(tensor_map{});
+                  } else {
+                    auto out = transport::outputs_of(frame);
+                    if (out)
+                      rp.deliver(std::move(*out));
+                    else
+                      rp.deliver(std::move(out.error()));
+                  }
+                },
+                [rp](const caf::error& err) mutable { rp.deliver(err); }});
       return rp;
     },
     [](release_atom, const model_handle& h) { return h.release(); },
