@@ -286,6 +286,8 @@ caf::behavior spreader(spreader_ptr self, std::shared_ptr<cluster_shared> sh, st
       caf::response_promise rp;
       if (!req.reply)
         rp = self->make_response_promise();
+      // A request still on its way to a copy whose member just left is
+      // dropped with its forwarder: `unavailable`, like those in flight there.
       req.reply = std::make_shared<reply_sink>(
         [in_flight = c.in_flight, rp, outer = req.reply](caf::expected<tensor_map> out) mutable {
           --*in_flight;
@@ -295,7 +297,10 @@ caf::behavior spreader(spreader_ptr self, std::shared_ptr<cluster_shared> sh, st
             rp.deliver(std::move(*out));
           else
             rp.deliver(std::move(out.error()));
-        });
+        },
+        std::function<bool()>{},
+        make_error(errc::unavailable, "'" + self->state.key + "': its copy on " + c.holder +
+                                        " went away; the next request places it again"));
       caf::anon_send(c.forward, std::move(req));
       return caf::delegated<tensor_map>{};
     },

@@ -975,7 +975,7 @@ front_actor::behavior_type instances_front(front_ptr self, instance_set_ptr set,
 
 reply_sink::~reply_sink() {
   if (!answered_.load())
-    deliver(went_down_error());
+    deliver(if_dropped_ ? std::move(if_dropped_) : went_down_error());
 }
 
 void reply_sink::deliver(caf::expected<tensor_map> result) {

@@ -69,8 +69,11 @@ public:
   /// `wanted`, if given, says whether anyone still waits for the answer (a
   /// peer's connection is open): a request nobody waits for any more is
   /// answered without running the model.
-  explicit reply_sink(function fn, std::function<bool()> wanted = {})
-    : fn_(std::move(fn)), wanted_(std::move(wanted)) {}
+  /// `if_dropped`, if set, is what the answer is when the sink is destroyed
+  /// unanswered (by default `model_crashed`: its model actor went down).
+  explicit reply_sink(function fn, std::function<bool()> wanted = {},
+                      caf::error if_dropped = {})
+    : fn_(std::move(fn)), wanted_(std::move(wanted)), if_dropped_(std::move(if_dropped)) {}
   ~reply_sink();
   reply_sink(const reply_sink&) = delete;
   reply_sink& operator=(const reply_sink&) = delete;
@@ -84,6 +87,7 @@ public:
 private:
   function fn_;
   std::function<bool()> wanted_;
+  caf::error if_dropped_;
   std::atomic<bool> answered_{false};
 };
 
