@@ -613,7 +613,7 @@ TEST_F(serve_test, CliCommandsAgainstALiveNode) {
   auto ls = run({"ls", "--json", sock, socket});
   ASSERT_EQ(ls.code, 0);
   auto names = nlohmann::json::parse(ls.out);
-  ASSERT_EQ(names.size(), 8u);
+  ASSERT_EQ(names.size(), 9u);
   EXPECT_EQ(names[0]["state"], "available");
 
   auto load = run({"load", "gain", "--json", sock, socket});
