@@ -293,10 +293,8 @@ caf::behavior spreader(spreader_ptr self, std::shared_ptr<cluster_shared> sh, st
           --*in_flight;
           if (outer)
             outer->deliver(std::move(out));
-          else if (out)
-            rp.deliver(std::move(*out));
           else
-            rp.deliver(std::move(out.error()));
+            deliver_outputs(rp, std::move(out));
         },
         std::function<bool()>{},
         make_error(errc::unavailable, "'" + self->state.key + "': its copy on " + c.holder +
@@ -346,10 +344,8 @@ caf::behavior spreader(spreader_ptr self, std::shared_ptr<cluster_shared> sh, st
                              holder);
           if (outer)
             outer->deliver(std::move(out));
-          else if (out)
-            rp.deliver(std::move(*out));
           else
-            rp.deliver(std::move(out.error()));
+            deliver_outputs(rp, std::move(out));
         });
       caf::anon_send(c->forward, std::move(req));
       return caf::delegated<tensor_map>{};

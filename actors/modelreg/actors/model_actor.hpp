@@ -93,6 +93,15 @@ private:
 
 using reply_sink_ptr = std::shared_ptr<reply_sink>;
 
+/// Answers `rp` with `out`: its outputs, or its error.
+template <class Promise>
+void deliver_outputs(Promise& rp, caf::expected<tensor_map> out) {
+  if (out)
+    rp.deliver(std::move(*out));
+  else
+    rp.deliver(std::move(out.error()));
+}
+
 /// The one message a model actor serves.
 struct infer_request {
   tensor_map inputs;

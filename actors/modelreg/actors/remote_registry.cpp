@@ -448,6 +448,22 @@ tensor_map session_answer(uint64_t id) {
   return {{"session", *tensor::from_values<uint64_t>({id})}};
 }
 
+/// Where the forwarder's answer to the current request goes: the request's
+/// own sink, else its CAF response. A message sent without a request (a
+/// session's cancel) gets a sink that drops the answer: a response promise
+/// would hold the forwarder while the forwarder held the promise, and the
+/// actor system would wait for it at exit.
+reply_sink_ptr answer_sink(model_actor::stateful_pointer<forwarder_state> self,
+                           reply_sink_ptr given) {
+  if (given)
+    return given;
+  if (!self->current_sender())
+    return std::make_shared<reply_sink>([](caf::expected<tensor_map>) {});
+  auto rp = self->make_response_promise<tensor_map>();
+  return std::make_shared<reply_sink>(
+    [rp](caf::expected<tensor_map> out) mutable { deliver_outputs(rp, std::move(out)); });
+}
+
 model_actor::behavior_type forwarder(model_actor::stateful_pointer<forwarder_state> self,
                                      registry_actor proxy, std::string key) {
   self->attach_functor([pending = self->state.pending, sessions = self->state.sessions, proxy,
@@ -463,17 +479,7 @@ model_actor::behavior_type forwarder(model_actor::stateful_pointer<forwarder_sta
   });
   return {
     [self, proxy, key](infer_request& req) -> caf::result<tensor_map> {
-      auto reply = req.reply;
-      if (!reply) {
-        auto rp = self->make_response_promise<tensor_map>();
-        reply = std::make_shared<reply_sink>(
-          [rp](caf::expected<tensor_map> out) mutable {
-            if (out)
-              rp.deliver(std::move(*out));
-            else
-              rp.deliver(std::move(out.error()));
-          });
-      }
+      auto reply = answer_sink(self, req.reply);
       self->state.pending->insert(reply);
       auto done = [self, reply, ticket = req.ticket](caf::expected<tensor_map> out) {
         self->state.pending->erase(reply);
@@ -488,20 +494,7 @@ model_actor::behavior_type forwarder(model_actor::stateful_pointer<forwarder_sta
     },
     [self, proxy, key](session_request& req) -> caf::result<tensor_map> {
       auto& st = self->state;
-      auto reply = req.reply;
-      if (!reply && !self->current_sender()) {
-        // Sent without a request (a cancel): nobody waits for the answer.
-        reply = std::make_shared<reply_sink>([](caf::expected<tensor_map>) {});
-      } else if (!reply) {
-        auto rp = self->make_response_promise<tensor_map>();
-        reply = std::make_shared<reply_sink>(
-          [rp](caf::expected<tensor_map> out) mutable {
-            if (out)
-              rp.deliver(std::move(*out));
-            else
-              rp.deliver(std::move(out.error()));
-          });
-      }
+      auto reply = answer_sink(self, req.reply);
       uint64_t remote = 0;
       if (req.op != session_op::open) {
         auto i = st.sessions->find(req.session);
@@ -691,11 +684,7 @@ caf::behavior proxy(proxy_ptr self, std::string uri, node_address where, connect
       auto rp = self->make_response_promise<tensor_map>();
       call(self, fill,
            pending{[rp](const frame_ptr& frame, wire::Response::Reader) mutable {
-                     auto out = transport::outputs_of(frame);
-                     if (out)
-                       rp.deliver(std::move(*out));
-                     else
-                       rp.deliver(std::move(out.error()));
+                     deliver_outputs(rp, transport::outputs_of(frame));
                    },
                    [rp](const caf::error& err) mutable { rp.deliver(err); }});
       return rp;
@@ -740,11 +729,7 @@ caf::behavior proxy(proxy_ptr self, std::string uri, node_address where, connect
                   } else if (kind == session_op::cancel) {
                     rp.deliver(tensor_map{});
                   } else {
-                    auto out = transport::outputs_of(frame);
-                    if (out)
-                      rp.deliver(std::move(*out));
-                    else
-                      rp.deliver(std::move(out.error()));
+                    deliver_outputs(rp, transport::outputs_of(frame));
                   }
                 },
                 [rp](const caf::error& err) mutable { rp.deliver(err); }});
