@@ -1,4 +1,5 @@
 #include "bench/protocol_bench.hpp"
+#include "bench/stats.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -43,13 +44,6 @@ int64_t now_ns() {
     .count();
 }
 
-double percentile(std::vector<uint32_t>& v, double q) {
-  if (v.empty())
-    return 0;
-  auto k = static_cast<size_t>(q * static_cast<double>(v.size() - 1));
-  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
-  return v[k];
-}
 
 /// The clients of one measurement, started and ready.
 struct client_group {
@@ -152,6 +146,7 @@ int run_protocol_bench_client(const std::string& protocol, const std::string& ad
   std::string line;
   std::getline(std::cin, line);
   auto switches = context_switches();
+  auto cpu = cpu_seconds();
   std::vector<std::vector<uint32_t>> lat(in_flight);
   std::vector<uint64_t> errors(in_flight), wrong(in_flight);
   std::vector<std::string> first_error(in_flight);
@@ -186,6 +181,7 @@ int run_protocol_bench_client(const std::string& protocol, const std::string& ad
     t.join();
   auto end = now_ns();
   switches = context_switches() - switches;
+  cpu = cpu_seconds() - cpu;
   std::ofstream out{latency_file, std::ios::binary};
   uint64_t n = 0, err = 0, bad = 0;
   std::string first;
@@ -206,7 +202,7 @@ int run_protocol_bench_client(const std::string& protocol, const std::string& ad
     caf::anon_send(*reg, shutdown_atom::value);
   std::cout << json{{"requests", n},        {"errors", err},       {"wrong", bad},
                     {"start_ns", start},    {"end_ns", end},       {"first_error", first},
-                    {"ctx_switches", switches}}
+                    {"ctx_switches", switches}, {"cpu_s", cpu}}
                  .dump()
             << std::endl;
   return 0;
@@ -262,6 +258,7 @@ std::string run_protocol_bench(const protocol_bench_options& opts) {
   };
   auto collect = [&](client_group& g, const std::string& protocol, size_t elements) -> json {
     uint64_t requests = 0, errors = 0, wrong = 0;
+    double cpu = 0;
     int64_t first_start = INT64_MAX, last_end = 0;
     std::string first_error;
     std::vector<uint32_t> latencies;
@@ -273,6 +270,7 @@ std::string run_protocol_bench(const protocol_bench_options& opts) {
       requests += j["requests"].get<uint64_t>();
       errors += j["errors"].get<uint64_t>();
       wrong += j["wrong"].get<uint64_t>();
+      cpu += j.value("cpu_s", 0.0);
       if (first_error.empty())
         first_error = j["first_error"].get<std::string>();
       first_start = std::min(first_start, j["start_ns"].get<int64_t>());
@@ -293,6 +291,8 @@ std::string run_protocol_bench(const protocol_bench_options& opts) {
            {"errors", errors},
            {"wrong_answers", wrong},
            {"req_per_s", secs > 0 ? static_cast<double>(requests) / secs : 0.0},
+           {"wall_s", secs},
+           {"clients_cpu_s", cpu},
            {"latency_us_p50", percentile(latencies, 0.5)},
            {"latency_us_p99", percentile(latencies, 0.99)}};
     if (!first_error.empty())
@@ -315,55 +315,92 @@ std::string run_protocol_bench(const protocol_bench_options& opts) {
       for (auto& c : g->procs)
         c->close_stdin();
       auto r = collect(*g, protocol, elements);
-      r["others"] = false;
+      r["others"] = "none";
       if (r.contains("req_per_s"))
         rate[protocol] = r["req_per_s"].get<double>();
       runs.push_back(std::move(r));
     }
     json ratio{{"bytes", elements * sizeof(float)}};
-    // The shared-memory clients again, with HTTP and gRPC clients running
-    // against the same node all the while (they start first, end after).
+    // The shared-memory clients again, in rounds of three runs: alone, with
+    // HTTP and gRPC clients connected but silent, and with those clients
+    // making requests all the while (they start first and end after). The
+    // machine drifts between runs by up to a fifth, so each condition's
+    // figure is the median over the rounds, and rounds interleave them.
     if (opts.mixed && rate.count("shm")) {
       auto half = std::max<size_t>(opts.clients / 2, 1);
-      auto others_http = start_clients("http", half, other_elements, 1u << 30, opts.others_hz);
-      auto others_grpc = start_clients("grpc", half, other_elements, 1u << 30, opts.others_hz);
-      if (!others_http || !others_grpc)
-        return fail("the other protocols' clients did not start");
-      for (auto& c : others_http->procs)
-        c->close_stdin();
-      for (auto& c : others_grpc->procs)
-        c->close_stdin();
-      auto g = start_clients("shm", opts.clients, elements, requests_for(elements));
-      if (!g)
-        return fail(describe(g.error()));
-      for (auto& c : g->procs)
-        c->close_stdin();
-      auto r = collect(*g, "shm", elements);
-      r["others"] = true;
-      auto with_others = r.value("req_per_s", 0.0);
-      for (auto* group : {&*others_http, &*others_grpc})
-        for (auto& c : group->procs)
-          c->kill(SIGKILL);
-      // shm alone once more, after: the machine drifts, so "without" is the
-      // mean of the runs before and after this one.
-      auto again = start_clients("shm", opts.clients, elements, requests_for(elements));
-      if (!again)
-        return fail(describe(again.error()));
-      for (auto& c : again->procs)
-        c->close_stdin();
-      auto after = collect(*again, "shm", elements);
-      after["others"] = false;
-      after["repeat"] = true;
-      if (after.contains("req_per_s"))
-        rate["shm"] = (rate["shm"] + after["req_per_s"].get<double>()) / 2;
-      ratio["shm_with_others_over_without"] = with_others / rate["shm"];
-      r["other_clients"] = {{"http", half},
-                            {"grpc", half},
-                            {"connections_each", opts.in_flight},
-                            {"requests_per_s_per_connection", opts.others_hz},
-                            {"bytes", other_elements * sizeof(float)}};
-      runs.push_back(std::move(r));
-      runs.push_back(std::move(after));
+      std::map<std::string, std::vector<double>> by_condition;
+      std::vector<double> others_share;
+      for (size_t round = 0; round < opts.rounds; ++round) {
+        for (std::string condition : {"none", "connected", "busy"}) {
+          std::optional<client_group> others_http, others_grpc;
+          if (condition != "none") {
+            // Silent ones get ready (connected, one warm-up call each) and
+            // never get the word to start.
+            double hz = condition == "busy" ? opts.others_hz : 0;
+            auto h = start_clients("http", half, other_elements, 1u << 30, hz);
+            auto g = start_clients("grpc", half, other_elements, 1u << 30, hz);
+            if (!h || !g)
+              return fail("the other protocols' clients did not start");
+            others_http = std::move(*h);
+            others_grpc = std::move(*g);
+            if (condition == "busy")
+              for (auto* group : {&*others_http, &*others_grpc})
+                for (auto& c : group->procs)
+                  c->close_stdin();
+          }
+          // At least 1500 requests a client: a run of a fraction of a
+          // second (1 MiB) is all noise.
+          auto g = start_clients("shm", opts.clients, elements,
+                                 std::max<uint64_t>(requests_for(elements), 1500));
+          if (!g)
+            return fail(describe(g.error()));
+          // CPU time over the shm run: the node's and the others' processes'.
+          auto others_cpu = [&] {
+            double sum = 0;
+            for (auto* group : {&others_http, &others_grpc})
+              if (*group)
+                for (auto& c : (*group)->procs)
+                  sum += cpu_seconds(c->pid());
+            return sum;
+          };
+          auto node_cpu0 = cpu_seconds(node.pid()), others_cpu0 = others_cpu();
+          for (auto& c : g->procs)
+            c->close_stdin();
+          auto r = collect(*g, "shm", elements);
+          r["node_cpu_s"] = cpu_seconds(node.pid()) - node_cpu0;
+          r["others_cpu_s"] = others_cpu() - others_cpu0;
+          r["others"] = condition;
+          r["round"] = round + 1;
+          if (condition != "none")
+            r["other_clients"] = {{"http", half},
+                                  {"grpc", half},
+                                  {"connections_each", opts.in_flight},
+                                  {"requests_per_s_per_connection",
+                                   condition == "busy" ? opts.others_hz : 0.0},
+                                  {"bytes", other_elements * sizeof(float)}};
+          for (auto* group : {&others_http, &others_grpc})
+            if (*group)
+              for (auto& c : (*group)->procs)
+                c->kill(SIGKILL);
+          if (r.contains("req_per_s")) {
+            by_condition[condition].push_back(r["req_per_s"].get<double>());
+            // The share of the machine's CPU the other clients' processes
+            // took while shm ran: what shm cannot have, however the node
+            // schedules its own threads.
+            auto cores = std::max(1u, std::thread::hardware_concurrency());
+            if (condition == "busy" && r.value("wall_s", 0.0) > 0)
+              others_share.push_back(r["others_cpu_s"].get<double>() /
+                                     (r["wall_s"].get<double>() * cores));
+          }
+          runs.push_back(std::move(r));
+        }
+      }
+      auto alone = percentile(by_condition["none"], 0.5);
+      if (alone > 0) {
+        ratio["shm_connected_over_alone"] = percentile(by_condition["connected"], 0.5) / alone;
+        ratio["shm_busy_over_alone"] = percentile(by_condition["busy"], 0.5) / alone;
+        ratio["others_cpu_share_busy"] = percentile(others_share, 0.5);
+      }
     }
     if (rate.count("shm") && rate["shm"] > 0)
       for (const auto& [p, v] : rate)

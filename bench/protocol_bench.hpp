@@ -20,17 +20,20 @@ struct protocol_bench_options {
   uint64_t requests = 20000;
   size_t in_flight = 4;
   std::string model = "echo";
-  /// Also run the shared-memory clients while HTTP and gRPC clients (half
-  /// as many of each) are connected to the same node, each connection making
-  /// 4 KiB requests at `others_hz` ("with and without them").
+  /// Also run the shared-memory clients in `rounds` rounds of three: alone,
+  /// while HTTP and gRPC clients (half as many of each, `in_flight`
+  /// connections each) are connected and silent, and while those make 4 KiB
+  /// requests at `others_hz` per connection ("with and without them").
   bool mixed = true;
   double others_hz = 20;
+  size_t rounds = 3;
 };
 
 /// One JSON object: {"runs": [{protocol, bytes, clients, requests, errors,
-/// wrong_answers, req_per_s, latency_us_p50, latency_us_p99, others}], and
-/// per size the ratio shm : grpc : http of req/s and shm's req/s with the
-/// others over without}.
+/// wrong_answers, req_per_s, latency_us_p50, latency_us_p99, others ("none",
+/// "connected" or "busy"), round}], and per size the ratios of req/s: grpc
+/// and http over shm, and shm's medians with the others connected and busy
+/// over its median alone}.
 std::string run_protocol_bench(const protocol_bench_options& opts);
 
 /// A client process (`modelreg __bench-protocol-client`): `in_flight`

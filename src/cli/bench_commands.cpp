@@ -72,17 +72,20 @@ int run_protocols(modelreg::bench::protocol_bench_options popts, bool json_out) 
   } else {
     std::printf("protocols: %zu clients x %zu in flight, model '%s'\n", popts.clients,
                 popts.in_flight, popts.model.c_str());
-    std::printf("  %-5s %9s %7s %12s %10s %10s %s\n", "door", "bytes", "others", "req/s",
-                "p50 us", "p99 us", "errors");
+    std::printf("  %-5s %9s %-12s %12s %10s %10s %s\n", "door", "bytes", "others",
+                "req/s", "p50 us", "p99 us", "errors");
     for (const auto& r : j["runs"]) {
       if (r.contains("error")) {
         std::printf("  %-5s %s\n", r["protocol"].get<std::string>().c_str(),
                     r["error"].get<std::string>().c_str());
         continue;
       }
-      std::printf("  %-5s %9zu %7s %12.0f %10.0f %10.0f %llu\n",
+      auto others = r["others"].get<std::string>();
+      if (r.contains("round"))
+        others += " (" + std::to_string(r["round"].get<size_t>()) + ")";
+      std::printf("  %-5s %9zu %-12s %12.0f %10.0f %10.0f %llu\n",
                   r["protocol"].get<std::string>().c_str(), r["bytes"].get<size_t>(),
-                  r["others"].get<bool>() ? "yes" : r.value("repeat", false) ? "no, again" : "no",
+                  others.c_str(),
                   r["req_per_s"].get<double>(),
                   r["latency_us_p50"].get<double>(), r["latency_us_p99"].get<double>(),
                   r["errors"].get<unsigned long long>());
@@ -139,7 +142,15 @@ command bench_serve(CLI::App* bench) {
                   "shm is measured with them (default 20)")
     ->check(CLI::Range(0.1, 100000.0))
     ->type_name("HZ");
-  return command{sub, [opts, json, protocols, elements_given, sub, others_rate] {
+  auto rounds = std::make_shared<size_t>(3);
+  add_count(sub, "--rounds", *rounds,
+            "with --protocol: rounds of shm alone, with the others connected and with them busy "
+            "(default 3; each figure is the median over the rounds)",
+            1, 100);
+  return command{sub, [opts, json, protocols, elements_given, sub, others_rate, rounds] {
+    for (const auto* flag : {"--others-rate", "--rounds"})
+      if (sub->count(flag) > 0 && protocols->empty())
+        return usage_error(std::string{"bench serve: "} + flag + " is for --protocol");
     if (!protocols->empty()) {
       modelreg::bench::protocol_bench_options p;
       p.protocols = *protocols;
@@ -156,6 +167,7 @@ command bench_serve(CLI::App* bench) {
       if (sub->count("--quick") > 0)
         p.requests = 500;
       p.others_hz = *others_rate;
+      p.rounds = *rounds;
       p.mixed = protocols->size() > 1 &&
                 std::find(protocols->begin(), protocols->end(), "shm") != protocols->end();
       if (sub->count("--stalled-peer") > 0)

@@ -469,7 +469,8 @@ int run_serve(serve_options o) {
     rcfg.max_concurrent_loads = 0;
     rcfg.spare_copy = cluster->spare_copy();
   }
-  auto registry = spawn_registry(sys, rcfg);
+  auto ready_models = make_ready_table();
+  auto registry = spawn_registry(sys, rcfg, ready_models);
   gateway_options gopts;
   gopts.catalog = rcfg.catalog->names();
   gopts.catalog_details = rcfg.catalog->describe_json(*backends);
@@ -564,6 +565,7 @@ int run_serve(serve_options o) {
     so.metrics = rcfg.metrics;
     so.endpoint = ep;
     so.version = MODELREG_VERSION;
+    so.ready_models = ready_models;
     protocol = std::make_shared<oip::service>(sys, registry, so);
     auto fail = [&](const std::string& what, const caf::error& err) {
       std::cerr << "modelreg serve: cannot listen on " << what << ": " << describe(err) << "\n";

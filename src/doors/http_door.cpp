@@ -74,7 +74,8 @@ struct request {
   bool has_header_length = false;
   bool too_large = false;
   bool dispatched = false;
-  std::optional<answer> ready; ///< set under the door's lock
+  /// Makes the answer; set under the door's lock, called on the door's thread.
+  std::function<answer()> ready;
   answer sent;                 ///< kept alive while libmicrohttpd sends it
 };
 
@@ -141,26 +142,31 @@ struct http_door::core : std::enable_shared_from_this<http_door::core> {
     MHD_suspend_connection(r->conn);
   }
 
-  /// The answer of a parked request, from any thread.
-  void finish(const request_ptr& r, answer a) {
+  /// The answer of a parked request, from any thread: `make` runs on the
+  /// door's thread that resumes it.
+  void finish(const request_ptr& r, std::function<answer()> make) {
     std::lock_guard guard{mu};
     if (!live || suspended.erase(r) == 0)
       return; // the door stopped (and answered it already)
-    r->ready = std::move(a);
+    r->ready = std::move(make);
     MHD_resume_connection(r->conn);
   }
 
   /// A callback that finishes `r` with what `encode` makes of a result.
+  /// The callback runs on the thread that has the result (a model's, which
+  /// the shared-memory path needs), so it only keeps the result; the
+  /// encoding (JSON of every element, for one) runs on the door's thread.
   template <class T, class F>
   std::function<void(T)> finisher(const request_ptr& r, F encode) {
     return [self = shared_from_this(), r, encode = std::move(encode)](T result) {
-      answer a;
-      try {
-        a = encode(std::move(result));
-      } catch (const std::exception& e) {
-        a = error_answer(500, std::string{"cannot encode the answer: "} + e.what());
-      }
-      self->finish(r, std::move(a));
+      auto held = std::make_shared<T>(std::move(result));
+      self->finish(r, [encode, held]() -> answer {
+        try {
+          return encode(std::move(*held));
+        } catch (const std::exception& e) {
+          return error_answer(500, std::string{"cannot encode the answer: "} + e.what());
+        }
+      });
     };
   }
 
@@ -268,9 +274,9 @@ MHD_Result on_request(void* cls, MHD_Connection* conn, const char* url, const ch
     return MHD_YES;
   }
   if (r->ready) {
-    auto a = std::move(*r->ready);
-    r->ready.reset();
-    return self->send(*r, std::move(a));
+    auto make = std::move(r->ready);
+    r->ready = nullptr;
+    return self->send(*r, make());
   }
   if (r->dispatched)
     return MHD_YES;
@@ -617,7 +623,7 @@ void http_door::stop() {
     // libmicrohttpd may not stop with suspended connections: each gets its
     // answer now.
     for (const auto& r : c.suspended) {
-      r->ready = error_answer(503, "shutting_down: the node is stopping");
+      r->ready = [] { return error_answer(503, "shutting_down: the node is stopping"); };
       MHD_resume_connection(r->conn);
     }
     c.suspended.clear();

@@ -4,7 +4,11 @@
 #include <future>
 #include <thread>
 
+#include <caf/scoped_actor.hpp>
+
 #include "actors/registry_fixture.hpp"
+#include "modelreg/actors/detail/entry_block.hpp"
+#include "modelreg/actors/detail/supervisor.hpp"
 
 namespace modelreg::test {
 namespace {
@@ -223,6 +227,65 @@ TEST_F(eviction_test, FastPathHitsNeverReceiveAModelBeingEvicted) {
   auto snap = snapshot();
   EXPECT_EQ(snap.totals.hits + snap.totals.misses + snap.totals.coalesced, 800u);
   EXPECT_EQ(static_cast<uint64_t>(runs->load()), snap.totals.misses);
+}
+
+TEST_F(eviction_test, TicketsWithoutAHandleNeverReachAModelBeingEvicted) {
+  // The HTTP and gRPC doors' path: a loaded model from the supervisor's
+  // table, a ticket instead of a handle, the request straight to the model
+  // actor, while the TTL sweep evicts the model whenever it is idle.
+  rcfg.idle_ttl = 1ms;
+  auto table = make_ready_table();
+  auto reg = spawn_registry(sys, rcfg, table);
+  auto x = tensor::from_values<float>({1.f});
+  std::atomic<int> failures{0}, on_ticket{0}, loads_asked{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&] {
+      caf::scoped_actor self{sys};
+      for (int i = 0; i < 200; ++i) {
+        request_ticket ticket;
+        std::optional<model_actor> actor;
+        if (auto block = table->find("hot"))
+          if ((ticket = detail::try_ticket(block)))
+            actor = block->actor;
+        if (!ticket) {
+          ++loads_asked;
+          self->request(reg, 10s, get_or_load_atom::value, std::string{"hot"},
+                        counting_loader(runs))
+            .receive([](model_handle&) {}, [&](caf::error&) { ++failures; });
+          continue;
+        }
+        ++on_ticket;
+        std::promise<caf::expected<tensor_map>> answer;
+        auto sink = std::make_shared<reply_sink>(
+          [&answer](caf::expected<tensor_map> out) { answer.set_value(std::move(out)); });
+        caf::anon_send(*actor, infer_request{{{"x", *x}}, std::move(ticket), nullptr, sink, 0});
+        sink.reset();
+        if (!answer.get_future().get())
+          ++failures;
+      }
+    });
+  for (auto& t : threads)
+    t.join();
+  caf::anon_send_exit(reg, caf::exit_reason::user_shutdown);
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_GT(on_ticket.load(), 0);
+  EXPECT_GT(loads_asked.load(), 0);
+}
+
+TEST(ticket_test, AClosedBlockGivesNoTicketAndATicketKeepsItOpen) {
+  auto block = std::make_shared<detail::entry_block>("k", 1, model_actor{}, caf::weak_actor_ptr{},
+                                                     "", 0, nullptr, 0);
+  {
+    auto ticket = detail::try_ticket(block);
+    ASSERT_TRUE(ticket);
+    EXPECT_EQ(block->in_flight.load(), 1);
+    EXPECT_FALSE(block->try_close()); // a request is on it
+  }
+  EXPECT_EQ(block->in_flight.load(), 0);
+  ASSERT_TRUE(block->try_close());
+  EXPECT_FALSE(detail::try_ticket(block));
+  EXPECT_EQ(block->in_flight.load(), 0);
 }
 
 } // namespace

@@ -5,6 +5,7 @@ whose stubs are generated here from the checked-in .proto), Prometheus
 promtool, bad input on every door, and systemd readiness and socket
 activation. Every process and file a test makes is removed when it ends."""
 import json
+import threading
 import os
 import re
 import shutil
@@ -742,6 +743,33 @@ def test_an_admin_http_door_unloads_and_a_model_in_use_is_busy(folder):
         assert eventually(lambda: curl_json(url + "/v2/repository/models/gain/unload",
                                             "-X", "POST") == (200, {}))
         assert curl_json(url + "/v2/models/gain/ready")[0] == 503
+        # Infers race unloads: a door sends a request straight to a loaded
+        # model's actor, or loads it first; none may reach a model that left.
+        body = json.dumps({"inputs": [{"name": "audio", "datatype": "FP32", "shape": [2],
+                                       "data": [1, 3]}]})
+        answers = []
+
+        def infer_many():
+            for _ in range(30):
+                answers.append(curl_json(url + "/v2/models/gain/infer", "-d", body))
+
+        callers = [threading.Thread(target=infer_many) for _ in range(2)]
+        for t in callers:
+            t.start()
+        unloaded = 0
+        while any(t.is_alive() for t in callers):
+            st, _ = curl_json(url + "/v2/repository/models/gain/unload", "-X", "POST")
+            assert st in (200, 409)  # 409: a request was on it just then
+            unloaded += st == 200
+        for t in callers:
+            t.join()
+        assert len(answers) == 60
+        for st, out in answers:
+            assert st == 200, out
+            assert out["outputs"][0]["data"] == [0.5, 1.5]
+        assert unloaded > 0
+        assert eventually(lambda: curl_json(url + "/v2/repository/models/gain/unload",
+                                            "-X", "POST") == (200, {}))
         # Unloading what is not loaded is no error.
         assert curl_json(url + "/v2/repository/models/gain/unload", "-X", "POST") == (200, {})
     finally:

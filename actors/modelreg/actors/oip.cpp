@@ -4,6 +4,8 @@
 #include <caf/event_based_actor.hpp>
 #include <caf/send.hpp>
 
+#include "modelreg/actors/detail/entry_block.hpp"
+#include "modelreg/actors/detail/supervisor.hpp"
 #include "modelreg/messages/error.hpp"
 
 namespace modelreg::oip {
@@ -188,6 +190,7 @@ service::~service() {
 
 void service::stop() {
   ready_.store(false);
+  stopped_.store(true);
   if (impl_->actor) {
     caf::anon_send_exit(impl_->actor, caf::exit_reason::user_shutdown);
     impl_->actor = nullptr;
@@ -257,6 +260,21 @@ void service::model_ready(const std::string& model,
 void service::infer(const std::string& model, tensor_map inputs, uint64_t client,
                     std::function<void(caf::expected<tensor_map>)> done) {
   auto cb = make_once<caf::expected<tensor_map>>(std::move(done));
+  // A loaded model: straight to its actor from the caller's thread (a
+  // door's), with a ticket that keeps it from eviction until it answers:
+  // no hop through this service's actor or the supervisor.
+  if (const auto& shared = options_.ready_models; shared && !stopped_.load()) {
+    if (auto block = shared->find(model)) {
+      if (auto ticket = detail::try_ticket(block)) {
+        shared->fast_hits.fetch_add(1, std::memory_order_relaxed);
+        auto sink = std::make_shared<reply_sink>(
+          [cb](caf::expected<tensor_map> out) { (*cb)(std::move(out)); });
+        caf::anon_send(block->actor,
+                       infer_request{std::move(inputs), std::move(ticket), nullptr, sink, client});
+        return;
+      }
+    }
+  }
   auto in = std::make_shared<tensor_map>(std::move(inputs));
   post([reg = registry_, model, in, client, cb](caf::event_based_actor* self) {
     // By name, as a shared-memory peer's Infer by key: a catalog name loads

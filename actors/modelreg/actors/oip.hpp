@@ -69,6 +69,11 @@ struct service_options {
   /// The node's shared-memory endpoint, for its figures in /metrics.
   std::weak_ptr<transport::endpoint> endpoint;
   std::string version;
+  /// The registry's loaded models, as its supervisor publishes them
+  /// (spawn_registry with a `registry_shared`): infer on a loaded model then
+  /// goes from the door's thread straight to the model actor. Null: every
+  /// infer asks the supervisor.
+  std::shared_ptr<detail::registry_shared> ready_models;
 };
 
 class service {
@@ -124,6 +129,7 @@ private:
   service_options options_;
   std::shared_ptr<impl> impl_;
   std::atomic<bool> ready_{false};
+  std::atomic<bool> stopped_{false};
   std::atomic<uint64_t> next_client_{0};
 };
 

@@ -125,4 +125,10 @@ registry_actor spawn_registry(caf::actor_system& sys, registry_config cfg = {});
 registry_actor spawn_registry(caf::actor_system& sys, registry_config cfg,
                               std::shared_ptr<detail::registry_shared> shared);
 
+/// An empty table of loaded models for `spawn_registry` to publish into:
+/// code that holds it (the HTTP and gRPC doors, through
+/// oip::service_options::ready_models) can send a request to a loaded model
+/// without asking the supervisor.
+std::shared_ptr<detail::registry_shared> make_ready_table();
+
 } // namespace modelreg

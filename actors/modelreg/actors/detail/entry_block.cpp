@@ -63,4 +63,19 @@ request_ticket make_ticket(const entry_ptr& block) {
   return std::make_shared<in_flight_guard>(block);
 }
 
+request_ticket try_ticket(const entry_ptr& block) noexcept {
+  block->in_flight.fetch_add(1);
+  if (block->closed.load()) {
+    block->in_flight.fetch_sub(1);
+    return nullptr;
+  }
+  block->touch();
+  try {
+    return std::make_shared<in_flight_guard>(block, std::adopt_lock);
+  } catch (...) {
+    block->in_flight.fetch_sub(1);
+    return nullptr;
+  }
+}
+
 } // namespace modelreg::detail

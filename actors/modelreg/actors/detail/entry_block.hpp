@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include <caf/actor_control_block.hpp>
@@ -112,6 +113,8 @@ using entry_ptr = std::shared_ptr<entry_block>;
 class in_flight_guard {
 public:
   explicit in_flight_guard(entry_ptr block) noexcept;
+  /// Takes over a count already added to `block->in_flight`.
+  in_flight_guard(entry_ptr block, std::adopt_lock_t) noexcept : block_(std::move(block)) {}
   ~in_flight_guard();
   in_flight_guard(const in_flight_guard&) = delete;
   in_flight_guard& operator=(const in_flight_guard&) = delete;
@@ -122,5 +125,10 @@ private:
 
 /// A ticket for one request against `block`.
 request_ticket make_ticket(const entry_ptr& block);
+
+/// A ticket for one request without a handle (the HTTP and gRPC doors' fast
+/// path), unless `block` is closed: null then. It pairs with `try_close` as
+/// `try_acquire` does, so a model is never evicted under it.
+request_ticket try_ticket(const entry_ptr& block) noexcept;
 
 } // namespace modelreg::detail

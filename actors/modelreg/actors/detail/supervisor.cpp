@@ -730,4 +730,8 @@ registry_actor spawn_registry(caf::actor_system& sys, registry_config cfg) {
   return spawn_registry(sys, std::move(cfg), nullptr);
 }
 
+std::shared_ptr<detail::registry_shared> make_ready_table() {
+  return std::make_shared<detail::registry_shared>();
+}
+
 } // namespace modelreg
