@@ -206,25 +206,28 @@ std::string voice_catalog(const std::string& asr, size_t instances) {
 /// PSS of the node and of the processes serving `model` (zygote and instances).
 struct node_memory {
   uint64_t pss = 0;
+  /// Its parts: the node's own process, zygotes, instance processes.
+  uint64_t node_process = 0, zygotes = 0, instance_processes = 0;
   uint64_t instances = 0;
   std::vector<uint64_t> private_bytes;
 };
 
 node_memory measure_node(const private_node& node, const std::string& model) {
   node_memory m;
-  m.pss = pss_bytes(node.process->pid());
+  m.node_process = pss_bytes(node.process->pid());
   auto status = node_status(node.uri());
   for (const auto& e : status["models"]) {
     if (e.value("zygote_pid", int64_t{0}) > 0)
-      m.pss += pss_bytes(static_cast<int>(e["zygote_pid"].get<int64_t>()));
+      m.zygotes += pss_bytes(static_cast<int>(e["zygote_pid"].get<int64_t>()));
     for (const auto& p : e.value("processes", nlohmann::json::array())) {
-      m.pss += pss_bytes(static_cast<int>(p["pid"].get<int64_t>()));
+      m.instance_processes += pss_bytes(static_cast<int>(p["pid"].get<int64_t>()));
       if (e["key"] == model)
         m.private_bytes.push_back(p["private_bytes"].get<uint64_t>());
     }
     if (e["key"] == model)
       m.instances = e.value("instances", uint64_t{1});
   }
+  m.pss = m.node_process + m.zygotes + m.instance_processes;
   return m;
 }
 
@@ -311,6 +314,9 @@ std::string run_streams_bench(const std::string& self_path, size_t streams,
                         {"instances", mem.instances},
                         {"extra_instance_pss_mib", quantile(privates, 0.5)},
                         {"node_pss_mib", mib(mem.pss)},
+                        {"node_process_pss_mib", mib(mem.node_process)},
+                        {"zygote_pss_mib", mib(mem.zygotes)},
+                        {"instances_pss_mib", mib(mem.instance_processes)},
                         {"clients_pss_mib", mib(clients_pss)},
                         {"separate_pss_mib", mib(separate)},
                         {"reduction", reduction}}
