@@ -44,7 +44,6 @@ int64_t now_ns() {
     .count();
 }
 
-
 /// The clients of one measurement, started and ready.
 struct client_group {
   std::vector<std::unique_ptr<child_process>> procs;
