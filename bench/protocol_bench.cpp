@@ -331,21 +331,22 @@ std::string run_protocol_bench(const protocol_bench_options& opts) {
       std::vector<double> others_share;
       for (size_t round = 0; round < opts.rounds; ++round) {
         for (std::string condition : {"none", "connected", "busy"}) {
-          std::optional<client_group> others_http, others_grpc;
+          // The other doors' client processes, HTTP and gRPC alike.
+          std::vector<std::unique_ptr<child_process>> others;
           if (condition != "none") {
             // Silent ones get ready (connected, one warm-up call each) and
             // never get the word to start.
             double hz = condition == "busy" ? opts.others_hz : 0;
-            auto h = start_clients("http", half, other_elements, 1u << 30, hz);
-            auto g = start_clients("grpc", half, other_elements, 1u << 30, hz);
-            if (!h || !g)
-              return fail("the other protocols' clients did not start");
-            others_http = std::move(*h);
-            others_grpc = std::move(*g);
+            for (const char* door : {"http", "grpc"}) {
+              auto group = start_clients(door, half, other_elements, 1u << 30, hz);
+              if (!group)
+                return fail("the other protocols' clients did not start");
+              for (auto& c : group->procs)
+                others.push_back(std::move(c));
+            }
             if (condition == "busy")
-              for (auto* group : {&*others_http, &*others_grpc})
-                for (auto& c : group->procs)
-                  c->close_stdin();
+              for (auto& c : others)
+                c->close_stdin();
           }
           // At least 1500 requests a client: a run of a fraction of a
           // second (1 MiB) is all noise.
@@ -356,10 +357,8 @@ std::string run_protocol_bench(const protocol_bench_options& opts) {
           // CPU time over the shm run: the node's and the others' processes'.
           auto others_cpu = [&] {
             double sum = 0;
-            for (auto* group : {&others_http, &others_grpc})
-              if (*group)
-                for (auto& c : (*group)->procs)
-                  sum += cpu_seconds(c->pid());
+            for (auto& c : others)
+              sum += cpu_seconds(c->pid());
             return sum;
           };
           auto node_cpu0 = cpu_seconds(node.pid()), others_cpu0 = others_cpu();
@@ -377,10 +376,8 @@ std::string run_protocol_bench(const protocol_bench_options& opts) {
                                   {"requests_per_s_per_connection",
                                    condition == "busy" ? opts.others_hz : 0.0},
                                   {"bytes", other_elements * sizeof(float)}};
-          for (auto* group : {&others_http, &others_grpc})
-            if (*group)
-              for (auto& c : (*group)->procs)
-                c->kill(SIGKILL);
+          for (auto& c : others)
+            c->kill(SIGKILL);
           if (r.contains("req_per_s")) {
             by_condition[condition].push_back(r["req_per_s"].get<double>());
             // The share of the machine's CPU the other clients' processes

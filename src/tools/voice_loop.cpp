@@ -205,9 +205,9 @@ std::string voice_catalog(const std::string& asr, size_t instances) {
 
 /// PSS of the node and of the processes serving `model` (zygote and instances).
 struct node_memory {
-  uint64_t pss = 0;
-  /// Its parts: the node's own process, zygotes, instance processes.
+  /// The parts: the node's own process, zygotes, instance processes.
   uint64_t node_process = 0, zygotes = 0, instance_processes = 0;
+  uint64_t pss() const { return node_process + zygotes + instance_processes; }
   uint64_t instances = 0;
   std::vector<uint64_t> private_bytes;
 };
@@ -227,7 +227,6 @@ node_memory measure_node(const private_node& node, const std::string& model) {
     if (e["key"] == model)
       m.instances = e.value("instances", uint64_t{1});
   }
-  m.pss = m.node_process + m.zygotes + m.instance_processes;
   return m;
 }
 
@@ -298,7 +297,7 @@ std::string run_streams_bench(const std::string& self_path, size_t streams,
   for (auto b : mem.private_bytes)
     privates.push_back(mib(b));
   double reduction =
-    separate > 0 ? 1.0 - static_cast<double>(mem.pss + clients_pss) / static_cast<double>(separate)
+    separate > 0 ? 1.0 - static_cast<double>(mem.pss() + clients_pss) / static_cast<double>(separate)
                  : 0.0;
   return nlohmann::json{{"streams", streams},
                         {"model", model},
@@ -313,7 +312,7 @@ std::string run_streams_bench(const std::string& self_path, size_t streams,
                         {"transcripts_right", right},
                         {"instances", mem.instances},
                         {"extra_instance_pss_mib", quantile(privates, 0.5)},
-                        {"node_pss_mib", mib(mem.pss)},
+                        {"node_pss_mib", mib(mem.pss())},
                         {"node_process_pss_mib", mib(mem.node_process)},
                         {"zygote_pss_mib", mib(mem.zygotes)},
                         {"instances_pss_mib", mib(mem.instance_processes)},
@@ -536,11 +535,11 @@ int run_voice_demo(const voice_demo_options& opts) {
               mem.private_bytes.empty() ? 0.0 : mib(mem.private_bytes[mem.private_bytes.size() / 2]));
   std::printf("\nMemory (proportional set size, measured)\n");
   std::printf("  node, zygote, instances and %zu pipeline nodes: %7.1f MiB\n", opts.nodes,
-              mib(mem.pss + clients_pss));
+              mib(mem.pss() + clients_pss));
   std::printf("  %zu processes with their own recogniser:        %7.1f MiB\n", opts.nodes,
               mib(separate));
   if (separate > 0)
-    std::printf("  saved: %.0f%%\n", 100.0 * (1.0 - static_cast<double>(mem.pss + clients_pss) /
+    std::printf("  saved: %.0f%%\n", 100.0 * (1.0 - static_cast<double>(mem.pss() + clients_pss) /
                                                       static_cast<double>(separate)));
   bool ok = recordings_right && wer_ok && (kept_up || !opts.require_keep_up) && loads == 2;
   if (!kept_up && !opts.require_keep_up)
