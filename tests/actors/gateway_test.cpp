@@ -222,6 +222,92 @@ TEST_F(gateway_test, AnInferOnALeaseTheConnectionDoesNotHoldIsRefusedAndTheConne
   (*other)->close();
 }
 
+/// A session step (push, finish or cancel) on `on` (default: `client`).
+caf::expected<frame_ptr> step(rpc_client& on, wire::Request::Which op, uint64_t session,
+                              const tensor_map& inputs = {}) {
+  return on.call([&](outgoing_frame& f, wire::Request::Builder req) -> caf::error {
+    switch (op) {
+      case wire::Request::PUSH: {
+        auto p = req.initPush();
+        p.setSession(session);
+        return f.put_tensors(p.initInputs(static_cast<uint32_t>(inputs.size())), inputs);
+      }
+      case wire::Request::FINISH_SESSION:
+        req.setFinishSession(session);
+        return {};
+      default:
+        req.setCancelSession(session);
+        return {};
+    }
+  });
+}
+
+/// Output `name` of an answer (-1 if it has none).
+int64_t output_of(const caf::expected<frame_ptr>& reply, const std::string& name) {
+  if (!has_outputs(reply))
+    return -1;
+  auto outputs = (*reply)->tensors((*reply)->root().getResponse().getOutputs());
+  if (!outputs || outputs->count(name) == 0)
+    return -1;
+  return (*outputs->at(name).values<int64_t>())[0];
+}
+
+TEST_F(gateway_test, SessionStepsOnASessionTheConnectionDidNotOpenOrEndedAreRefusedAndItGoesOn) {
+  model_spec spec{"identity", {{"streaming", "true"}}};
+  spec.instances = 2;
+  auto h = sut->get_or_load("s", spec);
+  ASSERT_TRUE(h) << describe(h.error());
+  auto open = [](rpc_client& on) -> uint64_t {
+    auto r = on.call([](outgoing_frame&, wire::Request::Builder req) -> caf::error {
+      req.initOpenSession().setKey("s");
+      return {};
+    });
+    return r && (*r)->root().getResponse().isSession() ? (*r)->root().getResponse().getSession()
+                                                       : 0;
+  };
+  auto mine = open(*client);
+  ASSERT_NE(mine, 0u);
+  auto x = client->connection()->allocate_tensor(dtype::f32, {3});
+  ASSERT_TRUE(x);
+  EXPECT_EQ(output_of(step(*client, wire::Request::PUSH, mine, {{"x", *x}}), "count"), 1);
+  auto refused = static_cast<uint8_t>(errc::invalid_argument);
+  // Forged: never opened by anyone.
+  EXPECT_EQ(error_code_of(step(*client, wire::Request::PUSH, mine + 1000, {{"x", *x}})), refused);
+  // Foreign: another connection may not push to, finish or cancel it.
+  auto other = rpc_client::connect(client_ep, path);
+  ASSERT_TRUE(other) << describe(other.error());
+  auto y = (*other)->connection()->allocate_tensor(dtype::f32, {3});
+  ASSERT_TRUE(y);
+  EXPECT_EQ(error_code_of(step(**other, wire::Request::PUSH, mine, {{"x", *y}})), refused);
+  EXPECT_EQ(error_code_of(step(**other, wire::Request::FINISH_SESSION, mine)), refused);
+  EXPECT_EQ(error_code_of(step(**other, wire::Request::CANCEL_SESSION, mine)), refused);
+  // ... and its owner goes on where it was.
+  EXPECT_EQ(output_of(step(*client, wire::Request::PUSH, mine, {{"x", *x}}), "count"), 2);
+  // A chunk the model cannot take (no tensor): refused, the session goes on.
+  EXPECT_EQ(error_code_of(step(*client, wire::Request::PUSH, mine)), refused);
+  auto final = step(*client, wire::Request::FINISH_SESSION, mine);
+  EXPECT_EQ(output_of(final, "count"), 2);
+  // Ended: every later step is refused.
+  EXPECT_EQ(error_code_of(step(*client, wire::Request::PUSH, mine, {{"x", *x}})), refused);
+  EXPECT_EQ(error_code_of(step(*client, wire::Request::FINISH_SESSION, mine)), refused);
+  // Cancelled: the same.
+  auto next = open(*client);
+  ASSERT_NE(next, 0u);
+  auto cancelled = step(*client, wire::Request::CANCEL_SESSION, next);
+  ASSERT_TRUE(cancelled) << describe(cancelled.error());
+  EXPECT_TRUE((*cancelled)->root().getResponse().isOk());
+  EXPECT_EQ(error_code_of(step(*client, wire::Request::PUSH, next, {{"x", *x}})), refused);
+  // Both instances are free again: two sessions open at once.
+  auto a = open(*client);
+  auto b = open(**other);
+  ASSERT_NE(a, 0u);
+  ASSERT_NE(b, 0u);
+  EXPECT_EQ(output_of(step(**other, wire::Request::PUSH, b, {{"x", *y}}), "count"), 1);
+  // A connection that closes ends its sessions: its instance serves another.
+  (*other)->close();
+  EXPECT_TRUE(eventually([&] { return open(*client) != 0; }));
+}
+
 TEST_F(gateway_test, AModelActorThatDiesUnderLeasedRequestsStillAnswersEachOne) {
   auto g = std::make_shared<gate>();
   auto model = std::make_shared<counted_model>();

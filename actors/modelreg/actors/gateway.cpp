@@ -1,5 +1,6 @@
 #include "modelreg/actors/gateway.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <functional>
 #include <map>
@@ -95,11 +96,8 @@ struct peer {
   bool subscribed = false;
   peer_role role = peer_role::infer;
   std::shared_ptr<peer_counter> counter = std::make_shared<peer_counter>();
-  /// Its open streaming sessions: session id -> the model's handle (which
-  /// keeps the model loaded while the session lives).
-  std::map<uint64_t, model_handle> sessions;
   /// Opens sent to a model and not answered yet (they count against the
-  /// session limit).
+  /// session limit with the peer's open sessions, which the core holds).
   size_t opening = 0;
 };
 
@@ -107,15 +105,18 @@ struct peer {
 
 namespace detail {
 
-/// What the gateway shares with the threads that serve inferences on a
-/// lease without it (each connection's loop thread, and the model actors
-/// that send the answers): the leases it handed out, the in-flight counts
-/// and whether it is stopping. The gateway writes the lease table (on
-/// loads, releases, closed connections); those threads read it.
+/// What the gateway shares with the threads that serve inferences and
+/// session steps without it (each connection's loop thread, and the model
+/// actors that send the answers): the leases it handed out, the sessions
+/// its peers opened, the in-flight counts and whether it is stopping. The
+/// gateway adds leases and sessions (on loads and opens) and removes them
+/// when a peer goes; a loop thread reads them, and ends a session its peer
+/// finishes or cancels.
 struct gateway_core {
+  /// A lease, or an open session: who holds it, and how to answer them.
   struct lease_entry {
     uint64_t peer = 0;
-    model_handle handle;
+    model_handle handle; // a session's keeps its model loaded while it lives
     std::shared_ptr<peer_link> link;
     std::shared_ptr<peer_counter> counter;
   };
@@ -131,7 +132,8 @@ struct gateway_core {
   std::atomic<uint64_t> by_key{0};
 
   std::mutex mutex;
-  std::unordered_map<uint64_t, lease_entry> leases; // lease id -> holder
+  std::unordered_map<uint64_t, lease_entry> leases;   // lease id -> holder
+  std::unordered_map<uint64_t, lease_entry> sessions; // session id -> holder
 
   /// The entry of `lease` if `peer` holds it.
   std::optional<lease_entry> find(uint64_t lease, uint64_t peer_id) {
@@ -170,7 +172,7 @@ struct gateway_core {
 
   /// Gives back every lease of `peer`; how many there were.
   size_t remove_peer(uint64_t peer_id) {
-    std::vector<lease_entry> gone;
+    std::vector<lease_entry> gone; // released outside the lock
     std::lock_guard guard{mutex};
     for (auto i = leases.begin(); i != leases.end();) {
       if (i->second.peer == peer_id) {
@@ -181,6 +183,45 @@ struct gateway_core {
       }
     }
     return gone.size();
+  }
+
+  void add_session(uint64_t session, lease_entry e) {
+    std::lock_guard guard{mutex};
+    sessions.emplace(session, std::move(e));
+  }
+
+  /// The entry of `session` if `peer` opened it; with `end`, it ends here
+  /// (a finish or cancel: later steps are refused).
+  std::optional<lease_entry> find_session(uint64_t session, uint64_t peer_id, bool end) {
+    std::lock_guard guard{mutex};
+    auto i = sessions.find(session);
+    if (i == sessions.end() || i->second.peer != peer_id)
+      return std::nullopt;
+    std::optional<lease_entry> e{i->second};
+    if (end)
+      sessions.erase(i);
+    return e;
+  }
+
+  size_t sessions_of(uint64_t peer_id) {
+    std::lock_guard guard{mutex};
+    return static_cast<size_t>(std::count_if(sessions.begin(), sessions.end(),
+                                             [&](const auto& s) { return s.second.peer == peer_id; }));
+  }
+
+  /// Ends every session of `peer`: their ids and handles.
+  std::vector<std::pair<uint64_t, lease_entry>> remove_peer_sessions(uint64_t peer_id) {
+    std::vector<std::pair<uint64_t, lease_entry>> gone;
+    std::lock_guard guard{mutex};
+    for (auto i = sessions.begin(); i != sessions.end();) {
+      if (i->second.peer == peer_id) {
+        gone.emplace_back(i->first, std::move(i->second));
+        i = sessions.erase(i);
+      } else {
+        ++i;
+      }
+    }
+    return gone;
   }
 };
 
@@ -224,12 +265,14 @@ private:
 
 using flight = std::shared_ptr<flight_guard>;
 
-/// A flight for one more request of a peer, or `overloaded` past its limit.
-caf::expected<flight> take_flight(const core_ptr& core, const std::shared_ptr<peer_counter>& c) {
+/// A flight for one more request of a peer, or `overloaded` past its limit
+/// (unless `limited` is false: a request whose number is bounded otherwise).
+caf::expected<flight> take_flight(const core_ptr& core, const std::shared_ptr<peer_counter>& c,
+                                  bool limited = true) {
   auto before = c->in_flight.fetch_add(1);
   core->in_flight.fetch_add(1);
   auto f = std::make_shared<flight_guard>(core, c);
-  if (before >= core->max_in_flight_per_peer)
+  if (limited && before >= core->max_in_flight_per_peer)
     return make_error(errc::overloaded,
                       std::to_string(before) +
                         " requests of this connection are in flight (the limit, "
@@ -441,11 +484,91 @@ lease_outcome infer_on_lease(const core_ptr& core, uint64_t peer_id, const frame
   return lease_outcome::handled;
 }
 
+/// A session's push, finish or cancel, on the thread that decoded the
+/// frame: straight to the session's model, whose thread answers. Frames of
+/// one connection are decoded in order on one thread, so its steps reach
+/// the model in order, and a finish ends the session before a later push
+/// is looked up.
+lease_outcome step_session(const core_ptr& core, uint64_t peer_id, const frame_ptr& frame,
+                           const std::function<std::shared_ptr<peer_link>()>& link) {
+  auto root = frame->root();
+  if (!root.isRequest())
+    return lease_outcome::not_mine;
+  auto request = root.getRequest();
+  uint64_t session = 0;
+  session_op op{};
+  switch (request.which()) {
+    case wire::Request::PUSH:
+      session = request.getPush().getSession();
+      op = session_op::push;
+      break;
+    case wire::Request::FINISH_SESSION:
+      session = request.getFinishSession();
+      op = session_op::finish;
+      break;
+    case wire::Request::CANCEL_SESSION:
+      session = request.getCancelSession();
+      op = session_op::cancel;
+      break;
+    default:
+      return lease_outcome::not_mine;
+  }
+  auto id = request.getId();
+  if (core->stopping.load()) {
+    respond_error(*link(), id, make_error(errc::shutting_down, "the node is shutting down"));
+    return lease_outcome::handled;
+  }
+  auto s = core->find_session(session, peer_id, op != session_op::push);
+  if (!s) {
+    respond_error(*link(), id, no_session(session));
+    return lease_outcome::handled;
+  }
+  if (op == session_op::cancel) {
+    session_request cancel;
+    cancel.op = session_op::cancel;
+    cancel.session = session;
+    cancel.client = peer_id;
+    caf::anon_send(s->handle.actor(), std::move(cancel));
+    respond_ok(*s->link, id);
+    return lease_outcome::handled;
+  }
+  // A finish is not refused for the limit: the session has ended here, and
+  // a peer has at most max_sessions_per_peer of them.
+  auto f = take_flight(core, s->counter, op == session_op::push);
+  if (!f) {
+    respond_error(*s->link, id, f.error());
+    return lease_outcome::handled;
+  }
+  tensor_map inputs;
+  if (op == session_op::push) {
+    // Views of the sender's memory: the model reads the chunk in place.
+    auto chunk = frame->tensors(request.getPush().getInputs());
+    if (!chunk) {
+      respond_error(*s->link, id, chunk.error());
+      return lease_outcome::handled;
+    }
+    inputs = std::move(*chunk);
+  }
+  session_step(s->handle, op, session, peer_id, s->link, id, std::move(inputs), std::move(*f));
+  return lease_outcome::handled;
+}
+
+/// What a connection's thread serves itself: infers on a lease and session
+/// steps. The rest is the gateway's business (`not_mine`), or the
+/// registry's (`by_key`).
+lease_outcome serve_on_thread(const core_ptr& core, uint64_t peer_id, const frame_ptr& frame,
+                              const std::function<std::shared_ptr<peer_link>()>& link) {
+  auto done = infer_on_lease(core, peer_id, frame, link);
+  if (done == lease_outcome::not_mine)
+    done = step_session(core, peer_id, frame, link);
+  return done;
+}
+
 void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) {
   auto& st = self->state;
   auto& p = st.peers[peer_id];
   auto link = p.link;
-  if (infer_on_lease(st.core, peer_id, frame, [link] { return link; }) == lease_outcome::handled)
+  if (serve_on_thread(st.core, peer_id, frame, [link] { return link; }) == lease_outcome::handled)
     return;
   auto request = frame->root().getRequest();
   auto id = request.getId();
@@ -619,10 +742,11 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
     }
     case wire::Request::OPEN_SESSION: {
       auto r = request.getOpenSession();
-      if (p.sessions.size() + p.opening >= st.options.max_sessions_per_peer) {
+      auto open_now = st.core->sessions_of(peer_id);
+      if (open_now + p.opening >= st.options.max_sessions_per_peer) {
         respond_error(*link, id,
                       make_error(errc::quota_exceeded,
-                                 "this connection has " + std::to_string(p.sessions.size()) +
+                                 "this connection has " + std::to_string(open_now + p.opening) +
                                    " sessions open (at most " +
                                    std::to_string(st.options.max_sessions_per_peer) + ")"));
         return f->done();
@@ -659,7 +783,7 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
                 caf::anon_send(h.actor(), std::move(cancel));
                 return f->done();
               }
-              i->second.sessions.emplace(session, h);
+              st.core->add_session(session, {peer_id, h, link, i->second.counter});
               auto frame = link->new_frame();
               auto resp = frame.root().initResponse();
               resp.setId(id);
@@ -696,46 +820,6 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
               });
       return;
     }
-    case wire::Request::PUSH:
-    case wire::Request::FINISH_SESSION: {
-      bool push = request.isPush();
-      auto session = push ? request.getPush().getSession() : request.getFinishSession();
-      auto i = p.sessions.find(session);
-      if (i == p.sessions.end()) {
-        respond_error(*link, id, no_session(session));
-        return f->done();
-      }
-      tensor_map inputs;
-      if (push) {
-        auto chunk = frame->tensors(request.getPush().getInputs());
-        if (!chunk) {
-          respond_error(*link, id, chunk.error());
-          return f->done();
-        }
-        inputs = std::move(*chunk);
-      }
-      auto h = i->second;
-      if (!push)
-        p.sessions.erase(i);
-      return session_step(h, push ? session_op::push : session_op::finish, session, peer_id, link,
-                          id, std::move(inputs), std::move(f));
-    }
-    case wire::Request::CANCEL_SESSION: {
-      auto session = request.getCancelSession();
-      auto i = p.sessions.find(session);
-      if (i == p.sessions.end()) {
-        respond_error(*link, id, no_session(session));
-        return f->done();
-      }
-      session_request cancel;
-      cancel.op = session_op::cancel;
-      cancel.session = session;
-      cancel.client = peer_id;
-      caf::anon_send(i->second.actor(), std::move(cancel));
-      p.sessions.erase(i);
-      respond_ok(*link, id);
-      return f->done();
-    }
     default:
       respond_error(*link, id, make_error(errc::unsupported, "request not supported"));
       return f->done();
@@ -753,12 +837,12 @@ void drop_peer(gateway_ptr self, uint64_t peer_id, const char* why) {
     return;
   auto n = self->state.core->remove_peer(peer_id);
   // Its sessions end with it: their instances are free for the others.
-  for (auto& [session, h] : i->second.sessions) {
+  for (auto& [session, e] : self->state.core->remove_peer_sessions(peer_id)) {
     session_request cancel;
     cancel.op = session_op::cancel;
     cancel.session = session;
     cancel.client = peer_id;
-    caf::anon_send(h.actor(), std::move(cancel));
+    caf::anon_send(e.handle.actor(), std::move(cancel));
   }
   self->state.peers.erase(i);
   log::get("modelreg.gateway")->info("peer {} {}: released {} leases", peer_id, why, n);
@@ -790,9 +874,10 @@ gateway_impl::behavior_type gateway(gateway_ptr self, registry_actor registry,
   // However the gateway ends, leased frames are refused and the leases go.
   self->attach_functor([core] {
     core->stopping.store(true);
-    std::unordered_map<uint64_t, gateway_core::lease_entry> gone;
+    std::unordered_map<uint64_t, gateway_core::lease_entry> gone, ended;
     std::lock_guard guard{core->mutex};
     gone.swap(core->leases);
+    ended.swap(core->sessions);
   });
   self->set_down_handler([self](caf::down_msg& dm) {
     auto& ids = self->state.remote_ids;
@@ -897,15 +982,16 @@ caf::error listen_with(const gateway_actor& gw, Listen listen) {
   }
   if (!core)
     return make_error(errc::unavailable, "the gateway is not running");
-  // The loop thread hands an Infer on a lease straight to the model actor
-  // (the model's thread answers); everything else goes to the gateway.
+  // The loop thread hands an Infer on a lease, and a session's steps,
+  // straight to the model actor (the model's thread answers); everything
+  // else goes to the gateway.
   caf::weak_actor_ptr weak = caf::actor_cast<caf::weak_actor_ptr>(gw);
   return listen(
     [weak, core](const connection_ptr& conn, frame_ptr frame) {
       auto own_link = [&conn]() -> std::shared_ptr<peer_link> {
         return std::make_shared<shm_link>(conn);
       };
-      if (infer_on_lease(core, conn->id(), frame, own_link) == lease_outcome::handled)
+      if (serve_on_thread(core, conn->id(), frame, own_link) == lease_outcome::handled)
         return;
       if (auto strong = weak.lock())
         caf::anon_send(caf::actor_cast<gateway_actor>(strong), inbound_atom::value, conn,

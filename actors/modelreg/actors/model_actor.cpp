@@ -534,14 +534,24 @@ caf::behavior instance_worker(caf::stateful_actor<worker_state>* self, caf::acto
     },
     [self](session_request& req) -> caf::result<tensor_map> {
       auto& st = self->state;
-      if (!st.instance)
-        return make_error(errc::model_crashed, "the session's instance died");
+      if (!st.instance) {
+        auto err = make_error(errc::model_crashed, "the session's instance died");
+        if (req.reply) {
+          req.reply->deliver(std::move(err));
+          return tensor_map{};
+        }
+        return err;
+      }
       auto started = detail::steady_now_ns();
       auto out = run_session(self, req);
       if (req.op == session_op::push)
         record(*st.instance, *st.stats, started, out ? nullptr : &out.error());
       req.inputs.clear();
       lost_instance(self, out);
+      if (req.reply) {
+        req.reply->deliver(std::move(out));
+        return tensor_map{};
+      }
       if (!out)
         return std::move(out.error());
       return std::move(*out);
@@ -804,24 +814,29 @@ caf::result<tensor_map> session_step(front_ptr self, session_request& req) {
   auto id = req.session;
   auto op = req.op;
   caf::typed_response_promise<tensor_map> promise;
-  if (!req.reply)
+  bool own_reply = req.reply != nullptr;
+  if (own_reply) {
+    // The worker answers the caller itself (one hop less per chunk); the
+    // request keeps its ticket until then. If its instance dies, the front
+    // hears `instance_lost` first and ends the session.
+    caf::anon_send(st.slots[slot].worker, std::move(req));
+  } else {
     promise = self->make_response_promise<tensor_map>();
-  auto reply = req.reply;
-  req.reply = nullptr;
-  auto ticket = std::move(req.ticket);
-  self->request(st.slots[slot].worker, caf::infinite, std::move(req))
-    .then(
-      [promise, reply, ticket](tensor_map& out) mutable {
-        deliver_session(reply, promise, std::move(out));
-      },
-      [self, id, promise, reply, ticket](caf::error& err) mutable {
-        // An instance that died takes its session with it.
-        if (is(err, errc::model_crashed)) {
-          end_session(self, id);
-          publish(self);
-        }
-        deliver_session(reply, promise, std::move(err));
-      });
+    auto ticket = std::move(req.ticket);
+    self->request(st.slots[slot].worker, caf::infinite, std::move(req))
+      .then(
+        [promise, ticket](tensor_map& out) mutable {
+          deliver_session(nullptr, promise, std::move(out));
+        },
+        [self, id, promise, ticket](caf::error& err) mutable {
+          // An instance that died takes its session with it.
+          if (is(err, errc::model_crashed)) {
+            end_session(self, id);
+            publish(self);
+          }
+          deliver_session(nullptr, promise, std::move(err));
+        });
+  }
   if (op == session_op::finish || op == session_op::cancel) {
     // Later requests of this session are refused; the instance is free for
     // what comes next. Only now: what comes next (an open waiting for an
@@ -831,7 +846,7 @@ caf::result<tensor_map> session_step(front_ptr self, session_request& req) {
     dispatch(self);
   }
   publish(self);
-  if (reply)
+  if (own_reply)
     return caf::delegated<tensor_map>{};
   return promise;
 }
@@ -923,7 +938,11 @@ front_actor::behavior_type instances_front(front_ptr self, instance_set_ptr set,
       dispatch(self);
     },
     [self](instance_lost_atom, size_t i) {
-      self->state.slots[i].ready = false;
+      // Its process died: so did the stream of the session pinned to it.
+      auto& st = self->state;
+      st.slots[i].ready = false;
+      if (auto session = st.slots[i].session; session != 0)
+        end_session(self, session);
       publish(self);
     },
     [self](session_request& req) -> caf::result<tensor_map> {
