@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <future>
 
+#include <nlohmann/json.hpp>
+
 #include "actors/registry_fixture.hpp"
 #include "modelreg/actors/gateway.hpp"
 #include "modelreg/transport/rpc.hpp"
@@ -220,6 +222,62 @@ TEST_F(gateway_test, AnInferOnALeaseTheConnectionDoesNotHoldIsRefusedAndTheConne
   ASSERT_NE(again, 0u);
   EXPECT_TRUE(has_outputs(infer_on(again, "m", {{"x", *x}})));
   (*other)->close();
+}
+
+TEST_F(gateway_test, AQuickModelIsRunByTheThreadThatDecodedTheRequestAndCountedAsAnyOther) {
+  auto status = [&] {
+    auto r = client->call([](outgoing_frame&, wire::Request::Builder req) -> caf::error {
+      req.setStatus();
+      return {};
+    });
+    return r && (*r)->root().getResponse().isStatusJson()
+             ? nlohmann::json::parse((*r)->root().getResponse().getStatusJson().cStr())
+             : nlohmann::json{};
+  };
+  auto run_here = [&] { return status()["gateway"]["requests_run_here"].get<uint64_t>(); };
+  auto model_status = [&](const std::string& key) {
+    for (const auto& m : snapshot().models)
+      if (m.key == key)
+        return m;
+    return modelreg::model_status{};
+  };
+  auto requests_of = [&](const std::string& key) { return model_status(key).requests; };
+  // gain: quick and thread-safe.
+  auto quick = lease_of(get_or_load("gain", {"gain", {{"gain", "2"}}}));
+  ASSERT_NE(quick, 0u);
+  auto audio = client->connection()->allocate_tensor(dtype::f32, {4});
+  ASSERT_TRUE(audio);
+  for (size_t i = 0; i < 4; ++i)
+    (*audio->mutable_values<float>())[i] = static_cast<float>(i);
+  for (int n = 0; n < 3; ++n) {
+    auto out = infer_on(quick, "gain", {{"audio", *audio}});
+    ASSERT_TRUE(has_outputs(out));
+    auto t = (*out)->tensors((*out)->root().getResponse().getOutputs());
+    ASSERT_TRUE(t);
+    EXPECT_EQ((*t->at("audio").values<float>())[3], 6.f);
+  }
+  EXPECT_EQ(run_here(), 3u);
+  EXPECT_EQ(requests_of("gain"), 3u) << "a request run here is counted in the model's status";
+  // Its error is the model's, typed; the connection goes on.
+  EXPECT_EQ(error_code_of(infer_on(quick, "gain", {{"not-audio", *audio}})),
+            static_cast<uint8_t>(errc::invalid_argument));
+  EXPECT_EQ(run_here(), 4u);
+  EXPECT_EQ(model_status("gain").errors, 1u);
+  // Inputs over quick_max_input_bytes go to the model actor.
+  auto big = client->connection()->allocate_tensor(
+    dtype::f32, {static_cast<int64_t>(quick_max_input_bytes / sizeof(float) + 1)});
+  ASSERT_TRUE(big);
+  EXPECT_TRUE(has_outputs(infer_on(quick, "gain", {{"audio", *big}})));
+  EXPECT_EQ(run_here(), 4u);
+  EXPECT_EQ(requests_of("gain"), 5u);
+  // A model that is not thread-safe always goes to its actor.
+  auto serial = lease_of(get_or_load("serial", {"identity", {}}));
+  ASSERT_NE(serial, 0u);
+  auto x = client->connection()->allocate_tensor(dtype::f32, {2});
+  ASSERT_TRUE(x);
+  EXPECT_TRUE(has_outputs(infer_on(serial, "serial", {{"x", *x}})));
+  EXPECT_EQ(run_here(), 4u);
+  EXPECT_EQ(requests_of("serial"), 1u);
 }
 
 /// A session step (push, finish or cancel) on `on` (default: `client`).

@@ -254,6 +254,66 @@ TEST_F(registry_test, ModelSpecLoadsABuiltinBackendThatDoesRealWork) {
             (std::vector<float>{2.f, -4.f, 0.5f}));
 }
 
+/// Quick and thread-safe: a caller's thread may run it. Throws on "throw".
+class quick_model final : public model {
+public:
+  caf::expected<tensor_map> infer(const tensor_map& inputs, tensor_allocator&) override {
+    if (inputs.count("throw") != 0)
+      throw std::runtime_error("asked to throw");
+    return inputs;
+  }
+  uint64_t memory_bytes() const override { return 1; }
+  model_capabilities capabilities() const override {
+    model_capabilities caps;
+    caps.thread_safe = true;
+    caps.quick = true;
+    return caps;
+  }
+  std::string describe() const override { return "quick"; }
+};
+
+TEST_F(registry_test, AQuickModelRunsOnTheCallersThreadOnlyWhereItMay) {
+  auto& reg = start();
+  auto h = reg.get_or_load("gain2", model_spec{"gain", {{"gain", "2"}}});
+  ASSERT_TRUE(h) << describe(h.error());
+  auto in = tensor::from_values<float>({1.f, -2.f, 0.25f});
+  auto out = h->try_infer_here({{"audio", *in}}, heap_allocator());
+  ASSERT_TRUE(out.has_value()) << "gain is quick and thread-safe";
+  ASSERT_TRUE(*out) << describe(out->error());
+  auto values = (*out)->at("audio").values<float>();
+  EXPECT_EQ(std::vector<float>(values->begin(), values->end()),
+            (std::vector<float>{2.f, -4.f, 0.5f}));
+  // Over quick_max_input_bytes: the caller sends it to the actor instead.
+  auto big = tensor::allocate(dtype::f32, {static_cast<int64_t>(quick_max_input_bytes / 4 + 1)});
+  EXPECT_FALSE(h->try_infer_here({{"audio", *big}}, heap_allocator()).has_value());
+  // Counted as the actor counts: one request, its latency.
+  EXPECT_EQ(snapshot().models.at(0).requests, 1u);
+  // A model that throws answers the caller with a typed error, counted.
+  auto q = reg.get_or_load("q", [] { return model_ptr{std::make_shared<quick_model>()}; });
+  ASSERT_TRUE(q);
+  auto thrown = q->try_infer_here({{"throw", *in}}, heap_allocator());
+  ASSERT_TRUE(thrown.has_value());
+  ASSERT_FALSE(*thrown);
+  EXPECT_TRUE(is(thrown->error(), errc::infer_failed)) << describe(thrown->error());
+  EXPECT_TRUE(q->try_infer_here({{"x", *in}}, heap_allocator()).value());
+  for (const auto& m : snapshot().models)
+    if (m.key == "q") {
+      EXPECT_EQ(m.requests, 2u);
+      EXPECT_EQ(m.errors, 1u);
+    }
+  // Not where it may not: a model that is not thread-safe, or batched, and
+  // a released handle.
+  auto serial = reg.get_or_load("serial", model_spec{"identity", {}});
+  auto batched = reg.get_or_load("batched", model_spec{"identity", {{"thread_safe", "true"},
+                                                                     {"batchable", "true"}}});
+  ASSERT_TRUE(serial && batched);
+  EXPECT_FALSE(serial->try_infer_here({{"x", *in}}, heap_allocator()).has_value());
+  EXPECT_FALSE(batched->try_infer_here({{"x", *in}}, heap_allocator()).has_value());
+  auto released = *q;
+  ASSERT_TRUE(released.release());
+  EXPECT_FALSE(released.try_infer_here({{"x", *in}}, heap_allocator()).has_value());
+}
+
 TEST_F(registry_test, ModelSpecWithUnknownBackendOrBadParameterIsRejected) {
   auto& reg = start();
   auto unknown = reg.get_or_load("x", model_spec{"no-such-backend", {}});

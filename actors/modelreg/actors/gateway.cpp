@@ -130,6 +130,8 @@ struct gateway_core {
   /// through the registry.
   std::atomic<uint64_t> on_lease{0};
   std::atomic<uint64_t> by_key{0};
+  /// Of those on a lease: run by the thread that decoded them (quick models).
+  std::atomic<uint64_t> quick{0};
 
   std::mutex mutex;
   std::unordered_map<uint64_t, lease_entry> leases;   // lease id -> holder
@@ -408,12 +410,24 @@ caf::error check_limits(const gateway_options& opts, wire::Request::Reader reque
   return {};
 }
 
-/// Hands a decoded Infer request to the model actor of `lease`, with a
-/// reply sink that encodes and sends the answer from the model's thread.
+/// Runs a decoded Infer request on the model of `lease`: here, if the model
+/// is quick (this thread encodes and sends the answer), else through its
+/// actor, with a reply sink that encodes and sends the answer from the
+/// model's thread.
 void infer_direct(gateway_core& core, const gateway_core::lease_entry& lease, uint64_t id,
                   tensor_map inputs, flight f) {
   core.on_lease.fetch_add(1, std::memory_order_relaxed);
   auto link = lease.link;
+  auto alloc = link->allocator();
+  if (auto out = lease.handle.try_infer_here(inputs, alloc ? *alloc : heap_allocator())) {
+    core.quick.fetch_add(1, std::memory_order_relaxed);
+    inputs.clear(); // the caller's memory goes back before the answer
+    if (*out)
+      respond_outputs(*link, id, **out);
+    else
+      respond_error(*link, id, out->error());
+    return f->done();
+  }
   auto sink = std::make_shared<reply_sink>([link, id, f](caf::expected<tensor_map> out) {
     if (out)
       respond_outputs(*link, id, *out);
@@ -690,6 +704,7 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
             auto json = nlohmann::json::parse(to_json(snap));
             json["connections"] = self->state.peers.size();
             json["gateway"] = {{"requests_on_lease", self->state.core->on_lease.load()},
+                               {"requests_run_here", self->state.core->quick.load()},
                                {"requests_by_key", self->state.core->by_key.load()}};
             json["catalog"] = self->state.options.catalog;
             if (!self->state.options.catalog_details.empty())

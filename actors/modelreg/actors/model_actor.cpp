@@ -1040,4 +1040,16 @@ model_actor spawn_model_actor(caf::actor_system& sys, model_ptr m,
     sys.spawn(serial_model, std::move(m), std::move(stats), options.max_queue));
 }
 
+namespace detail {
+
+caf::expected<tensor_map> run_quick(entry_block& block, const tensor_map& inputs,
+                                    tensor_allocator& out) {
+  auto started = steady_now_ns();
+  auto result = call_model(*block.quick, inputs, out);
+  record(*block.quick, *block.stats, started, result ? nullptr : &result.error());
+  return result;
+}
+
+} // namespace detail
+
 } // namespace modelreg

@@ -46,6 +46,24 @@ request_ticket model_handle::ticket() const {
   return lease_ ? detail::make_ticket(lease_->block()) : nullptr;
 }
 
+std::optional<caf::expected<tensor_map>>
+model_handle::try_infer_here(const tensor_map& inputs, tensor_allocator& out) const {
+  if (!lease_ || lease_->released())
+    return std::nullopt;
+  const auto& block = lease_->block();
+  if (!block->quick || block->retired.load())
+    return std::nullopt;
+  uint64_t bytes = 0;
+  for (const auto& [name, t] : inputs)
+    bytes += t.nbytes();
+  if (bytes > quick_max_input_bytes)
+    return std::nullopt;
+  // The handle keeps the model from eviction; the ticket counts the request
+  // as in flight (an unload waits for it) and marks the model used.
+  auto in_flight = detail::make_ticket(block);
+  return detail::run_quick(*block, inputs, out);
+}
+
 bool model_handle::release() const {
   return lease_ && lease_->release();
 }

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <caf/allowed_unsafe_message_type.hpp>
@@ -63,6 +64,15 @@ public:
 
   /// A ticket that counts one request as in flight (see model_actor.hpp).
   request_ticket ticket() const;
+
+  /// Runs the model on the calling thread, if its backend says it is quick
+  /// and thread-safe (model_capabilities::quick) and `inputs` are at most
+  /// `quick_max_input_bytes`: its outputs or its error, counted in its
+  /// statistics. Nothing otherwise (or for a released handle, or a model
+  /// that left the registry): send the request to `actor()`. The node's
+  /// transport threads call it for every request on a lease.
+  std::optional<caf::expected<tensor_map>> try_infer_here(const tensor_map& inputs,
+                                                          tensor_allocator& out) const;
 
   /// Gives the lease back now, for every copy. Returns false if it was
   /// already released. Later calls through any copy fail with

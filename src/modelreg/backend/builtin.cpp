@@ -162,6 +162,7 @@ public:
   model_capabilities capabilities() const override {
     model_capabilities caps{thread_safe_, delay_.count() > 0, batchable_};
     caps.streaming = streaming_;
+    caps.quick = delay_.count() == 0;
     return caps;
   }
   std::string describe() const override { return "identity"; }
@@ -205,7 +206,9 @@ public:
   }
   uint64_t memory_bytes() const override { return sizeof(*this) + memory_.size(); }
   model_capabilities capabilities() const override {
-    return {true, delay_.count() > 0, batchable_};
+    model_capabilities caps{true, delay_.count() > 0, batchable_};
+    caps.quick = delay_.count() == 0;
+    return caps;
   }
   std::string describe() const override { return fmt::format("gain(x{})", gain_); }
 

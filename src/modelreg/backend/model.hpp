@@ -36,7 +36,17 @@ struct model_capabilities {
   /// results (sessions; docs/instances.md). A stream holds the model object
   /// until it is finished, so such a model is never shared between threads.
   bool streaming = false;
+  /// `infer` takes microseconds (a copy, a scale: no I/O, no waiting, work
+  /// in proportion to small inputs). With `thread_safe` (and neither
+  /// `blocking`, `batchable` nor `streaming`), the node's transport thread
+  /// that decoded a request runs such a model itself on inputs of at most
+  /// `quick_max_input_bytes`, instead of handing it to the model actor and
+  /// back: two thread hand-offs fewer.
+  bool quick = false;
 };
+
+/// The most input bytes a quick model runs on a transport thread with.
+inline constexpr uint64_t quick_max_input_bytes = 64 * 1024;
 
 /// One streaming session on a model object: input arrives in chunks; each
 /// push answers what the model has so far (a partial result), and finish

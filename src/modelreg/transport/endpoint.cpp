@@ -184,6 +184,9 @@ struct connection::state {
   bool handshaken = false;
   bool final_drain = false; // the ring was emptied once after end-of-file
   bool closing = false;
+  /// How long the next spin on the empty ring lasts (adapts; see
+  /// endpoint_options::spin). Zero until the first one.
+  std::chrono::microseconds spin{0};
   std::shared_ptr<endpoint::handlers> handlers;
   connection_ptr keep_alive; // until the poll handles are closed
 };
@@ -1163,13 +1166,21 @@ void endpoint::on_doorbell(const connection_ptr& conn, const std::shared_ptr<han
       return;
     }
     // Spin briefly: a busy peer's next frame usually arrives within it.
-    auto until = std::chrono::steady_clock::now() + options_.spin;
+    // Longer while that keeps paying off, shorter while it does not.
+    auto longest = options_.spin;
+    auto shortest = std::min(std::max(longest / 16, std::chrono::microseconds{1}), longest);
+    if (st.spin < shortest)
+      st.spin = shortest;
+    auto until = std::chrono::steady_clock::now() + st.spin;
     // Yield while spinning: on two cores the thread that will produce the
     // next frame may need this one.
     while (!conn->reader_.ready() && std::chrono::steady_clock::now() < until)
       std::this_thread::yield();
-    if (conn->reader_.ready())
+    if (conn->reader_.ready()) {
+      st.spin = std::min(st.spin * 2, longest);
       continue;
+    }
+    st.spin = std::max(st.spin / 2, shortest);
     if (conn->reader_.arm())
       return; // sleep until the peer's next `ring` datagram
   }

@@ -10,7 +10,7 @@ namespace modelreg::detail {
 entry_block::entry_block(std::string key, uint64_t generation, model_actor actor,
                          caf::weak_actor_ptr supervisor, std::string description,
                          uint64_t memory_bytes, std::shared_ptr<model_stats> stats,
-                         int64_t load_time_us, uint64_t lease_id)
+                         int64_t load_time_us, uint64_t lease_id, model_ptr quick)
   : key(std::move(key)),
     generation(generation),
     lease_id(lease_id),
@@ -19,7 +19,8 @@ entry_block::entry_block(std::string key, uint64_t generation, model_actor actor
     description(std::move(description)),
     memory_bytes(memory_bytes),
     stats(std::move(stats)),
-    load_time_us(load_time_us) {}
+    load_time_us(load_time_us),
+    quick(std::move(quick)) {}
 
 bool entry_block::try_acquire() noexcept {
   handles.fetch_add(1);

@@ -66,7 +66,8 @@ struct model_stats {
 struct entry_block {
   entry_block(std::string key, uint64_t generation, model_actor actor,
               caf::weak_actor_ptr supervisor, std::string description, uint64_t memory_bytes,
-              std::shared_ptr<model_stats> stats, int64_t load_time_us, uint64_t lease_id = 0);
+              std::shared_ptr<model_stats> stats, int64_t load_time_us, uint64_t lease_id = 0,
+              model_ptr quick = nullptr);
 
   const std::string key;
   /// Which load of `key` (the node's, for a remote handle).
@@ -79,6 +80,9 @@ struct entry_block {
   const uint64_t memory_bytes;
   const std::shared_ptr<model_stats> stats;
   const int64_t load_time_us;
+  /// The model object, if a transport thread may run it itself (its backend
+  /// says it is quick and thread-safe; see model_capabilities::quick).
+  const model_ptr quick;
 
   std::atomic<int64_t> handles{0};
   std::atomic<int64_t> in_flight{0};
@@ -130,5 +134,10 @@ request_ticket make_ticket(const entry_ptr& block);
 /// path), unless `block` is closed: null then. It pairs with `try_close` as
 /// `try_acquire` does, so a model is never evicted under it.
 request_ticket try_ticket(const entry_ptr& block) noexcept;
+
+/// Runs `block.quick` on the calling thread and counts it in the model's
+/// statistics as the model actor would (model_actor.cpp).
+caf::expected<tensor_map> run_quick(entry_block& block, const tensor_map& inputs,
+                                    tensor_allocator& out);
 
 } // namespace modelreg::detail

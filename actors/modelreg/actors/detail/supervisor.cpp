@@ -415,6 +415,13 @@ void finish_load(supervisor_ptr self, std::unordered_map<std::string, entry>::it
   auto description = outcome.model->describe();
   auto lanes = st.cfg.inference_lanes != 0 ? st.cfg.inference_lanes
                                            : self->system().scheduler().num_workers();
+  // A quick, thread-safe model that runs as one object (not instances, not
+  // batched, not streamed): a transport thread may call it itself.
+  model_ptr quick;
+  auto caps = outcome.model->capabilities();
+  if (caps.quick && caps.thread_safe && !caps.blocking && !caps.batchable && !caps.streaming &&
+      !forwarded && !std::dynamic_pointer_cast<instance_set>(outcome.model))
+    quick = outcome.model;
   model_actor actor;
   if (auto elsewhere = outcome.model->served_by()) {
     // A model another node runs: its actor takes the requests; the model
@@ -432,7 +439,8 @@ void finish_load(supervisor_ptr self, std::unordered_map<std::string, entry>::it
   auto load_us = outcome.duration_ns / 1000;
   ready.block = std::make_shared<entry_block>(key, ready.generation, actor,
                                               caf::actor_cast<caf::weak_actor_ptr>(self->ctrl()),
-                                              description, bytes, stats, load_us);
+                                              description, bytes, stats, load_us, 0,
+                                              std::move(quick));
   ready.state = model_state::ready;
   if (!forwarded)
     ++st.totals.loads;
