@@ -366,6 +366,15 @@ caf::error authorize(peer_role role, wire::Request::Reader request) {
   }
 }
 
+/// Tells `h`'s model that `peer`'s session is over (no answer awaited).
+void cancel_session(const model_handle& h, uint64_t session, uint64_t peer_id) {
+  session_request cancel;
+  cancel.op = session_op::cancel;
+  cancel.session = session;
+  cancel.client = peer_id;
+  caf::anon_send(h.actor(), std::move(cancel));
+}
+
 /// Sends a session's push or finish to its model; the model's thread
 /// answers the peer (outputs into memory the peer maps).
 void session_step(const model_handle& h, session_op op, uint64_t session, uint64_t peer_id,
@@ -436,7 +445,7 @@ void infer_direct(gateway_core& core, const gateway_core::lease_entry& lease, ui
     f->done();
   }, [link] { return link->open(); });
   caf::anon_send(lease.handle.actor(),
-                 infer_request{std::move(inputs), lease.handle.ticket(), link->allocator(),
+                 infer_request{std::move(inputs), lease.handle.ticket(), std::move(alloc),
                                std::move(sink), lease.peer});
 }
 
@@ -538,11 +547,7 @@ lease_outcome step_session(const core_ptr& core, uint64_t peer_id, const frame_p
     return lease_outcome::handled;
   }
   if (op == session_op::cancel) {
-    session_request cancel;
-    cancel.op = session_op::cancel;
-    cancel.session = session;
-    cancel.client = peer_id;
-    caf::anon_send(s->handle.actor(), std::move(cancel));
+    cancel_session(s->handle, session, peer_id);
     respond_ok(*s->link, id);
     return lease_outcome::handled;
   }
@@ -791,11 +796,7 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
               }
               auto session = (*s->second.values<uint64_t>())[0];
               if (i == st.peers.end()) { // the peer left meanwhile
-                session_request cancel;
-                cancel.op = session_op::cancel;
-                cancel.session = session;
-                cancel.client = peer_id;
-                caf::anon_send(h.actor(), std::move(cancel));
+                cancel_session(h, session, peer_id);
                 return f->done();
               }
               st.core->add_session(session, {peer_id, h, link, i->second.counter});
@@ -852,13 +853,8 @@ void drop_peer(gateway_ptr self, uint64_t peer_id, const char* why) {
     return;
   auto n = self->state.core->remove_peer(peer_id);
   // Its sessions end with it: their instances are free for the others.
-  for (auto& [session, e] : self->state.core->remove_peer_sessions(peer_id)) {
-    session_request cancel;
-    cancel.op = session_op::cancel;
-    cancel.session = session;
-    cancel.client = peer_id;
-    caf::anon_send(e.handle.actor(), std::move(cancel));
-  }
+  for (auto& [session, e] : self->state.core->remove_peer_sessions(peer_id))
+    cancel_session(e.handle, session, peer_id);
   self->state.peers.erase(i);
   log::get("modelreg.gateway")->info("peer {} {}: released {} leases", peer_id, why, n);
 }
