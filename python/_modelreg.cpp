@@ -10,9 +10,11 @@
 // the actor system with the GIL released, so no actor thread waits for a
 // GIL the exiting thread holds, and no thread takes the GIL while the
 // interpreter finalizes.
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <future>
@@ -528,10 +530,11 @@ std::string typestr(dtype t) {
 
 /// The dtype of a NumPy array, or a TypeError naming what is unsupported.
 dtype dtype_of_array(const py::array& a) {
-  auto kind = a.dtype().kind();
-  auto size = a.dtype().itemsize();
+  auto descr = a.dtype();
+  auto kind = descr.kind();
+  auto size = descr.itemsize();
   // '=' native, '|' not applicable, '<' little-endian (native here).
-  auto order = py::detail::array_descriptor_proxy(a.dtype().ptr())->byteorder;
+  auto order = py::detail::array_descriptor_proxy(descr.ptr())->byteorder;
   if (order == '>')
     throw py::type_error("non-native byte order is not supported");
   if (kind == 'f' && size == 2) return dtype::f16;
@@ -570,36 +573,81 @@ std::string memory_of(const void* p) {
   return "unknown memory";
 }
 
-struct tensor_wrapper {
+// modelreg.Tensor, an output tensor of a node, as a plain CPython type: a
+// call makes one per output and numpy.from_dlpack / torch.from_dlpack call
+// its __dlpack__ once, and from an idle process pybind11's instance registry
+// and general dispatcher cost several microseconds of cold caches per call
+// more than this does (docs/python.md, "What a call costs").
+struct py_tensor {
+  PyObject_HEAD
   tensor t;
+};
 
-  std::string repr() const {
+PyTypeObject* tensor_type = nullptr;
+
+const tensor& tensor_of(PyObject* self) {
+  return reinterpret_cast<py_tensor*>(self)->t;
+}
+
+/// A new Tensor holding `t` (a new reference; nullptr with a Python error).
+PyObject* new_tensor(const tensor& t) {
+  auto* self = PyObject_New(py_tensor, tensor_type);
+  if (self == nullptr)
+    return nullptr;
+  new (&self->t) tensor(t);
+  return reinterpret_cast<PyObject*>(self);
+}
+
+void tensor_dealloc(PyObject* self) {
+  auto* type = Py_TYPE(self);
+  // The last reference to the worker's memory may go here: it is given back
+  // (a descriptor on the ring, no waiting).
+  reinterpret_cast<py_tensor*>(self)->t.~tensor();
+  type->tp_free(self);
+  Py_DECREF(type); // a heap type
+}
+
+/// Runs `f` for a plain CPython function: a C++ exception becomes the
+/// Python error pybind11 would raise for it (nullptr).
+template <class F>
+PyObject* guarded(F&& f) {
+  try {
+    return f();
+  } catch (...) {
+    // As pybind11's dispatcher does: this module's translators (ModelRegError,
+    // LoadError), then pybind11's own (TypeError, ValueError, ...).
+    namespace d = py::detail;
+    if (!d::apply_exception_translators(d::get_local_internals().registered_exception_translators) &&
+        !d::apply_exception_translators(d::get_internals().registered_exception_translators))
+      PyErr_SetString(PyExc_SystemError, "an exception escaped modelreg's translators");
+  }
+  return nullptr;
+}
+
+PyObject* tensor_repr(PyObject* self) {
+  return guarded([&] {
+    const auto& t = tensor_of(self);
     std::string shape;
     for (size_t i = 0; i < t.rank(); ++i)
       shape += (i ? ", " : "") + std::to_string(t.shape()[i]);
-    return "<modelreg.Tensor " + to_string(t.type()) + "[" + shape + "], " +
-           std::to_string(t.nbytes()) + " bytes, " + (t.writable() ? "writable" : "read-only") +
-           ", in " + memory_of(t.data()) + ">";
-  }
+    auto text = "<modelreg.Tensor " + to_string(t.type()) + "[" + shape + "], " +
+                std::to_string(t.nbytes()) + " bytes, " +
+                (t.writable() ? "writable" : "read-only") + ", in " + memory_of(t.data()) + ">";
+    return PyUnicode_FromStringAndSize(text.data(), static_cast<Py_ssize_t>(text.size()));
+  });
+}
 
-  py::dict array_interface() const {
-    py::dict d;
-    py::tuple shape(t.rank());
-    py::tuple strides(t.rank());
-    for (size_t i = 0; i < t.rank(); ++i) {
-      shape[i] = t.shape()[i];
-      strides[i] = t.strides()[i] * static_cast<int64_t>(itemsize(t.type()));
-    }
-    d["shape"] = shape;
-    d["strides"] = strides;
-    d["typestr"] = typestr(t.type());
-    d["data"] = py::make_tuple(reinterpret_cast<uintptr_t>(t.data()), !t.writable());
-    d["version"] = 3;
-    return d;
+/// __dlpack__(stream=None): `stream` means nothing for CPU memory; any other
+/// argument is refused, as a Python method with that signature would.
+PyObject* tensor_dlpack(PyObject* self, PyObject* const*, Py_ssize_t nargs, PyObject* kwnames) {
+  auto nkw = kwnames != nullptr ? PyTuple_GET_SIZE(kwnames) : 0;
+  if (nargs + nkw > 1 ||
+      (nkw == 1 && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "stream") != 0)) {
+    PyErr_SetString(PyExc_TypeError, "__dlpack__() takes one optional argument, stream");
+    return nullptr;
   }
-
-  py::object dlpack(py::object /*stream*/) const {
-    auto* managed = to_dlpack(t);
+  return guarded([&] {
+    auto* managed = to_dlpack(tensor_of(self));
     auto destructor = [](PyObject* capsule) {
       // Called when the capsule dies; consumed capsules are renamed.
       if (PyCapsule_IsValid(capsule, "dltensor")) {
@@ -608,9 +656,90 @@ struct tensor_wrapper {
           m->deleter(m);
       }
     };
-    return py::reinterpret_steal<py::object>(PyCapsule_New(managed, "dltensor", destructor));
-  }
-};
+    auto* capsule = PyCapsule_New(managed, "dltensor", destructor);
+    if (capsule == nullptr)
+      managed->deleter(managed);
+    return capsule;
+  });
+}
+
+PyObject* tensor_dlpack_device(PyObject*, PyObject*) {
+  return Py_BuildValue("(ii)", 1, 0); // kDLCPU, device 0
+}
+
+PyObject* tensor_array_interface(PyObject* self, void*) {
+  return guarded([&] {
+    const auto& t = tensor_of(self);
+    py::tuple shape(t.rank());
+    py::tuple strides(t.rank());
+    for (size_t i = 0; i < t.rank(); ++i) {
+      shape[i] = t.shape()[i];
+      strides[i] = t.strides()[i] * static_cast<int64_t>(itemsize(t.type()));
+    }
+    py::dict d;
+    d["shape"] = shape;
+    d["strides"] = strides;
+    d["typestr"] = typestr(t.type());
+    d["data"] = py::make_tuple(reinterpret_cast<uintptr_t>(t.data()), !t.writable());
+    d["version"] = 3;
+    return d.release().ptr();
+  });
+}
+
+PyObject* tensor_shape(PyObject* self, void*) {
+  return guarded([&] { return py::cast(tensor_of(self).shape()).release().ptr(); });
+}
+
+PyObject* tensor_dtype(PyObject* self, void*) {
+  return guarded([&] { return py::str(to_string(tensor_of(self).type())).release().ptr(); });
+}
+
+PyObject* tensor_nbytes(PyObject* self, void*) {
+  return PyLong_FromSize_t(tensor_of(self).nbytes());
+}
+
+PyObject* tensor_data_ptr(PyObject* self, void*) {
+  return PyLong_FromVoidPtr(const_cast<std::byte*>(tensor_of(self).data()));
+}
+
+PyMethodDef tensor_methods[] = {
+  {"__dlpack__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(tensor_dlpack)),
+   METH_FASTCALL | METH_KEYWORDS,
+   "__dlpack__(stream=None): a DLPack capsule of this tensor (no copy)."},
+  {"__dlpack_device__", tensor_dlpack_device, METH_NOARGS,
+   "__dlpack_device__(): (1, 0), CPU memory."},
+  {nullptr, nullptr, 0, nullptr}};
+
+PyGetSetDef tensor_getset[] = {
+  {"__array_interface__", tensor_array_interface, nullptr,
+   "The NumPy array interface (version 3): numpy.asarray reads it without a copy.", nullptr},
+  {"shape", tensor_shape, nullptr, "The shape, a list of ints.", nullptr},
+  {"dtype", tensor_dtype, nullptr, "The element type's name (float32, int16, ...).", nullptr},
+  {"nbytes", tensor_nbytes, nullptr, "Bytes of data.", nullptr},
+  {"data_ptr", tensor_data_ptr, nullptr, "The address of the first byte.", nullptr},
+  {nullptr, nullptr, nullptr, nullptr, nullptr}};
+
+constexpr const char* tensor_doc = R"(An output tensor of a node.
+
+Read it without a copy: ``numpy.asarray(t)`` (the array interface) or
+``torch.from_dlpack(t)`` (DLPack). Its memory stays valid while the Tensor or
+anything made from it lives; then it goes back to the node.)";
+
+/// Makes the type (once, at import).
+PyTypeObject* make_tensor_type() {
+  PyType_Slot slots[] = {{Py_tp_dealloc, reinterpret_cast<void*>(tensor_dealloc)},
+                         {Py_tp_repr, reinterpret_cast<void*>(tensor_repr)},
+                         {Py_tp_methods, tensor_methods},
+                         {Py_tp_getset, tensor_getset},
+                         {Py_tp_doc, const_cast<char*>(tensor_doc)},
+                         {0, nullptr}};
+  PyType_Spec spec{"modelreg.Tensor", static_cast<int>(sizeof(py_tensor)), 0,
+                   Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, slots};
+  auto* type = PyType_FromSpec(&spec);
+  if (type == nullptr)
+    throw py::error_already_set();
+  return reinterpret_cast<PyTypeObject*>(type);
+}
 
 /// Arrays handed out by Client.empty(): their data pointer -> the shared-memory tensor.
 struct shm_arrays {
@@ -624,7 +753,12 @@ struct shm_arrays {
 tensor_map tensors_of(py::dict inputs) {
   tensor_map in;
   for (auto item : inputs) {
-    auto name = py::str(item.first).cast<std::string>();
+    Py_ssize_t length = 0;
+    const char* utf8 = PyUnicode_Check(item.first.ptr())
+                         ? PyUnicode_AsUTF8AndSize(item.first.ptr(), &length)
+                         : nullptr;
+    auto name = utf8 != nullptr ? std::string{utf8, static_cast<size_t>(length)}
+                                : py::str(item.first).cast<std::string>();
     if (!py::isinstance<py::array>(item.second))
       throw py::type_error("input '" + name + "' must be a NumPy array");
     auto arr = py::reinterpret_borrow<py::array>(item.second);
@@ -638,7 +772,7 @@ tensor_map tensors_of(py::dict inputs) {
     // An array from empty(): its shared-memory tensor goes by reference.
     if (py::isinstance<py::capsule>(arr.base())) {
       auto cap = py::reinterpret_borrow<py::capsule>(arr.base());
-      if (std::string{cap.name() ? cap.name() : ""} == "modelreg.tensor") {
+      if (cap.name() != nullptr && std::strcmp(cap.name(), "modelreg.tensor") == 0) {
         auto* t = cap.get_pointer<tensor>();
         auto view = tensor::wrap(t->owner(), t->storage_base(), t->storage_capacity(),
                                  tensor_layout{type, layout.shape, {},
@@ -663,11 +797,70 @@ tensor_map tensors_of(py::dict inputs) {
   return in;
 }
 
-/// A node's outputs as Python sees them: a dict of Tensor.
-py::dict outputs_dict(const tensor_map& out) {
+/// NumPy's number for a dtype.
+int numpy_type_of(dtype t) {
+  using api = py::detail::npy_api;
+  switch (t) {
+    case dtype::f16: return 23; // NPY_HALF (pybind11 names no constant for it)
+    case dtype::f32: return api::NPY_FLOAT_;
+    case dtype::f64: return api::NPY_DOUBLE_;
+    case dtype::i8: return api::NPY_BYTE_;
+    case dtype::i16: return api::NPY_SHORT_;
+    case dtype::i32: return api::NPY_INT_;
+    case dtype::i64: return api::NPY_LONG_; // 64 bits on Linux
+    case dtype::u8: return api::NPY_UBYTE_;
+    case dtype::u16: return api::NPY_USHORT_;
+    case dtype::u32: return api::NPY_UINT_;
+    case dtype::u64: return api::NPY_ULONG_;
+    case dtype::boolean: return api::NPY_BOOL_;
+  }
+  throw py::type_error("no NumPy type for " + to_string(t));
+}
+
+/// A read-only NumPy array over `t`'s memory (no copy); its base is a
+/// Tensor, which keeps the memory alive (a new reference).
+PyObject* new_array(const tensor& t) {
+  constexpr size_t max_rank = 32; // NPY_MAXDIMS
+  if (t.rank() > max_rank)
+    throw py::value_error("a tensor of rank " + std::to_string(t.rank()) +
+                          " has no NumPy array (at most 32 dimensions)");
+  auto base = py::reinterpret_steal<py::object>(new_tensor(t));
+  if (!base)
+    throw py::error_already_set();
+  auto& api = py::detail::npy_api::get();
+  auto* descr = api.PyArray_DescrFromType_(numpy_type_of(t.type()));
+  if (descr == nullptr)
+    throw py::error_already_set();
+  std::array<Py_intptr_t, max_rank> shape{}, strides{};
+  auto item = static_cast<Py_intptr_t>(itemsize(t.type()));
+  for (size_t i = 0; i < t.rank(); ++i) {
+    shape[i] = static_cast<Py_intptr_t>(t.shape()[i]);
+    strides[i] = static_cast<Py_intptr_t>(t.strides()[i]) * item;
+  }
+  // Flags 0: not writeable (the worker's memory); NumPy works out contiguity.
+  auto* array = api.PyArray_NewFromDescr_(api.PyArray_Type_, descr, static_cast<int>(t.rank()),
+                                          shape.data(), strides.data(),
+                                          const_cast<std::byte*>(t.data()), 0, nullptr);
+  if (array == nullptr)
+    throw py::error_already_set();
+  if (api.PyArray_SetBaseObject_(array, base.release().ptr()) < 0) { // takes the reference
+    Py_DECREF(array);
+    throw py::error_already_set();
+  }
+  return array;
+}
+
+/// A node's outputs as Python sees them: a dict of Tensor, or with
+/// `as_numpy` of read-only NumPy arrays (each with its Tensor as base).
+py::dict outputs_dict(const tensor_map& out, bool as_numpy = false) {
   py::dict result;
-  for (const auto& [name, t] : out)
-    result[py::str(name)] = tensor_wrapper{t};
+  for (const auto& [name, t] : out) {
+    auto value = py::reinterpret_steal<py::object>(as_numpy ? new_array(t) : new_tensor(t));
+    if (!value)
+      throw py::error_already_set();
+    if (PyDict_SetItemString(result.ptr(), name.c_str(), value.ptr()) != 0)
+      throw py::error_already_set();
+  }
   return result;
 }
 
@@ -684,17 +877,19 @@ public:
     released([&] { session_.cancel(); });
   }
 
-  py::dict push(py::dict chunk, double timeout_s) {
+  py::dict push(py::dict chunk, double timeout_s, bool as_numpy) {
     auto in = tensors_of(chunk);
     return outputs_dict(without_gil([&] {
-      auto r = session_.push(in, timeout(timeout_s));
-      in.clear();
-      return r;
-    }));
+                          auto r = session_.push(in, timeout(timeout_s));
+                          in.clear();
+                          return r;
+                        }),
+                        as_numpy);
   }
 
-  py::dict finish(double timeout_s) {
-    return outputs_dict(without_gil([&] { return session_.finish(timeout(timeout_s)); }));
+  py::dict finish(double timeout_s, bool as_numpy) {
+    return outputs_dict(without_gil([&] { return session_.finish(timeout(timeout_s)); }),
+                        as_numpy);
   }
 
   void cancel() {
@@ -861,7 +1056,27 @@ public:
     return std::chrono::duration_cast<caf::timespan>(std::chrono::duration<double>{seconds});
   }
 
-  py::dict infer(const std::string& model, py::dict inputs, double timeout_s) {
+  /// Seconds from Python: None (the default) or a number.
+  static double seconds_of(py::handle timeout) {
+    if (timeout.is_none())
+      return 0;
+    auto seconds = PyFloat_AsDouble(timeout.ptr()); // numbers and __float__
+    if (seconds == -1.0 && PyErr_Occurred())
+      throw py::error_already_set();
+    return seconds;
+  }
+
+  /// Client.infer, bound directly (no Python frame in between: from an idle
+  /// process each one costs microseconds of cold caches).
+  py::dict infer(const std::string& model, py::handle inputs, py::handle timeout, bool as_numpy) {
+    if (!PyDict_Check(inputs.ptr()))
+      throw py::type_error("inputs must be a dict of name -> numpy array");
+    return infer_dict(model, py::reinterpret_borrow<py::dict>(inputs), seconds_of(timeout),
+                      as_numpy);
+  }
+
+  py::dict infer_dict(const std::string& model, py::dict inputs, double timeout_s,
+                      bool as_numpy = false) {
     // Loads on first use and keeps a lease: the node then routes this
     // client's requests straight to the model actor.
     bool held;
@@ -888,7 +1103,34 @@ public:
       in.clear(); // ordinary arrays' views are dropped here, without the GIL
       return r;
     });
-    return outputs_dict(out);
+    return outputs_dict(out, as_numpy);
+  }
+
+  /// For `modelreg bench python`: `n` round trips of `inputs` to `model`
+  /// made by C++ on this thread, through the same connection and threads as
+  /// infer(), each after `gap_us` microseconds idle. Python's calls are
+  /// compared with these: the same process, so the same placement of its
+  /// threads. Their times (microseconds) and the last answer.
+  py::tuple cpp_round_trips(const std::string& model, py::dict inputs, int n, int64_t gap_us) {
+    tensor_map in = tensors_of(inputs);
+    current(); // shutting_down once closed
+    std::vector<int64_t> lat;
+    auto last = without_gil([&]() -> caf::expected<tensor_map> {
+      caf::expected<tensor_map> out{tensor_map{}};
+      for (int i = 0; i < n && out; ++i) {
+        if (gap_us > 0)
+          std::this_thread::sleep_for(std::chrono::microseconds{gap_us});
+        auto start = std::chrono::steady_clock::now();
+        tensor_map call_inputs = in; // built per call, as a C++ caller does
+        out = caller_->infer(model, call_inputs, default_timeout);
+        lat.push_back(std::chrono::duration_cast<std::chrono::microseconds>(
+                        std::chrono::steady_clock::now() - start)
+                        .count());
+      }
+      in.clear();
+      return out;
+    });
+    return py::make_tuple(lat, outputs_dict(last));
   }
 
   stream_wrapper open_session(const std::string& model, double wait_s, double timeout_s) {
@@ -953,6 +1195,86 @@ void shutdown() {
   });
 }
 
+/// Client.infer(model, inputs, timeout=None) as a plain CPython method
+/// (vectorcall): the call a pipeline makes per frame goes through no Python
+/// frame and not through pybind11's general dispatcher, which from an idle
+/// process costs microseconds of cold caches (docs/python.md).
+PyObject* client_infer(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
+                       PyObject* kwnames) {
+  // model, inputs and timeout by position or keyword; as_numpy by keyword.
+  static constexpr const char* names[] = {"model", "inputs", "timeout", "as_numpy"};
+  PyObject* given[4] = {nullptr, nullptr, nullptr, nullptr};
+  if (nargs > 3) {
+    PyErr_Format(PyExc_TypeError,
+                 "infer() takes at most 3 positional arguments (%zd given); as_numpy is "
+                 "a keyword",
+                 nargs);
+    return nullptr;
+  }
+  for (Py_ssize_t i = 0; i < nargs; ++i)
+    given[i] = args[i];
+  auto nkw = kwnames != nullptr ? PyTuple_GET_SIZE(kwnames) : 0;
+  for (Py_ssize_t k = 0; k < nkw; ++k) {
+    auto* key = PyTuple_GET_ITEM(kwnames, k);
+    int j = 0;
+    while (j < 4 && PyUnicode_CompareWithASCIIString(key, names[j]) != 0)
+      ++j;
+    if (j == 4) {
+      PyErr_Format(PyExc_TypeError, "infer() got an unexpected keyword argument '%U'", key);
+      return nullptr;
+    }
+    if (given[j] != nullptr) {
+      PyErr_Format(PyExc_TypeError, "infer() got multiple values for argument '%s'", names[j]);
+      return nullptr;
+    }
+    given[j] = args[nargs + k];
+  }
+  for (int j = 0; j < 2; ++j)
+    if (given[j] == nullptr) {
+      PyErr_Format(PyExc_TypeError, "infer() missing required argument '%s'", names[j]);
+      return nullptr;
+    }
+  if (!PyUnicode_Check(given[0])) {
+    PyErr_SetString(PyExc_TypeError, "model must be a str (a catalog name)");
+    return nullptr;
+  }
+  Py_ssize_t length = 0;
+  const char* model = PyUnicode_AsUTF8AndSize(given[0], &length);
+  if (model == nullptr)
+    return nullptr;
+  int as_numpy = given[3] != nullptr ? PyObject_IsTrue(given[3]) : 0;
+  if (as_numpy < 0)
+    return nullptr;
+  return guarded([&] {
+    auto& client = py::cast<client_wrapper&>(py::handle(self));
+    return client
+      .infer(std::string{model, static_cast<size_t>(length)}, py::handle(given[1]),
+             py::handle(given[2] != nullptr ? given[2] : Py_None), as_numpy != 0)
+      .release()
+      .ptr();
+  });
+}
+
+PyMethodDef client_infer_def{
+  "infer", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(client_infer)),
+  METH_FASTCALL | METH_KEYWORDS,
+  R"(infer($self, model, inputs, timeout=None, *, as_numpy=False)
+--
+
+Runs catalog model ``model`` on ``inputs`` (dict of NumPy arrays),
+loading it on first use (this client then holds a lease on it).
+
+``timeout``: seconds to wait for the answer (default 300); past it,
+``ModelRegError`` with code ``timeout`` (the node may still finish
+the request; its answer is dropped).
+
+Arrays from ``empty()`` cross by reference; other C-contiguous arrays
+are copied into shared memory once. Returns a dict of ``Tensor``: the
+worker's memory, read-only, for ``numpy.asarray`` / ``numpy.from_dlpack``
+/ ``torch.from_dlpack`` without a copy. With ``as_numpy=True``, a dict of
+read-only NumPy arrays over the same memory instead (each one's ``base`` is
+its ``Tensor``): the cheapest way to NumPy, with no ``from_dlpack`` call.)"};
+
 } // namespace
 
 } // namespace modelreg::python
@@ -993,43 +1315,33 @@ PYBIND11_MODULE(_modelreg, m) {
     .def("evict_expired", &registry_wrapper::evict_expired)
     .def("unload", &registry_wrapper::unload)
     .def("close", [](registry_wrapper& r) { released([&] { r.close(); }); });
-  py::class_<tensor_wrapper>(m, "Tensor", R"(An output tensor of a node.
-
-Read it without a copy: ``numpy.asarray(t)`` (the array interface) or
-``torch.from_dlpack(t)`` (DLPack). Its memory stays valid while the Tensor or
-anything made from it lives; then it goes back to the node.)")
-    .def("__repr__", &tensor_wrapper::repr)
-    .def_property_readonly("__array_interface__", &tensor_wrapper::array_interface)
-    .def("__dlpack__", &tensor_wrapper::dlpack, py::arg("stream") = py::none())
-    .def("__dlpack_device__", [](const tensor_wrapper&) { return py::make_tuple(1, 0); })
-    .def_property_readonly("shape", [](const tensor_wrapper& w) { return w.t.shape(); })
-    .def_property_readonly("dtype", [](const tensor_wrapper& w) { return to_string(w.t.type()); })
-    .def_property_readonly("nbytes", [](const tensor_wrapper& w) { return w.t.nbytes(); })
-    .def_property_readonly("data_ptr", [](const tensor_wrapper& w) {
-      return reinterpret_cast<uintptr_t>(w.t.data());
-    });
+  tensor_type = make_tensor_type();
+  m.attr("Tensor") = py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(tensor_type));
   py::class_<stream_wrapper>(m, "Stream")
-    .def("push", &stream_wrapper::push, py::arg("chunk"), py::arg("timeout") = 0.0)
-    .def("finish", &stream_wrapper::finish, py::arg("timeout") = 0.0)
+    .def("push", &stream_wrapper::push, py::arg("chunk"), py::arg("timeout") = 0.0,
+         py::arg("as_numpy") = false)
+    .def("finish", &stream_wrapper::finish, py::arg("timeout") = 0.0, py::arg("as_numpy") = false)
     .def("cancel", &stream_wrapper::cancel)
     .def_property_readonly("open", &stream_wrapper::open)
     .def_property_readonly("id", &stream_wrapper::id);
-  py::class_<client_wrapper>(m, "Client")
+  auto client_type = py::class_<client_wrapper>(m, "Client", "The C++ side of modelreg.Client (which derives from it).")
     .def(py::init([](const std::string& uri, const std::string& cert, const std::string& key,
                      const std::string& ca) {
            return std::make_unique<client_wrapper>(uri, modelreg::tls_files{cert, key, ca});
          }),
          py::arg("uri"), py::arg("tls_cert") = "", py::arg("tls_key") = "", py::arg("tls_ca") = "")
-    .def("status_json", &client_wrapper::status)
-    .def("load", &client_wrapper::load, py::arg("name"), py::arg("timeout") = 0.0)
-    .def("unload", &client_wrapper::unload)
-    .def("empty", &client_wrapper::empty)
-    .def("infer", &client_wrapper::infer, py::arg("model"), py::arg("inputs"),
-         py::arg("timeout") = 0.0)
-    .def("open_session", &client_wrapper::open_session, py::arg("model"), py::arg("wait"),
+    .def("_status_json", &client_wrapper::status)
+    .def("_load", &client_wrapper::load, py::arg("name"), py::arg("timeout") = 0.0)
+    .def("_unload", &client_wrapper::unload)
+    .def("_empty", &client_wrapper::empty)
+    .def("_open_session", &client_wrapper::open_session, py::arg("model"), py::arg("wait"),
          py::arg("timeout"))
-    .def("counters", &client_wrapper::counters)
-    .def("close", &client_wrapper::close);
+    .def("_counters", &client_wrapper::counters)
+    .def("_cpp_round_trips", &client_wrapper::cpp_round_trips, py::arg("model"),
+         py::arg("inputs"), py::arg("n"), py::arg("gap_us"))
+    .def("_close", &client_wrapper::close);
+  client_type.attr("infer") = py::reinterpret_steal<py::object>(
+    PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(client_type.ptr()), &client_infer_def));
   m.def("_shutdown", &shutdown);
   m.def("_set_loader_runner", [](py::object runner) { loader_runner = runner.release().ptr(); });
   m.def("default_socket_path", &modelreg::default_socket_path);

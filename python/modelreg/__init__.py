@@ -154,29 +154,16 @@ def get_or_load(key, loader):
     return default_registry().get_or_load(key, loader)
 
 
-class Client:
-    """A client of a node (``modelreg serve``); see ``connect``."""
+class Client(_modelreg.Client):
+    """A client of a node (``modelreg serve``); see ``connect``.
+
+    ``infer`` is the C++ method itself: a call from Python goes through no
+    Python frame of this package (docs/python.md, "What a call costs").
+    """
 
     def __init__(self, uri, tls_cert="", tls_key="", tls_ca=""):
+        _modelreg.Client.__init__(self, uri, tls_cert or "", tls_key or "", tls_ca or "")
         self.uri = uri
-        self._c = _modelreg.Client(uri, tls_cert or "", tls_key or "", tls_ca or "")
-
-    def infer(self, model, inputs, timeout=None):
-        """Runs catalog model ``model`` on ``inputs`` (dict of NumPy arrays),
-        loading it on first use (this client then holds a lease on it).
-
-        ``timeout``: seconds to wait for the answer (default 300); past it,
-        ``ModelRegError`` with code ``timeout`` (the node may still finish
-        the request; its answer is dropped).
-
-        Arrays from ``empty()`` cross by reference; other C-contiguous arrays
-        are copied into shared memory once. Returns a dict of ``Tensor``: the
-        worker's memory, read-only, for ``numpy.asarray`` / ``numpy.from_dlpack``
-        / ``torch.from_dlpack`` without a copy.
-        """
-        if not isinstance(inputs, dict):
-            raise TypeError("inputs must be a dict of name -> numpy array")
-        return self._c.infer(model, inputs, float(timeout or 0))
 
     def stream(self, model, wait=0.0, timeout=None):
         """Opens a streaming session on catalog model ``model`` (loaded if it
@@ -193,35 +180,36 @@ class Client:
         ``timeout``: seconds per call (default 300). Leaving the ``with``
         block unfinished cancels the session.
         """
-        return Stream(self._c.open_session(model, float(wait or 0), float(timeout or 0)))
+        return Stream(self._open_session(model, float(wait or 0), float(timeout or 0)))
 
     def empty(self, shape, dtype):
         """A NumPy array in shared memory: input written into it is not copied."""
         if isinstance(shape, int):
             shape = (shape,)
-        return self._c.empty([int(d) for d in shape], dtype)
+        return self._empty([int(d) for d in shape], dtype)
 
     def load(self, name, timeout=None):
         """Loads catalog model ``name`` (held for this client); its memory bytes.
         ``timeout``: seconds (default 300), as for ``infer``."""
-        return self._c.load(name, float(timeout or 0))
+        return self._load(name, float(timeout or 0))
 
     def unload(self, name):
         """Unloads ``name`` now: (count, freed_bytes)."""
-        return self._c.unload(name)
+        return self._unload(name)
 
     def status(self):
         """The node's status: models, totals, connections, transport counters."""
-        return _json.loads(self._c.status_json())
+        return _json.loads(self._status_json())
 
     def counters(self):
         """This connection's counters: zero-copy tensors, copied bytes, and
         this client's ``infer`` calls with the seconds they spent waiting for
         the node (``infer_calls``, ``infer_wait_s``)."""
-        return self._c.counters()
+        return self._counters()
 
     def close(self):
-        self._c.close()
+        """Gives back this client's leases and closes its connection."""
+        self._close()
 
     def __enter__(self):
         return self
@@ -248,16 +236,17 @@ class Stream:
         """False once finished or cancelled."""
         return self._s.open
 
-    def push(self, chunk, timeout=None):
+    def push(self, chunk, timeout=None, *, as_numpy=False):
         """Sends one chunk (a NumPy array, sent as ``audio``, or a dict of
-        arrays) and returns the partial result (dict of ``Tensor``)."""
+        arrays) and returns the partial result (dict of ``Tensor``; with
+        ``as_numpy=True``, of read-only NumPy arrays, as ``Client.infer``)."""
         if not isinstance(chunk, dict):
             chunk = {"audio": chunk}
-        return self._s.push(chunk, float(timeout or 0))
+        return self._s.push(chunk, float(timeout or 0), bool(as_numpy))
 
-    def finish(self, timeout=None):
+    def finish(self, timeout=None, *, as_numpy=False):
         """Ends the input; returns the final result. The session is closed."""
-        return self._s.finish(float(timeout or 0))
+        return self._s.finish(float(timeout or 0), bool(as_numpy))
 
     def cancel(self):
         """Drops the session without a result (nothing if it is closed)."""

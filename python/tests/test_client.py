@@ -160,6 +160,57 @@ def test_bad_input_raises_clear_errors(node):
     assert nobody.value.code == "unavailable"
 
 
+def test_infer_checks_its_arguments_like_a_python_function_and_goes_on(node):
+    x = np.arange(4, dtype=np.float32)
+    with modelreg.connect(node) as c:
+        for call, says in [
+            (lambda: c.infer("gain"), "missing required argument 'inputs'"),
+            (lambda: c.infer("gain", [x]), "inputs must be a dict"),
+            (lambda: c.infer(3, {"audio": x}), "model must be a str"),
+            (lambda: c.infer("gain", {"audio": x}, "soon"), "must be real number"),
+            (lambda: c.infer("gain", {"audio": x}, foo=1), "unexpected keyword argument 'foo'"),
+            (lambda: c.infer("gain", {"audio": x}, model="echo"), "multiple values for argument 'model'"),
+            (lambda: c.infer("gain", {"audio": x}, 5, True), "at most 3 positional arguments"),
+        ]:
+            with pytest.raises(TypeError) as e:
+                call()
+            assert says in str(e.value), str(e.value)
+        # By keyword, with a timeout as int, float or None: the same answer.
+        for timeout in (5, 5.0, None):
+            out = c.infer(model="gain", inputs={"audio": x}, timeout=timeout)
+            np.testing.assert_array_equal(np.from_dlpack(out["audio"]), x * 0.5)
+        with pytest.raises(TypeError):
+            modelreg.Tensor()
+        t = out["audio"]
+        assert t.__dlpack_device__() == (1, 0)
+        np.testing.assert_array_equal(np.from_dlpack(t), x * 0.5)
+        with pytest.raises(TypeError):
+            t.__dlpack__(copy=True)
+
+
+def test_as_numpy_gives_read_only_arrays_over_the_workers_memory(node):
+    with modelreg.connect(node) as c:
+        x = c.empty((2, 3), np.float32)
+        x[:] = np.arange(6, dtype=np.float32).reshape(2, 3)
+        before = c.counters()
+        out = c.infer("gain", {"audio": x}, as_numpy=True)
+        assert c.counters()["copied_bytes"] == before["copied_bytes"]
+        a = out["audio"]
+        assert type(a) is np.ndarray and a.dtype == np.float32 and a.shape == (2, 3)
+        np.testing.assert_array_equal(a, np.arange(6, dtype=np.float32).reshape(2, 3) * 0.5)
+        assert not a.flags.writeable
+        with pytest.raises(ValueError):
+            a[0, 0] = 1.0
+        # Its base is the Tensor that keeps the worker's memory.
+        assert isinstance(a.base, modelreg.Tensor) and "shared memory" in repr(a.base)
+        assert a.__array_interface__["data"][0] == a.base.data_ptr
+        # Every dtype the node speaks comes back as itself.
+        for dt in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64,
+                   np.uint64, np.float16, np.float32, np.float64, np.bool_):
+            y = c.infer("echo", {"x": np.ones(3, dt)}, as_numpy=True)["x"]
+            assert y.dtype == dt and y.tolist() == np.ones(3, dt).tolist(), dt
+
+
 def test_the_node_speaks_and_hears_itself(node):
     # Both models of the built-in catalog that speech pipelines share: what
     # tts-en-us (flite) says, asr-en-us (pocketsphinx) transcribes exactly.
@@ -191,7 +242,8 @@ def test_a_stream_of_20ms_chunks_gives_partials_then_the_final_transcript(node):
             chunk = c.empty(320, np.int16)  # in shared memory: pushed without a copy
             for off in range(0, audio.shape[0] - 320 + 1, 320):
                 chunk[:] = audio[off:off + 320]
-                text = bytes(np.asarray(s.push(chunk)["text"])).decode()
+                # as_numpy: the partial as a read-only array, no conversion
+                text = bytes(s.push(chunk, as_numpy=True)["text"]).decode()
                 if not partials or partials[-1] != text:
                     partials.append(text)
             # A chunk it cannot take is refused; the stream goes on.
@@ -199,12 +251,13 @@ def test_a_stream_of_20ms_chunks_gives_partials_then_the_final_transcript(node):
                 s.push(np.zeros(320, np.float32))
             assert wrong.value.code == "invalid_argument" and "int16" in str(wrong.value)
             s.push(audio[(audio.shape[0] // 320) * 320:])
-            final = s.finish()
+            final = s.finish(as_numpy=True)
+            assert isinstance(final["text"], np.ndarray)
             assert not s.open
             with pytest.raises(modelreg.ModelRegError) as closed:
                 s.push(chunk)
             assert closed.value.code == "invalid_argument"
-        assert bytes(np.asarray(final["text"])) == b"go forward ten meters"
+        assert bytes(final["text"]) == b"go forward ten meters"
         assert len(partials) >= 3 and partials[-1] != ""
         # The same decoder, after the stream, answers a whole recording as pinned.
         whole = c.infer("asr-en-us", {"audio": audio})

@@ -207,8 +207,8 @@ command bench_python(CLI::App* bench) {
   auto json = std::make_shared<bool>(false);
   auto sizes = std::make_shared<std::vector<std::string>>();
   auto* sub = bench->add_subcommand(
-    "python", "round trips of 4 KiB, 1 MiB and 64 MiB tensors from a C++ and a Python client "
-              "to one worker: what Python adds");
+    "python", "round trips of 4 KiB, 1 MiB and 64 MiB tensors to one worker, made by C++ and "
+              "by Python in one client process, in turns: what Python adds");
   sub->add_flag("--json", *json, "as JSON");
   sub->add_flag_callback("--quick", [opts] {
     opts->sessions = 1;
@@ -221,14 +221,14 @@ command bench_python(CLI::App* bench) {
   sub->add_option("--pythonpath", opts->python_path, "where the modelreg package is")
     ->type_name("PATH");
   sub->add_option("--model", opts->model, "catalog model (default echo)");
-  auto burst = std::make_shared<size_t>(0);
-  add_count(sub, "--burst", *burst,
-            "round trips per turn (default 1: each starts from an idle client; "
-            "more: back to back)", 1, 1000);
+  add_duration(sub, "--gap", opts->gap,
+               "idle time before each round trip (default 1ms: every spinning thread has gone "
+               "to sleep, as between a pipeline's frames; 0: back to back)",
+               std::chrono::seconds{1});
   sub->add_option("--sizes", *sizes, "tensor sizes (default 4K,1M,64M)")
     ->delimiter(',')
     ->type_name("SIZE,...");
-  return command{sub, [opts, json, sizes, sessions, burst] {
+  return command{sub, [opts, json, sizes, sessions] {
     opts->self_path = self_path();
 #ifdef MODELREG_PYTHON_BUILD_DIR
     // The package as `make` built it; an installed one is found without it.
@@ -238,8 +238,6 @@ command bench_python(CLI::App* bench) {
 #endif
     if (*sessions > 0)
       opts->sessions = static_cast<int>(*sessions);
-    if (*burst > 0)
-      opts->round_trips_per_round = *burst;
     if (!sizes->empty()) {
       opts->sizes.clear();
       for (const auto& text : *sizes) {
@@ -257,15 +255,18 @@ command bench_python(CLI::App* bench) {
     } else if (j.contains("error")) {
       std::cerr << "bench python: " << j["error"].get<std::string>() << "\n";
     } else {
-      std::printf("python benchmark: C++ and Python client processes of one worker, model "
-                  "'%s',\n%d sessions (medians over sessions)\n",
-                  opts->model.c_str(), opts->sessions);
-      std::printf("%12s %14s %14s %10s %16s\n", "bytes", "C++ p50 us", "Python p50 us",
-                  "overhead", "Python's own us");
+      std::printf("python benchmark: round trips made by C++ and by Python in turns, in one "
+                  "client process of one worker, model '%s',\n%lld us idle before each, %d "
+                  "sessions (medians over sessions)\n",
+                  opts->model.c_str(), static_cast<long long>(opts->gap.count()), opts->sessions);
+      std::printf("%12s %11s %15s %9s %12s %16s %9s\n", "bytes", "C++ p50 us",
+                  "as_numpy p50 us", "overhead", "its own us", "from_dlpack p50", "overhead");
       for (const auto& r : j)
-        std::printf("%12llu %14.0f %14.0f %10.3f %16.1f\n", r["bytes"].get<unsigned long long>(),
-                    r["cpp_rtt_us_p50"].get<double>(), r["python_rtt_us_p50"].get<double>(),
-                    r["overhead"].get<double>(), r["python_own_us"].get<double>());
+        std::printf("%12llu %11.0f %15.0f %9.3f %12.1f %16.0f %9.3f\n",
+                    r["bytes"].get<unsigned long long>(), r["cpp_rtt_us_p50"].get<double>(),
+                    r["python_rtt_us_p50"].get<double>(), r["overhead"].get<double>(),
+                    r["python_own_us"].get<double>(), r["dlpack_python_rtt_us_p50"].get<double>(),
+                    r["dlpack_overhead"].get<double>());
     }
     return j.contains("error") ? exit_failed : exit_ok;
   }};
@@ -519,8 +520,6 @@ std::optional<int> run_hidden_bench(const std::string& command,
 #endif
   if (command == "__caf-echo-server")
     return modelreg::bench::run_caf_echo_server();
-  if (command == "__bench-rtt-client" && args.size() == 2)
-    return modelreg::bench::run_rtt_client(args[0], args[1]);
   if (command == "__bench-protocol-client" && args.size() == 10)
     return modelreg::bench::run_protocol_bench_client(
       args[0], args[1], args[2], std::stoull(args[3]), std::stoull(args[4]), std::stoull(args[5]),

@@ -10,9 +10,7 @@ namespace {
 
 /// Everything one exported DLManagedTensor needs, freed by its deleter.
 struct export_context {
-  tensor source; // keeps the storage (and any lease) alive
-  std::vector<int64_t> shape;
-  std::vector<int64_t> strides;
+  tensor source; // keeps the storage (and any lease) alive; its shape and strides are lent
   DLManagedTensor managed{};
 };
 
@@ -66,15 +64,14 @@ caf::expected<dtype> from_dl(DLDataType t) {
 DLManagedTensor* to_dlpack(const tensor& t) {
   auto* ctx = new export_context;
   ctx->source = t;
-  ctx->shape = t.shape();
-  ctx->strides = t.strides();
   auto& dl = ctx->managed.dl_tensor;
   dl.data = const_cast<std::byte*>(t.data());
   dl.device = {kDLCPU, 0};
   dl.ndim = static_cast<int>(t.rank());
   dl.dtype = to_dl(t.type());
-  dl.shape = ctx->shape.data();
-  dl.strides = ctx->strides.data();
+  // DLPack's fields are not const, but consumers only read them.
+  dl.shape = const_cast<int64_t*>(ctx->source.shape().data());
+  dl.strides = const_cast<int64_t*>(ctx->source.strides().data());
   dl.byte_offset = 0;
   ctx->managed.manager_ctx = ctx;
   ctx->managed.deleter = [](DLManagedTensor* self) {
