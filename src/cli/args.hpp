@@ -46,9 +46,16 @@ CLI::Option* add_duration(CLI::App* app, const std::string& name, Duration& targ
       name,
       [name, &target, max, min](const std::string& v) {
         auto d = parse_duration(v);
-        if (!d || *d > max)
+        if (!d)
           throw CLI::ValidationError(name, "takes a duration such as 1.5, 500ms, 30s or 5m, not '" +
                                              v + "'");
+        if (*d > max)
+          throw CLI::ValidationError(
+            name, "must be at most " +
+                    (max % std::chrono::seconds{1} == std::chrono::nanoseconds{0}
+                       ? std::to_string(std::chrono::duration_cast<std::chrono::seconds>(max).count()) + "s"
+                       : std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(max).count()) + "ms") +
+                    ", not '" + v + "'");
         if (*d < min)
           throw CLI::ValidationError(
             name, "must be at least " +

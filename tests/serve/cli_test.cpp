@@ -51,6 +51,7 @@ TEST_F(cli_test, ServeValuesAreParsedStrictlyAndABadOneIsNamedBeforeAnythingStar
          {"--max-batch", "2.5"},
          {"--batch-timeout", "1week"},
          {"--peer-timeout", "2d"},
+         {"--cluster-heartbeat", "20s"},
          {"--max-shared-memory", "1.5"},
          {"--allow-uid", "nobody"},
          {"--tcp", "127.0.0.1:99999"},
@@ -67,6 +68,11 @@ TEST_F(cli_test, ServeValuesAreParsedStrictlyAndABadOneIsNamedBeforeAnythingStar
     }
     EXPECT_FALSE(fs::exists(socket)) << "nothing may start on a bad value";
   }
+  // A well-formed value past the option's limit says the limit.
+  auto over = run({"serve", "--socket", socket, "--catalog", catalog_path, "--cluster-heartbeat",
+                   "20s"});
+  EXPECT_EQ(over.code, 2);
+  EXPECT_TRUE(contains(over.err, "must be at most 10s, not '20s'")) << over.err;
   // What operators write is understood: 2G is two gibibytes (a 2-byte budget
   // would refuse every model), 1.5 is a second and a half.
   ASSERT_TRUE(start_node({"--max-memory", "2G", "--idle-ttl", "1.5", "--batch-timeout", "5ms",
