@@ -1071,12 +1071,7 @@ public:
   py::dict infer(const std::string& model, py::handle inputs, py::handle timeout, bool as_numpy) {
     if (!PyDict_Check(inputs.ptr()))
       throw py::type_error("inputs must be a dict of name -> numpy array");
-    return infer_dict(model, py::reinterpret_borrow<py::dict>(inputs), seconds_of(timeout),
-                      as_numpy);
-  }
-
-  py::dict infer_dict(const std::string& model, py::dict inputs, double timeout_s,
-                      bool as_numpy = false) {
+    auto timeout_s = seconds_of(timeout);
     // Loads on first use and keeps a lease: the node then routes this
     // client's requests straight to the model actor.
     bool held;
@@ -1087,7 +1082,7 @@ public:
     }
     if (!held)
       load(model, timeout_s);
-    tensor_map in = tensors_of(inputs);
+    tensor_map in = tensors_of(py::reinterpret_borrow<py::dict>(inputs));
     current(); // shutting_down once closed
     // On a Unix link this thread sends the request itself and is woken by
     // the connection's thread (blocking_client).
