@@ -50,7 +50,9 @@ class Node:
         self.sock = os.path.join(folder, name + ".sock")
         self.log_path = os.path.join(folder, name + ".log")
         self.log = open(self.log_path, "w+")
-        cmd = [CLI, "serve", "--socket", self.sock, "--catalog", catalog,
+        # Info level: where each model was placed, and why a member was
+        # passed over, is in the log a failing test prints.
+        cmd = [CLI, "--log-level", "info", "serve", "--socket", self.sock, "--catalog", catalog,
                "--tcp", tcp, "--max-memory", budget, *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.ready_line = self.proc.stdout.readline()

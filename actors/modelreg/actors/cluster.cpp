@@ -63,6 +63,10 @@ struct cluster_shared {
   uint64_t digest = 0;
   std::map<std::string, caf::actor> handles;                    ///< members' handles
   std::map<std::string, registry_actor> proxies;                ///< connect() links to holders
+  /// One connect() at a time to each holder: loader threads placing
+  /// several models there at once share the first one's link (CAF closes a
+  /// second connection to a node it is still shaking hands with).
+  std::map<std::string, std::shared_ptr<std::mutex>> connecting;
   std::multimap<std::string, caf::weak_actor_ptr> forwarders;   ///< holder -> forwarding actors
   std::string status = "{}";
   bool stopped = false;
@@ -157,10 +161,21 @@ bool try_elsewhere(const caf::error& err) {
 
 caf::expected<registry_actor> proxy_for(const std::shared_ptr<cluster_shared>& sh,
                                         const std::string& holder) {
+  std::shared_ptr<std::mutex> turn;
   {
     std::lock_guard<std::mutex> guard{sh->mu};
     if (auto i = sh->proxies.find(holder); i != sh->proxies.end())
       return i->second;
+    auto& t = sh->connecting[holder];
+    if (!t)
+      t = std::make_shared<std::mutex>();
+    turn = t;
+  }
+  std::lock_guard<std::mutex> one_at_a_time{*turn};
+  {
+    std::lock_guard<std::mutex> guard{sh->mu};
+    if (auto i = sh->proxies.find(holder); i != sh->proxies.end())
+      return i->second; // the loader before this one connected
   }
   connect_options opts;
   opts.reconnect = false; // membership decides when a holder is gone
@@ -169,10 +184,6 @@ caf::expected<registry_actor> proxy_for(const std::shared_ptr<cluster_shared>& s
   if (!proxy)
     return proxy.error();
   std::lock_guard<std::mutex> guard{sh->mu};
-  if (auto i = sh->proxies.find(holder); i != sh->proxies.end()) {
-    caf::anon_send(*proxy, shutdown_atom::value); // another loader was first
-    return i->second;
-  }
   sh->proxies.emplace(holder, *proxy);
   return *proxy;
 }
@@ -417,6 +428,9 @@ caf::expected<model_ptr> load_placed(const std::shared_ptr<cluster_shared>& sh,
   };
   caf::scoped_actor self{*sh->sys};
   std::vector<std::string> exclude;
+  std::map<std::string, int> unreached; // holder -> failed attempts to reach it
+  constexpr int reach_tries = 3;
+  std::string passed_over; // why members were excluded, for the final error
   int full_answers = 0;
   caf::error last = make_error(errc::load_timeout, "placing '" + key + "' took longer than " +
                                                      std::to_string(o.load_timeout.count()) +
@@ -455,7 +469,7 @@ caf::expected<model_ptr> load_placed(const std::shared_ptr<cluster_shared>& sh,
       // promise whose load never came lapses; a member may free room),
       // then that is the answer.
       if (is(err, errc::out_of_memory) && ++full_answers > 2)
-        return err;
+        return passed_over.empty() ? err : make_error(errc::out_of_memory, describe(err) + passed_over);
       last = err;
       log->debug("{}: asking {} again: {}", key, owner_name, describe(err));
       if (is(err, errc::out_of_memory))
@@ -472,6 +486,18 @@ caf::expected<model_ptr> load_placed(const std::shared_ptr<cluster_shared>& sh,
     auto proxy = proxy_for(sh, where->holder);
     if (!proxy) {
       last = proxy.error();
+      // A member the owner has promised the bytes on is worth a few tries
+      // (a busy one may be slow to shake hands): another copy elsewhere
+      // would need room the cluster may not have.
+      if (sh->is_member(where->holder) && ++unreached[where->holder] < reach_tries) {
+        log->info("{}: cannot reach {} ({}); trying again", key, where->holder,
+                  describe(last));
+        pause();
+        continue;
+      }
+      log->info("{}: cannot reach {} ({}); asking for another member", key, where->holder,
+                describe(last));
+      passed_over += "; " + where->holder + " was passed over: " + describe(last);
       exclude.push_back(where->holder);
       continue;
     }
@@ -486,6 +512,7 @@ caf::expected<model_ptr> load_placed(const std::shared_ptr<cluster_shared>& sh,
         return err;
       log->info("{}: {} could not take it ({}); asking for another member", key, where->holder,
                 describe(err));
+      passed_over += "; " + where->holder + " was passed over: " + describe(err);
       last = err;
       exclude.push_back(where->holder);
       continue;
