@@ -64,8 +64,8 @@ struct cluster_shared {
   std::map<std::string, caf::actor> handles;                    ///< members' handles
   std::map<std::string, registry_actor> proxies;                ///< connect() links to holders
   /// One connect() at a time to each holder: loader threads placing
-  /// several models there at once share the first one's link (CAF closes a
-  /// second connection to a node it is still shaking hands with).
+  /// several models there at once share the first one's link instead of
+  /// each opening one and all but one closing theirs again.
   std::map<std::string, std::shared_ptr<std::mutex>> connecting;
   std::multimap<std::string, caf::weak_actor_ptr> forwarders;   ///< holder -> forwarding actors
   std::string status = "{}";
