@@ -407,6 +407,46 @@ TEST_F(gateway_test, AModelActorThatDiesUnderLeasedRequestsStillAnswersEachOne) 
   EXPECT_TRUE(has_outputs(infer_on(again, "held", {{"x", *x}})));
 }
 
+TEST_F(gateway_test, ALeaseWhoseModelLeftIsToldItIsGoneUntilACopyIsLoadedAgain) {
+  auto old = lease_of(get_or_load("m", {"identity", {}}));
+  ASSERT_NE(old, 0u);
+  auto x = client->connection()->allocate_tensor(dtype::f32, {2});
+  ASSERT_TRUE(x);
+  ASSERT_TRUE(has_outputs(infer_on(old, "m", {{"x", *x}})));
+  // The model actor dies: the registry drops the model.
+  auto h = sut->get_or_load("m", model_spec{"identity", {}});
+  ASSERT_TRUE(h) << describe(h.error());
+  caf::anon_send_exit(h->actor(), caf::exit_reason::kill);
+  ASSERT_TRUE(eventually([&] { return !h->valid(); }));
+  ASSERT_TRUE(eventually([&] { return snapshot().models.empty(); }));
+  auto said = [&](const caf::expected<frame_ptr>& reply) {
+    return reply && (*reply)->root().getResponse().isError()
+             ? std::string{(*reply)->root().getResponse().getError().getMessage().cStr()}
+             : std::string{};
+  };
+  // Not "no model loaded under 'm'": the model the lease held is gone.
+  auto r = infer_on(old, "m", {{"x", *x}});
+  EXPECT_EQ(error_code_of(r), static_cast<uint8_t>(errc::model_crashed)) << said(r);
+  EXPECT_NE(said(r).find("'m'"), std::string::npos) << said(r);
+  EXPECT_NE(said(r).find("get it again"), std::string::npos) << said(r);
+  // Without a lease it is the plain answer.
+  EXPECT_EQ(error_code_of(infer_on(0, "m", {{"x", *x}})),
+            static_cast<uint8_t>(errc::model_not_found));
+  // Loaded again: the new lease runs on the new copy, and so does the old
+  // one (a client names any lease it holds on the key).
+  auto again = lease_of(get_or_load("m", {"identity", {}}));
+  ASSERT_NE(again, 0u);
+  EXPECT_TRUE(has_outputs(infer_on(again, "m", {{"x", *x}})));
+  EXPECT_TRUE(has_outputs(infer_on(old, "m", {{"x", *x}})));
+  // Giving the old lease back still works.
+  auto released = client->call([&](outgoing_frame&, wire::Request::Builder req) -> caf::error {
+    req.setRelease(old);
+    return {};
+  });
+  ASSERT_TRUE(released);
+  EXPECT_TRUE((*released)->root().getResponse().isOk());
+}
+
 class gateway_gone_client_test : public gateway_test {
 protected:
   /// One client holds `caps`' model while another queues three requests and

@@ -453,7 +453,8 @@ void infer_direct(gateway_core& core, const gateway_core::lease_entry& lease, ui
 enum class lease_outcome {
   handled,   // handed to the model, or answered with an error
   not_mine,  // not an Infer with a lease: the gateway's business
-  by_key,    // its model left the registry (crashed, or stopping): the registry answers it by key
+  by_key,    // its model left the registry (crashed, its holder gone, or stopping): the
+             // registry answers it by key, on a copy loaded since if there is one
 };
 
 /// The per-frame path, on the thread that decoded the frame (a
@@ -671,13 +672,25 @@ void handle_request(gateway_ptr self, uint64_t peer_id, const frame_ptr& frame) 
         return infer_direct(*st.core, *lease, id, std::move(*inputs), std::move(f));
       }
       st.core->by_key.fetch_add(1, std::memory_order_relaxed);
+      // A request on a lease whose model left the registry comes here too
+      // (a client names any lease it holds on the key): a copy loaded since
+      // answers it; without one, its caller is told that the model it held
+      // is gone, not that nothing was ever loaded under the key.
+      auto lease = r.getLease();
       self->request(st.registry, timeout, infer_atom::value, key, std::move(*inputs))
         .then(
           [f, link, id](tensor_map& out) {
             respond_outputs(*link, id, out);
             f->done();
           },
-          on_error);
+          [on_error, lease, key](caf::error& err) {
+            if (lease != 0 && is(err, errc::model_not_found))
+              err = make_error(errc::model_crashed,
+                               "model '" + key + "' of lease " + std::to_string(lease) +
+                                 " is no longer loaded (it crashed, its holder went away, or "
+                                 "it was stopped): get it again");
+            on_error(err);
+          });
       return;
     }
     case wire::Request::RELEASE: {
