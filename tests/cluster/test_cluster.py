@@ -529,3 +529,14 @@ def test_a_model_whose_requests_queue_gets_a_second_copy_up_to_max_copies(folder
     # keeps it there (the other copy keeps that member's lease).
     assert eventually(lambda: copy_states() == [(False, 1), (True, 0)], timeout=60), \
         copy_states()
+    # And it does not take it again while its requests do not queue: for six
+    # heartbeats after letting go, no new lease on the spare copy.
+    spare = next(n for n in nodes for m in n.me()["models"] if m["key"] == "hot" and m["spare"])
+    let_go = "hot: no longer using the copy on " + spare.address
+    taken = "hot: also using the copy on " + spare.address
+    assert eventually(lambda: let_go in caller.read_log()), caller.read_log()[-3000:]
+    deadline = time.monotonic() + 6 * 0.5
+    while time.monotonic() < deadline:
+        assert copy_states() == [(False, 1), (True, 0)], caller.read_log()[-3000:]
+    log = caller.read_log()
+    assert taken not in log[log.rfind(let_go):], log[-3000:]

@@ -202,12 +202,15 @@ struct spread_copy {
 };
 
 /// A forwarded entry's model actor. It starts with the copy its placement
-/// gave, learns of other copies from the heartbeats and takes a lease on
-/// each; a request goes to the copy of highest rendezvous weight (the one
-/// that is not spare) if nothing of this node's is in flight there, else to
-/// the copy with the fewest requests in flight. A copy other than that one
-/// that this node has not used for `spread_release` is let go, so that an
-/// extra copy nobody needs goes idle on its holder and is evicted. When a
+/// gave and learns of other copies from the heartbeats. It takes a lease on
+/// one that outweighs every copy it uses (that copy is not spare), and on
+/// the others only while its requests queue (one went to a copy where
+/// another of this node's was in flight). A request goes to the copy of
+/// highest rendezvous weight if nothing of this node's is in flight there,
+/// else to the copy with the fewest requests in flight. A copy other than
+/// that one that this node has not used for `spread_release` is let go, and
+/// not taken again while the requests do not queue, so that an extra copy
+/// nobody needs goes idle on its holder and is evicted. When a
 /// copy's member leaves, its requests in flight get `unavailable` and the
 /// others serve on; with no copy left the actor ends, and the registry drops
 /// the entry (the next request places the model again).
@@ -220,6 +223,9 @@ struct spreader_state {
   std::set<std::string> adding;
   /// Open sessions (this process's ids) and the copy each runs on.
   std::map<uint64_t, std::string> sessions;
+  /// A request queued behind another of this node's since the last tick:
+  /// another copy would serve it sooner.
+  bool queued = false;
   std::shared_ptr<spdlog::logger> log = log::get("modelreg.cluster");
 };
 
@@ -293,7 +299,8 @@ caf::behavior spreader(spreader_ptr self, std::shared_ptr<cluster_shared> sh, st
     [self](infer_request& req) -> caf::result<tensor_map> {
       auto& c = pick_copy(self->state);
       c.last_used = clock_type::now();
-      ++*c.in_flight;
+      if (c.in_flight->fetch_add(1) > 0)
+        self->state.queued = true;
       caf::response_promise rp;
       if (!req.reply)
         rp = self->make_response_promise();
@@ -384,6 +391,12 @@ caf::behavior spreader(spreader_ptr self, std::shared_ptr<cluster_shared> sh, st
                                  [&](const spread_copy& c) { return c.holder == h; });
         if (known || h == me)
           continue;
+        // A copy of lower weight is spare: wanted only while requests queue
+        // (else a copy let go below would be taken again at once, and its
+        // holder could never evict it).
+        bool outweighs = cluster::rendezvous_score(st.key, h) > st.copies.front().weight;
+        if (!outweighs && !st.queued)
+          continue;
         st.adding.insert(h);
         self->spawn<caf::detached>(lease_copy, st.sh, caf::actor_cast<caf::actor>(self), st.key,
                                    st.asked, h);
@@ -399,6 +412,7 @@ caf::behavior spreader(spreader_ptr self, std::shared_ptr<cluster_shared> sh, st
           ++i;
         }
       }
+      st.queued = false;
       self->delayed_send(self, st.sh->options.heartbeat_interval, spread_tick_atom::value);
     },
     [self](spread_add_atom, std::string& holder, model_handle& lease) {
