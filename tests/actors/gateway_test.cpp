@@ -81,6 +81,14 @@ protected:
         timeout);
   }
 
+  /// A Release of `lease` on `client`.
+  caf::expected<frame_ptr> release(uint64_t lease) {
+    return client->call([&](outgoing_frame&, wire::Request::Builder req) -> caf::error {
+      req.setRelease(lease);
+      return {};
+    });
+  }
+
   /// The lease of a successful get_or_load answer (0 otherwise).
   static uint64_t lease_of(const caf::expected<frame_ptr>& loaded) {
     if (!loaded || !(*loaded)->root().getResponse().isHandle())
@@ -157,10 +165,7 @@ TEST_F(gateway_test, RemoteLeasesAreReleasedOnRequestAndWhenTheConnectionCloses)
   ASSERT_TRUE(b);
   EXPECT_EQ(handles_of("m"), 2u);
   auto lease = (*a)->root().getResponse().getHandle().getLease();
-  auto released = client->call([&](outgoing_frame&, wire::Request::Builder req) -> caf::error {
-    req.setRelease(lease);
-    return {};
-  });
+  auto released = release(lease);
   ASSERT_TRUE(released);
   EXPECT_TRUE((*released)->root().getResponse().isOk());
   EXPECT_TRUE(eventually([&] { return handles_of("m") == 1; }));
@@ -208,10 +213,7 @@ TEST_F(gateway_test, AnInferOnALeaseTheConnectionDoesNotHoldIsRefusedAndTheConne
   EXPECT_EQ(error_code_of(infer_on(mine, "not-m", {{"x", *x}})),
             static_cast<uint8_t>(errc::invalid_argument));
   // Revoked: released by its holder.
-  auto released = client->call([&](outgoing_frame&, wire::Request::Builder req) -> caf::error {
-    req.setRelease(mine);
-    return {};
-  });
+  auto released = release(mine);
   ASSERT_TRUE(released);
   ASSERT_TRUE((*released)->root().getResponse().isOk());
   EXPECT_EQ(error_code_of(infer_on(mine, "m", {{"x", *x}})),
@@ -439,10 +441,7 @@ TEST_F(gateway_test, ALeaseWhoseModelLeftIsToldItIsGoneUntilACopyIsLoadedAgain) 
   EXPECT_TRUE(has_outputs(infer_on(again, "m", {{"x", *x}})));
   EXPECT_TRUE(has_outputs(infer_on(old, "m", {{"x", *x}})));
   // Giving the old lease back still works.
-  auto released = client->call([&](outgoing_frame&, wire::Request::Builder req) -> caf::error {
-    req.setRelease(old);
-    return {};
-  });
+  auto released = release(old);
   ASSERT_TRUE(released);
   EXPECT_TRUE((*released)->root().getResponse().isOk());
 }
